@@ -1,0 +1,37 @@
+-- echo.lua: the echo server of the Python selectors tutorials, done right.
+-- Usage: luahost scripts/echo.lua [[HOST:]PORT]     (default 127.0.0.1:7342)
+local luahost = require "luahost"
+
+local sel = luahost.selector
+local READ = luahost.EVENT_READ
+
+local host, port = assert(luahost.parse_address(arg[1], "127.0.0.1", 7342))
+
+-- Called whenever a client connection is readable.
+local function on_read(conn)
+  local data, err = conn:recv(65536)
+  if data == nil then
+    if err ~= "wouldblock" then
+      conn:abort() -- reset or other error: nothing more can be delivered
+    end
+  elseif data == "" then
+    -- The client finished sending. close() still delivers whatever write() has not
+    -- sent yet, so a client that shuts down its write side gets every byte back.
+    conn:close()
+  else
+    -- write() never loses bytes to a partial send: the host keeps the rest and sends it
+    -- when the client can take it (and stops reading from a client that never reads).
+    conn:write(data)
+  end
+end
+
+-- Called when the listening socket is readable: a client is waiting to be accepted.
+local function on_accept(server)
+  local conn = server:accept()
+  if conn then
+    sel:register(conn, READ, on_read)
+  end
+end
+
+local server = assert(luahost.listen(host, port))
+sel:register(server, READ, on_accept)

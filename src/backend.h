@@ -1,0 +1,29 @@
+/* backend.h: the operations every readiness backend provides (one small file each),
+ * in the manner of Redis's ae_*.c. A backend only translates kernel readiness. */
+#ifndef LUAHOST_BACKEND_H
+#define LUAHOST_BACKEND_H
+
+#include "selector.h"
+
+typedef struct sel_backend {
+    const char *name;
+    /* Returns the backend's state, or NULL with errno set. */
+    void *(*create)(void);
+    void (*destroy)(void *state);
+    /* Largest fd this backend can watch plus one, or 0 for no limit. */
+    int fd_limit;
+    /* Changes what fd is watched for from old_mask to new_mask (either may be 0:
+     * 0 -> m adds, m -> 0 removes). Returns 0 or a negative errno. */
+    int (*set)(void *state, int fd, int old_mask, int new_mask);
+    /* Waits up to timeout_ms and fills out[] with at most max entries (fd and mask;
+     * error/hang-up as SEL_READ|SEL_WRITE). Returns the count or a negative errno,
+     * -EINTR included: the selector retries. */
+    int (*poll)(void *state, int timeout_ms, sel_fired *out, int max);
+} sel_backend;
+
+extern const sel_backend sel_backend_epoll;
+extern const sel_backend sel_backend_poll;
+extern const sel_backend sel_backend_select;
+extern const sel_backend sel_backend_kqueue;
+
+#endif

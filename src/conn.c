@@ -1,0 +1,125 @@
+/* conn.c: buffered output for a connection: send now what the kernel takes, queue the
+ * rest under a limit, flush on writability, and pause reads while too much is queued. */
+#include "conn.h"
+
+#include <errno.h>
+#include <sys/socket.h>
+
+#include "net.h"
+
+void conn_init(conn *c, int fd, int kind, uint32_t limit)
+{
+    c->fd = fd;
+    c->kind = (uint8_t)kind;
+    c->flags = 0;
+    c->limit = limit;
+    buf_init(&c->out);
+}
+
+size_t conn_pending(const conn *c)
+{
+    return buf_len(&c->out);
+}
+
+size_t conn_high_water(const conn *c)
+{
+    return c->limit / 4 ? c->limit / 4 : 1;
+}
+
+size_t conn_low_water(const conn *c)
+{
+    return conn_high_water(c) / 4;
+}
+
+/* Pausing only matters while the script has the fd registered; the slot exists as long
+ * as output is pending, so the pause is kept across a later register. */
+static void update_pause(conn *c, selector *sel)
+{
+    size_t pending = buf_len(&c->out);
+    int want = (c->flags & CONN_PAUSED) ? pending >= conn_low_water(c) && pending > 0
+                                        : pending > conn_high_water(c);
+    if (want == !!(c->flags & CONN_PAUSED))
+        return;
+    if (sel_set_paused(sel, c->fd, want ? SEL_READ : 0) == 0)
+        c->flags = want ? (c->flags | CONN_PAUSED) : (c->flags & ~CONN_PAUSED);
+}
+
+static int finish_drain(conn *c, selector *sel)
+{
+    update_pause(c, sel);
+    sel_set_host_events(sel, c->fd, 0, NULL);
+    if (c->flags & CONN_SHUT_WR) {
+        c->flags &= ~CONN_SHUT_WR;
+        if (shutdown(c->fd, SHUT_WR) < 0 && errno != ENOTCONN)
+            return -errno;
+    }
+    return 0;
+}
+
+ssize_t conn_write(conn *c, selector *sel, const char *data, size_t len)
+{
+    size_t pending = buf_len(&c->out);
+    if (pending == 0) {
+        ssize_t sent = net_send(c->fd, data, len);
+        if (sent < 0 && sent != -EAGAIN)
+            return sent;
+        sent = sent < 0 ? 0 : sent;
+        data += sent;
+        len -= (size_t)sent;
+        if (len == 0)
+            return 0;
+    }
+    if (len > c->limit || pending > c->limit - len)
+        return -ENOBUFS;
+    if (buf_append(&c->out, data, len) < 0)
+        return -ENOMEM;
+    if (pending == 0) {
+        int rc = sel_set_host_events(sel, c->fd, SEL_WRITE, c);
+        if (rc < 0) {
+            buf_consume(&c->out, buf_len(&c->out));
+            return rc;
+        }
+    }
+    update_pause(c, sel);
+    return (ssize_t)buf_len(&c->out);
+}
+
+ssize_t conn_flush(conn *c, selector *sel)
+{
+    size_t len;
+    while (buf_len(&c->out) > 0) {
+        const char *data = buf_peek(&c->out, &len);
+        ssize_t sent = net_send(c->fd, data, len);
+        if (sent == -EAGAIN)
+            break;
+        if (sent < 0) {
+            conn_drop(c, sel);
+            return sent;
+        }
+        buf_consume(&c->out, (size_t)sent);
+    }
+    if (buf_len(&c->out) > 0) {
+        update_pause(c, sel);
+        return (ssize_t)buf_len(&c->out);
+    }
+    return finish_drain(c, sel);
+}
+
+void conn_drop(conn *c, selector *sel)
+{
+    if (buf_len(&c->out) > 0)
+        buf_consume(&c->out, buf_len(&c->out));
+    c->flags &= ~CONN_SHUT_WR;
+    update_pause(c, sel);
+    sel_set_host_events(sel, c->fd, 0, NULL);
+}
+
+int conn_shutdown_write(conn *c, selector *sel)
+{
+    (void)sel;
+    if (buf_len(&c->out) > 0) {
+        c->flags |= CONN_SHUT_WR;
+        return 0;
+    }
+    return shutdown(c->fd, SHUT_WR) < 0 ? -errno : 0;
+}

@@ -1,0 +1,52 @@
+/* conn.h: a connection's output side: what the kernel has not taken yet is kept in a
+ * buffer and flushed when the selector reports the fd writable, within a byte limit,
+ * pausing the script's reads while too much is pending (backpressure). */
+#ifndef LUAHOST_CONN_H
+#define LUAHOST_CONN_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "buffer.h"
+#include "selector.h"
+
+enum conn_kind { CONN_SOCKET = 1, CONN_LINGER, CONN_SIGNAL };
+enum conn_flag {
+    CONN_SHUT_WR = 1, /* shut the write side once the buffer drains */
+    CONN_PAUSED = 2,  /* the script's READ is withheld until the buffer drains below low water */
+};
+
+#define CONN_DEFAULT_LIMIT (1024u * 1024u)
+
+typedef struct conn {
+    int fd;
+    uint8_t kind;
+    uint8_t flags;
+    uint32_t limit; /* most bytes that may be pending; past it writes fail */
+    buffer out;
+} conn;
+
+void conn_init(conn *c, int fd, int kind, uint32_t limit);
+
+/* Sends what the kernel takes now and keeps the rest, asking sel to report the fd
+ * writable to the host. Returns the bytes still pending, -ENOBUFS when they would pass
+ * the limit (nothing is queued then), -ENOMEM, or the send error. */
+ssize_t conn_write(conn *c, selector *sel, const char *data, size_t len);
+
+/* Sends buffered bytes; called when sel reported the fd writable. Returns the bytes still
+ * pending (0 once drained and the host interest withdrawn), or the send error, in which
+ * case the buffer is dropped. */
+ssize_t conn_flush(conn *c, selector *sel);
+
+/* Discards pending output and withdraws the host's interest and any pause. */
+void conn_drop(conn *c, selector *sel);
+
+/* Shuts the write side now, or once the pending output is sent. 0 or -errno. */
+int conn_shutdown_write(conn *c, selector *sel);
+
+size_t conn_pending(const conn *c);
+/* Water marks derived from the limit: reads pause above high and resume below low. */
+size_t conn_high_water(const conn *c);
+size_t conn_low_water(const conn *c);
+
+#endif

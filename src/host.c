@@ -1,0 +1,371 @@
+/* host.c: the host loop: select, call each ready key's callback in protected mode,
+ * flush buffered output, run due timers, finish lingering closes, stop on signals. */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "lh.h"
+
+/* Message handler for lua_pcall: the error as a string with a traceback, as lua.c does,
+ * so errors that are not strings (error({}), error(nil)) still say something useful. */
+int lh_traceback(lua_State *L)
+{
+    const char *msg = lua_tostring(L, 1);
+    if (msg == NULL) {
+        if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
+            msg = lua_tostring(L, -1);
+        else
+            msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+    }
+    luaL_traceback(L, L, msg, 1);
+    return 1;
+}
+
+/* Logs the error message on top of the stack, then pops it. */
+void host_report_error(lua_State *L, lh_host *host, const char *where)
+{
+    const char *msg = lua_tostring(L, -1);
+    lh_log(host, LH_ERROR, "%s: %s", where, msg ? msg : "(error object is not a string)");
+    lua_pop(L, 1);
+}
+
+static int host_gc(lua_State *L)
+{
+    lh_host *host = (lh_host *)lua_touserdata(L, 1);
+    host->closed = 1;
+    while (host->linger_head) {
+        lh_linger *l = host->linger_head;
+        host->linger_head = l->next;
+        buf_free(&l->conn.out);
+        close(l->conn.fd);
+        free(l);
+    }
+    if (host->signal_conn.fd >= 0) {
+        close(host->signal_conn.fd);
+        close(host->signal_write_fd);
+    }
+    theap_free(&host->timers);
+    return 0;
+}
+
+static int new_ref_table(lua_State *L, const char *mode)
+{
+    lua_newtable(L);
+    if (mode) {
+        lua_createtable(L, 0, 1);
+        lua_pushstring(L, mode);
+        lua_setfield(L, -2, "__mode");
+        lua_setmetatable(L, -2);
+    }
+    return luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+/* A new host as a full userdata on the stack. Hosts stay referenced from the registry
+ * until the state closes, so every object that points at one can rely on it. */
+lh_host *host_push_new(lua_State *L)
+{
+    lh_host *host = (lh_host *)lua_newuserdatauv(L, sizeof *host, 0);
+    memset(host, 0, sizeof *host);
+    host->L = L;
+    host->max_output = CONN_DEFAULT_LIMIT;
+    host->log_level = LH_INFO;
+    host->signal_conn.fd = -1;
+    host->signal_write_fd = -1;
+    theap_init(&host->timers);
+    host->listeners_ref = new_ref_table(L, NULL);
+    host->timers_ref = new_ref_table(L, NULL);
+    host->drain_ref = new_ref_table(L, NULL);
+    host->handles_ref = new_ref_table(L, "v");
+    lua_createtable(L, 0, 1);
+    lua_pushcfunction(L, host_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    if (lua_getfield(L, LUA_REGISTRYINDEX, "luahost.hosts") != LUA_TTABLE) {
+        lua_pop(L, 1);
+        lua_newtable(L);
+        lua_pushvalue(L, -1);
+        lua_setfield(L, LUA_REGISTRYINDEX, "luahost.hosts");
+    }
+    lua_pushvalue(L, -2);
+    lua_rawsetp(L, -2, host);
+    lua_pop(L, 1);
+    return host;
+}
+
+/* Takes over c's fd and pending output after its socket was closed, to finish sending
+ * within LH_LINGER_SECONDS. On any failure the output is dropped and the fd closed. */
+void host_linger(lh_host *host, conn *c)
+{
+    lh_linger *l = (lh_linger *)malloc(sizeof *l);
+    selector *core = host->sel->core;
+    if (!l || sel_set_host_events(core, c->fd, SEL_WRITE, &l->conn) < 0) {
+        conn_drop(c, core);
+        buf_free(&c->out);
+        close(c->fd);
+        free(l);
+        return;
+    }
+    l->conn = *c;
+    l->conn.kind = CONN_LINGER;
+    l->deadline = timer_now() + LH_LINGER_SECONDS;
+    l->next = NULL;
+    if (host->linger_tail)
+        host->linger_tail->next = l;
+    else
+        host->linger_head = l;
+    host->linger_tail = l;
+    buf_init(&c->out);
+}
+
+static void linger_unlink(lh_host *host, lh_linger *l)
+{
+    lh_linger **link = &host->linger_head, *prev = NULL;
+    while (*link && *link != l) {
+        prev = *link;
+        link = &(*link)->next;
+    }
+    if (!*link)
+        return;
+    *link = l->next;
+    if (host->linger_tail == l)
+        host->linger_tail = prev;
+}
+
+static void linger_finish(lh_host *host, lh_linger *l)
+{
+    if (host->sel)
+        conn_drop(&l->conn, host->sel->core);
+    buf_free(&l->conn.out);
+    close(l->conn.fd);
+    linger_unlink(host, l);
+    free(l);
+}
+
+/* Lingering closes are in deadline order, since they all wait the same time. */
+static void expire_lingering(lh_host *host, double now)
+{
+    while (host->linger_head && host->linger_head->deadline <= now) {
+        lh_linger *l = host->linger_head;
+        lh_log(host, LH_WARN, "fd %d: dropping %zu unsent bytes after %.0f s closing", l->conn.fd,
+               conn_pending(&l->conn), LH_LINGER_SECONDS);
+        linger_finish(host, l);
+    }
+}
+
+static void drain_signals(lh_host *host)
+{
+    unsigned char signals[32];
+    ssize_t n;
+    while ((n = read(host->signal_conn.fd, signals, sizeof signals)) > 0) {
+        for (ssize_t i = 0; i < n; i++) {
+            if (signals[i] == SIGHUP) {
+                lh_log(host, LH_WARN, "SIGHUP ignored: this build cannot reload scripts");
+                continue;
+            }
+            lh_log(host, LH_INFO, "%s received, stopping",
+                   signals[i] == SIGINT ? "SIGINT" : "SIGTERM");
+            host->stop_requested = 2;
+        }
+    }
+}
+
+/* Handles readiness the host asked for itself: output to flush, or a signal. */
+void host_dispatch_host_event(lua_State *L, lh_host *host, void *host_data)
+{
+    conn *c = (conn *)host_data;
+    if (c->kind == CONN_SIGNAL) {
+        drain_signals(host);
+        return;
+    }
+    ssize_t rc = conn_flush(c, host->sel->core);
+    if (c->kind == CONN_LINGER) {
+        if (rc <= 0)
+            linger_finish(host, (lh_linger *)c);
+    } else if (rc == 0) {
+        lhsock_flushed(L, host, (lh_socket *)c);
+    } else if (rc < 0) {
+        lh_log(host, LH_DEBUG, "fd %d: output dropped: %s", c->fd, strerror((int)-rc));
+    }
+}
+
+/* After a callback raised: log it with the peer's address, then unregister the key
+ * and close its socket if it is still the registration that raised. The error message
+ * and the key are on the stack; both are popped. */
+static void callback_failed(lua_State *L, lh_host *host, lh_selector *s, const sel_fired *f)
+{
+    char where[NET_ADDRSTRLEN + 16];
+    lua_getiuservalue(L, -2, 1);
+    lh_socket *sock = lhsock_test(L, -1);
+    if (sock)
+        lhsock_describe(sock, where, sizeof where);
+    else
+        snprintf(where, sizeof where, "fd %d", f->fd);
+    lh_log(host, LH_ERROR, "error in callback for %s: %s", where, lua_tostring(L, -2));
+    if (sel_deliverable(s->core, f) ||
+        (sel_get(s->core, f->fd) && sel_get(s->core, f->fd)->gen == f->gen)) {
+        if (sock)
+            lhsock_close(L, host, sock, 0);
+        else if (lhsel_unregister_fd(L, s, f->fd) == 0)
+            lua_pop(L, 1);
+    }
+    lua_pop(L, 3);
+}
+
+/* Calls key.data(key.fileobj, mask, key) for every deliverable event of the batch. An
+ * event is re-checked before each call, since an earlier callback may have unregistered
+ * or replaced its key. Returns the number of callbacks run. */
+static int dispatch(lua_State *L, lh_host *host, lh_selector *s, int n)
+{
+    int calls = 0;
+    lua_pushcfunction(L, lh_traceback);
+    int handler = lua_gettop(L);
+    lhsel_push_keys(L, s);
+    int keys = lua_gettop(L);
+    for (int i = 0; i < n; i++) {
+        const sel_fired *f = sel_fired_at(s->core, i);
+        int mask = sel_deliverable(s->core, f);
+        const sel_key *slot = sel_slot(s->core, f->fd);
+        if (mask & (slot ? slot->host_events : 0)) {
+            host_dispatch_host_event(L, host, slot->host_data);
+            mask = sel_deliverable(s->core, f);
+            slot = sel_slot(s->core, f->fd);
+        }
+        mask &= (slot && slot->registered) ? slot->events : 0;
+        if (!mask)
+            continue;
+        lua_rawgeti(L, keys, f->fd);
+        lua_getiuservalue(L, -1, 2);
+        lua_getiuservalue(L, -2, 1);
+        lua_pushinteger(L, mask);
+        lua_pushvalue(L, -4);
+        if (lua_pcall(L, 3, 0, handler) != LUA_OK)
+            callback_failed(L, host, s, f);
+        else
+            lua_pop(L, 1);
+        calls++;
+    }
+    lua_settop(L, handler - 1);
+    return calls;
+}
+
+static int linger_timeout_ms(lh_host *host, double now)
+{
+    if (!host->linger_head)
+        return -1;
+    double left = host->linger_head->deadline - now;
+    return left <= 0 ? 0 : (int)(left * 1000.0) + 1;
+}
+
+static int min_timeout(int a, int b)
+{
+    if (a < 0)
+        return b;
+    if (b < 0)
+        return a;
+    return a < b ? a : b;
+}
+
+/* One round: wait up to timeout_ms (less if a timer or a lingering close is due
+ * sooner), dispatch the batch, run due timers. Returns the callbacks run, or a negative
+ * errno if select failed. */
+int host_step(lua_State *L, lh_host *host, int timeout_ms)
+{
+    lh_selector *s = host->sel;
+    if (!s)
+        return luaL_error(L, "the host's selector is closed");
+    if (s->busy)
+        return luaL_error(L, "luahost.step or run called from inside a callback");
+    double now = timer_now();
+    timeout_ms = min_timeout(timeout_ms, theap_timeout_ms(&host->timers, now));
+    timeout_ms = min_timeout(timeout_ms, linger_timeout_ms(host, now));
+    int n = sel_select(s->core, timeout_ms);
+    if (n < 0)
+        return n;
+    s->busy = 1;
+    int calls = dispatch(L, host, s, n);
+    s->busy = 0;
+    lhtimer_run_due(L, host);
+    expire_lingering(host, timer_now());
+    return calls;
+}
+
+/* Nothing left to do: no registration, no timer, no output waiting to be sent. */
+int host_is_idle(lh_host *host)
+{
+    if (!host->sel)
+        return 1;
+    size_t own = host->signal_conn.fd >= 0 ? 1 : 0;
+    return sel_count(host->sel->core) == 0 && host->timers.count == 0 &&
+           host->linger_head == NULL && sel_host_count(host->sel->core) <= own;
+}
+
+/* Closes every listener, then every registered socket of the default selector (letting
+ * them flush), cancels timers, and runs until the output is sent or grace runs out. */
+void host_shutdown(lua_State *L, lh_host *host, double grace_seconds)
+{
+    if (!host->sel)
+        return;
+    selector *core = host->sel->core;
+    lhsel_push_keys(L, host->sel);
+    for (int fd = 0; fd < sel_capacity(core); fd++) {
+        if (!sel_get(core, fd))
+            continue;
+        lua_rawgeti(L, -1, fd);
+        lua_getiuservalue(L, -1, 1);
+        lh_socket *sock = lhsock_test(L, -1);
+        if (sock)
+            lhsock_close(L, host, sock, !sock->listening);
+        else if (lhsel_unregister_fd(L, host->sel, fd) == 0)
+            lua_pop(L, 1);
+        lua_pop(L, 2);
+    }
+    lua_pop(L, 1);
+    while (theap_peek(&host->timers))
+        theap_remove(&host->timers, theap_peek(&host->timers));
+    double deadline = timer_now() + grace_seconds;
+    while (!host_is_idle(host) && timer_now() < deadline)
+        if (host_step(L, host, (int)((deadline - timer_now()) * 1000.0) + 1) < 0)
+            break;
+    while (host->linger_head)
+        linger_finish(host, host->linger_head);
+}
+
+static int signal_write_fd = -1; /* the one piece of process state a handler may touch */
+
+static void on_signal(int signo)
+{
+    int saved = errno;
+    unsigned char byte = (unsigned char)signo;
+    if (write(signal_write_fd, &byte, 1) < 0) {
+        /* the pipe is full: a stop is already pending */
+    }
+    errno = saved;
+}
+
+/* Routes SIGINT, SIGTERM and SIGHUP through a self-pipe into the loop, so a signal that
+ * arrives just before select() is not missed; ignores SIGPIPE. 0 or -errno. */
+int host_watch_signals(lh_host *host)
+{
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0)
+        return -errno;
+    conn_init(&host->signal_conn, fds[0], CONN_SIGNAL, 0);
+    host->signal_write_fd = fds[1];
+    int rc = sel_set_host_events(host->sel->core, fds[0], SEL_READ, &host->signal_conn);
+    if (rc < 0)
+        return rc;
+    signal_write_fd = fds[1];
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    return 0;
+}

@@ -1,0 +1,122 @@
+/* lh.h: what the Lua bindings and the host loop share: the host state, the userdata
+ * types (selector, key, socket, timer) and the calls between their files. */
+#ifndef LUAHOST_LH_H
+#define LUAHOST_LH_H
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "conn.h"
+#include "net.h"
+#include "selector.h"
+#include "timer.h"
+
+#define LH_SOCKET   "luahost.socket"
+#define LH_SELECTOR "luahost.selector"
+#define LH_KEY      "luahost.key"
+#define LH_TIMER    "luahost.timer"
+
+enum lh_log_level { LH_DEBUG, LH_INFO, LH_WARN, LH_ERROR };
+
+/* recv() reads into this much of the host's own scratch space before making a string. */
+#define LH_SCRATCH_SIZE 65536
+/* How long a closed connection may take to flush what it still has buffered. */
+#define LH_LINGER_SECONDS 5.0
+
+typedef struct lh_selector lh_selector;
+typedef struct lh_host *lh_host_ptr;
+
+/* A closed socket whose buffered output is still being sent. */
+typedef struct lh_linger {
+    conn conn;
+    double deadline;
+    struct lh_linger *next;
+} lh_linger;
+
+typedef struct lh_host {
+    lua_State *L;
+    lh_selector *sel;       /* the default selector, anchored by the module table */
+    lh_selector *selectors; /* every live selector, so close() can unregister everywhere */
+    timer_heap timers;
+    lh_linger *linger_head, *linger_tail;
+    conn signal_conn; /* read end of the self-pipe the signal handlers write to */
+    int signal_write_fd;
+    uint32_t max_output;
+    int log_level;
+    int stop_requested;
+    int closed;
+    int listeners_ref; /* table of listening sockets */
+    int timers_ref;    /* scheduled timer -> its userdata, so none is collected early */
+    int drain_ref;     /* socket pointer -> on_drain callback */
+    int handles_ref;   /* socket pointer -> socket, weak: finds the socket to call on_drain */
+    char scratch[LH_SCRATCH_SIZE];
+} lh_host;
+
+struct lh_selector {
+    selector *core;
+    lh_host *host;
+    int keys_ref; /* table fd -> key userdata */
+    int cursor;   /* next entry of the batch select() is iterating */
+    int batch;    /* entries in that batch */
+    int busy;     /* inside select() or dispatch: a nested select would clobber the batch */
+    lh_selector *next;
+};
+
+/* A key's userdata; its user values are 1: fileobj, 2: data. */
+typedef struct lh_key {
+    int fd;
+    int events;
+} lh_key;
+
+typedef struct lh_socket {
+    conn conn; /* conn.fd is -1 once closed; first, so a conn* from the selector casts back */
+    lh_host_ptr host;
+    uint16_t registrations;
+    uint8_t family;
+    uint8_t listening;
+} lh_socket;
+
+/* The host is upvalue 1 of the module's functions; methods find it through their object,
+ * because one Lua state may open the module more than once (busted's insulation does). */
+#define LH_HOST(L) ((lh_host *)lua_touserdata((L), lua_upvalueindex(1)))
+
+/* luahost.c */
+void lh_setfuncs(lua_State *L, const luaL_Reg *funcs, int table, int host);
+int lh_push_error(lua_State *L, int neg_errno, const char *what);
+
+/* log.c */
+void lh_log(lh_host *host, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+int lh_log_level_from_name(const char *name);
+
+/* lua_selector.c */
+void lhsel_open(lua_State *L, int module, int host);
+lh_selector *lhsel_push_new(lua_State *L, lh_host *host, const char *backend);
+void lhsel_push_keys(lua_State *L, lh_selector *s);
+void lhsel_forget_socket(lua_State *L, lh_host *host, lh_socket *sock);
+int lhsel_fileobj_fd(lua_State *L, int index);
+int lhsel_unregister_fd(lua_State *L, lh_selector *s, int fd);
+
+/* lua_socket.c */
+void lhsock_open(lua_State *L, int module, int host);
+lh_socket *lhsock_push(lua_State *L, lh_host *host, int fd, int family);
+lh_socket *lhsock_test(lua_State *L, int index);
+void lhsock_close(lua_State *L, lh_host *host, lh_socket *sock, int graceful);
+void lhsock_describe(lh_socket *sock, char *out, size_t outlen);
+int lhsock_flushed(lua_State *L, lh_host *host, lh_socket *sock);
+
+/* lua_timer.c */
+void lhtimer_open(lua_State *L, int module, int host);
+void lhtimer_run_due(lua_State *L, lh_host *host);
+
+/* host.c */
+lh_host *host_push_new(lua_State *L);
+int host_step(lua_State *L, lh_host *host, int timeout_ms);
+int host_is_idle(lh_host *host);
+void host_dispatch_host_event(lua_State *L, lh_host *host, void *host_data);
+void host_linger(lh_host *host, conn *c);
+void host_shutdown(lua_State *L, lh_host *host, double grace_seconds);
+int host_watch_signals(lh_host *host);
+int lh_traceback(lua_State *L);
+void host_report_error(lua_State *L, lh_host *host, const char *where);
+
+#endif

@@ -1,0 +1,394 @@
+/* lua_selector.c: the luahost.selector and luahost.key types: register, modify,
+ * unregister, get_key, get_map, select (an iterator) and close, as in Python. */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lh.h"
+
+static lh_selector *check_selector(lua_State *L, int index)
+{
+    lh_selector *s = (lh_selector *)luaL_checkudata(L, index, LH_SELECTOR);
+    if (!s->core)
+        luaL_error(L, "attempt to use a closed selector");
+    return s;
+}
+
+static lh_key *check_key(lua_State *L, int index)
+{
+    return (lh_key *)luaL_checkudata(L, index, LH_KEY);
+}
+
+void lhsel_push_keys(lua_State *L, lh_selector *s)
+{
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->keys_ref);
+}
+
+/* The fd of a fileobj: a luahost socket, an integer fd, or anything with :fileno(). */
+int lhsel_fileobj_fd(lua_State *L, int index)
+{
+    lh_socket *sock = lhsock_test(L, index);
+    lua_Integer fd;
+    if (sock) {
+        luaL_argcheck(L, sock->conn.fd >= 0, index, "attempt to use a closed socket");
+        return sock->conn.fd;
+    }
+    if (lua_isinteger(L, index)) {
+        fd = lua_tointeger(L, index);
+    } else if (lua_type(L, index) == LUA_TTABLE || lua_type(L, index) == LUA_TUSERDATA) {
+        lua_getfield(L, index, "fileno");
+        luaL_argcheck(L, lua_isfunction(L, -1), index, "fileobj has no fileno method");
+        lua_pushvalue(L, index);
+        lua_call(L, 1, 1);
+        luaL_argcheck(L, lua_isinteger(L, -1), index, "fileno() did not return an integer");
+        fd = lua_tointeger(L, -1);
+        lua_pop(L, 1);
+    } else {
+        return luaL_typeerror(L, index, "socket, fd or object with fileno");
+    }
+    luaL_argcheck(L, fd >= 0 && fd <= INT32_MAX, index, "invalid file descriptor");
+    return (int)fd;
+}
+
+static int check_events(lua_State *L, int index)
+{
+    lua_Integer events = luaL_checkinteger(L, index);
+    if (events < 1 || events > SEL_BOTH)
+        luaL_argerror(
+            L, index,
+            lua_pushfstring(L, "invalid events %d (expected EVENT_READ, EVENT_WRITE or both)",
+                            (int)events));
+    return (int)events;
+}
+
+static void count_registration(lua_State *L, int key_index, int delta)
+{
+    lua_getiuservalue(L, key_index, 1);
+    lh_socket *sock = lhsock_test(L, -1);
+    if (sock)
+        sock->registrations = (uint16_t)(sock->registrations + delta);
+    lua_pop(L, 1);
+}
+
+static int sel_register_l(lua_State *L)
+{
+    lh_selector *s = check_selector(L, 1);
+    int fd = lhsel_fileobj_fd(L, 2);
+    int events = check_events(L, 3);
+    lua_settop(L, 4);
+    lh_key *key = (lh_key *)lua_newuserdatauv(L, sizeof *key, 2);
+    if (sel_register(s->core, fd, events) < 0)
+        return luaL_error(L, "%s", sel_error(s->core));
+    key->fd = fd;
+    key->events = events;
+    luaL_setmetatable(L, LH_KEY);
+    lua_pushvalue(L, 2);
+    lua_setiuservalue(L, 5, 1);
+    lua_pushvalue(L, 4);
+    lua_setiuservalue(L, 5, 2);
+    lhsel_push_keys(L, s);
+    lua_pushvalue(L, 5);
+    lua_rawseti(L, -2, fd);
+    lua_pop(L, 1);
+    count_registration(L, 5, 1);
+    return 1;
+}
+
+static int sel_modify_l(lua_State *L)
+{
+    lh_selector *s = check_selector(L, 1);
+    int fd = lhsel_fileobj_fd(L, 2);
+    int events = check_events(L, 3);
+    lua_settop(L, 4);
+    if (sel_modify(s->core, fd, events) < 0)
+        return luaL_error(L, "%s", sel_error(s->core));
+    lhsel_push_keys(L, s);
+    lua_rawgeti(L, -1, fd);
+    lh_key *key = check_key(L, -1);
+    key->events = events;
+    lua_pushvalue(L, 4);
+    lua_setiuservalue(L, -2, 2);
+    return 1;
+}
+
+/* Unregisters fd and leaves its key on the stack; returns 0 or the negative errno
+ * (with nothing pushed). */
+int lhsel_unregister_fd(lua_State *L, lh_selector *s, int fd)
+{
+    int rc = sel_unregister(s->core, fd);
+    if (rc < 0)
+        return rc;
+    lhsel_push_keys(L, s);
+    lua_rawgeti(L, -1, fd);
+    lua_pushnil(L);
+    lua_rawseti(L, -3, fd);
+    lua_remove(L, -2);
+    count_registration(L, lua_gettop(L), -1);
+    return 0;
+}
+
+static int sel_unregister_l(lua_State *L)
+{
+    lh_selector *s = check_selector(L, 1);
+    int fd = lhsel_fileobj_fd(L, 2);
+    if (lhsel_unregister_fd(L, s, fd) < 0)
+        return luaL_error(L, "%s", sel_error(s->core));
+    return 1;
+}
+
+static int sel_get_key_l(lua_State *L)
+{
+    lh_selector *s = check_selector(L, 1);
+    lh_socket *sock = lhsock_test(L, 2);
+    if (sock && sock->conn.fd < 0)
+        return 0;
+    int fd = lhsel_fileobj_fd(L, 2);
+    if (!sel_get(s->core, fd))
+        return 0;
+    lhsel_push_keys(L, s);
+    lua_rawgeti(L, -1, fd);
+    return 1;
+}
+
+static int sel_get_map_l(lua_State *L)
+{
+    lh_selector *s = check_selector(L, 1);
+    lua_createtable(L, 0, (int)sel_count(s->core));
+    lhsel_push_keys(L, s);
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        lua_getiuservalue(L, -1, 1);
+        lua_pushvalue(L, -2);
+        lua_rawset(L, -6);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    return 1;
+}
+
+/* Seconds as in Python (nil blocks, negative polls) to milliseconds, rounded up. */
+static int timeout_ms(lua_State *L, int index)
+{
+    if (lua_isnoneornil(L, index))
+        return -1;
+    lua_Number t = luaL_checknumber(L, index);
+    if (!(t > 0))
+        return 0;
+    return t >= 2147483.0 ? INT32_MAX : (int)ceil(t * 1000.0);
+}
+
+/* One step of the select() iterator: the next deliverable key and mask. Output the host
+ * buffered is flushed here too, so a script's own select loop keeps writes moving. */
+static int sel_iterate(lua_State *L)
+{
+    lh_selector *s = check_selector(L, 1);
+    while (s->cursor < s->batch) {
+        const sel_fired *f = sel_fired_at(s->core, s->cursor++);
+        int mask = sel_deliverable(s->core, f);
+        const sel_key *slot = sel_slot(s->core, f->fd);
+        if (mask & (slot ? slot->host_events : 0)) {
+            host_dispatch_host_event(L, s->host, slot->host_data);
+            mask = sel_deliverable(s->core, f);
+            slot = sel_slot(s->core, f->fd);
+        }
+        mask &= (slot && slot->registered) ? slot->events : 0;
+        if (!mask)
+            continue;
+        lhsel_push_keys(L, s);
+        lua_rawgeti(L, -1, f->fd);
+        lua_pushinteger(L, mask);
+        return 2;
+    }
+    return 0;
+}
+
+static int sel_select_l(lua_State *L)
+{
+    lh_selector *s = check_selector(L, 1);
+    int ms = timeout_ms(L, 2);
+    if (s->busy)
+        return luaL_error(L, "select() called while the host is dispatching this selector's "
+                             "events (use the host loop, or a selector of your own)");
+    int n = sel_select(s->core, ms);
+    if (n < 0)
+        return luaL_error(L, "select failed: %s", sel_error(s->core));
+    s->cursor = 0;
+    s->batch = n;
+    lua_pushcfunction(L, sel_iterate);
+    lua_pushvalue(L, 1);
+    return 2;
+}
+
+/* Unregisters everything and frees the backend. */
+static void selector_release(lua_State *L, lh_selector *s)
+{
+    lhsel_push_keys(L, s);
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        count_registration(L, lua_gettop(L), -1);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    luaL_unref(L, LUA_REGISTRYINDEX, s->keys_ref);
+    s->keys_ref = LUA_NOREF;
+    sel_free(s->core);
+    s->core = NULL;
+    lh_selector **link = &s->host->selectors;
+    while (*link && *link != s)
+        link = &(*link)->next;
+    if (*link)
+        *link = s->next;
+    if (s->host->sel == s)
+        s->host->sel = NULL;
+}
+
+static int sel_close_l(lua_State *L)
+{
+    lh_selector *s = (lh_selector *)luaL_checkudata(L, 1, LH_SELECTOR);
+    if (s->core && s->host->sel == s)
+        return luaL_error(L, "luahost.selector belongs to the host and cannot be closed");
+    if (s->core)
+        selector_release(L, s);
+    return 0;
+}
+
+static int sel_gc(lua_State *L)
+{
+    lh_selector *s = (lh_selector *)luaL_checkudata(L, 1, LH_SELECTOR);
+    if (s->core)
+        selector_release(L, s);
+    return 0;
+}
+
+static int sel_index(lua_State *L)
+{
+    lh_selector *s = (lh_selector *)luaL_checkudata(L, 1, LH_SELECTOR);
+    const char *field = luaL_checkstring(L, 2);
+    if (strcmp(field, "backend") == 0) {
+        lua_pushstring(L, s->core ? sel_backend_name(s->core) : "closed");
+        return 1;
+    }
+    lua_pushvalue(L, 2);
+    lua_rawget(L, lua_upvalueindex(1));
+    return 1;
+}
+
+static int sel_tostring(lua_State *L)
+{
+    lh_selector *s = (lh_selector *)luaL_checkudata(L, 1, LH_SELECTOR);
+    if (!s->core)
+        lua_pushliteral(L, "luahost.selector (closed)");
+    else
+        lua_pushfstring(L, "luahost.selector (%s, %d registered)", sel_backend_name(s->core),
+                        (int)sel_count(s->core));
+    return 1;
+}
+
+static int key_index(lua_State *L)
+{
+    static const char *const fields[] = {"fileobj", "data", "fd", "events", NULL};
+    lh_key *key = check_key(L, 1);
+    switch (luaL_checkoption(L, 2, NULL, fields)) {
+    case 0:
+        lua_getiuservalue(L, 1, 1);
+        break;
+    case 1:
+        lua_getiuservalue(L, 1, 2);
+        break;
+    case 2:
+        lua_pushinteger(L, key->fd);
+        break;
+    default:
+        lua_pushinteger(L, key->events);
+    }
+    return 1;
+}
+
+static int key_newindex(lua_State *L)
+{
+    return luaL_error(L, "selector keys are read-only (use modify to change events or data)");
+}
+
+static int key_tostring(lua_State *L)
+{
+    lh_key *key = check_key(L, 1);
+    lua_pushfstring(L, "luahost.key (fd %d, events %d)", key->fd, key->events);
+    return 1;
+}
+
+lh_selector *lhsel_push_new(lua_State *L, lh_host *host, const char *backend)
+{
+    char err[160];
+    lh_selector *s = (lh_selector *)lua_newuserdatauv(L, sizeof *s, 0);
+    memset(s, 0, sizeof *s);
+    s->keys_ref = LUA_NOREF;
+    luaL_setmetatable(L, LH_SELECTOR);
+    s->core = sel_new(backend, err, sizeof err);
+    if (!s->core)
+        luaL_error(L, "%s", err);
+    s->host = host;
+    lua_newtable(L);
+    s->keys_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    s->next = host->selectors;
+    host->selectors = s;
+    return s;
+}
+
+/* Unregisters sock from every selector that has it, before its fd is closed, so no
+ * event for a reused fd number can reach the old key. */
+void lhsel_forget_socket(lua_State *L, lh_host *host, lh_socket *sock)
+{
+    for (lh_selector *s = host->selectors; s && sock->registrations > 0; s = s->next) {
+        if (!s->core || !sel_get(s->core, sock->conn.fd))
+            continue;
+        lhsel_push_keys(L, s);
+        lua_rawgeti(L, -1, sock->conn.fd);
+        lua_getiuservalue(L, -1, 1);
+        int same = lua_touserdata(L, -1) == sock;
+        lua_pop(L, 3);
+        if (same && lhsel_unregister_fd(L, s, sock->conn.fd) == 0)
+            lua_pop(L, 1);
+    }
+}
+
+static int l_new_selector(lua_State *L)
+{
+    lhsel_push_new(L, LH_HOST(L), luaL_optstring(L, 1, NULL));
+    return 1;
+}
+
+static const luaL_Reg selector_methods[] = {
+    {"register", sel_register_l},     {"modify", sel_modify_l},
+    {"unregister", sel_unregister_l}, {"get_key", sel_get_key_l},
+    {"get_map", sel_get_map_l},       {"select", sel_select_l},
+    {"close", sel_close_l},           {NULL, NULL},
+};
+
+static const luaL_Reg module_functions[] = {
+    {"new_selector", l_new_selector},
+    {NULL, NULL},
+};
+
+void lhsel_open(lua_State *L, int module, int host)
+{
+    if (luaL_newmetatable(L, LH_SELECTOR)) {
+        luaL_newlib(L, selector_methods);
+        lua_pushcclosure(L, sel_index, 1);
+        lua_setfield(L, -2, "__index");
+        lua_pushcfunction(L, sel_gc);
+        lua_setfield(L, -2, "__gc");
+        lua_pushcfunction(L, sel_tostring);
+        lua_setfield(L, -2, "__tostring");
+    }
+    if (luaL_newmetatable(L, LH_KEY)) {
+        lua_pushcfunction(L, key_index);
+        lua_setfield(L, -2, "__index");
+        lua_pushcfunction(L, key_newindex);
+        lua_setfield(L, -2, "__newindex");
+        lua_pushcfunction(L, key_tostring);
+        lua_setfield(L, -2, "__tostring");
+    }
+    lua_pop(L, 2);
+    lh_setfuncs(L, module_functions, module, host);
+}

@@ -1,0 +1,529 @@
+/* lua_socket.c: the luahost.socket type (accept, recv, send, buffered write, close, ...)
+ * and luahost.listen / connect / socket. System failures return nil, message, errno. */
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "lh.h"
+
+static lh_socket *check_socket(lua_State *L, int index)
+{
+    return (lh_socket *)luaL_checkudata(L, index, LH_SOCKET);
+}
+
+/* The socket at index, which must be open: using a closed one is the script's mistake. */
+static lh_socket *check_open(lua_State *L, int index)
+{
+    lh_socket *s = check_socket(L, index);
+    if (s->conn.fd < 0)
+        luaL_error(L, "attempt to use a closed socket");
+    return s;
+}
+
+lh_socket *lhsock_test(lua_State *L, int index)
+{
+    return (lh_socket *)luaL_testudata(L, index, LH_SOCKET);
+}
+
+/* Creates the userdata before any fd is attached (as liolib does), so a memory error
+ * cannot leak a descriptor: callers set conn.fd once they own one. */
+lh_socket *lhsock_push(lua_State *L, lh_host *host, int fd, int family)
+{
+    lh_socket *s = (lh_socket *)lua_newuserdatauv(L, sizeof *s, 0);
+    conn_init(&s->conn, fd, CONN_SOCKET, host->max_output);
+    s->host = host;
+    s->registrations = 0;
+    s->family = (uint8_t)family;
+    s->listening = 0;
+    luaL_setmetatable(L, LH_SOCKET);
+    return s;
+}
+
+void lhsock_describe(lh_socket *s, char *out, size_t outlen)
+{
+    net_addr addr;
+    if (s->conn.fd < 0)
+        snprintf(out, outlen, "closed socket");
+    else if ((s->listening ? net_sockname(s->conn.fd, &addr) : net_peername(s->conn.fd, &addr)) ==
+             0)
+        net_addr_format(&addr, out, outlen);
+    else
+        snprintf(out, outlen, "fd %d", s->conn.fd);
+}
+
+/* Pushes an address as two results, host and port. */
+static int push_addr(lua_State *L, const net_addr *addr)
+{
+    char host[NET_ADDRSTRLEN];
+    int port;
+    net_addr_host(addr, host, sizeof host, &port);
+    lua_pushstring(L, host);
+    lua_pushinteger(L, port);
+    return 2;
+}
+
+static void table_set_socket(lua_State *L, int ref, lh_socket *s, int value_index)
+{
+    value_index = lua_absindex(L, value_index);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+    lua_pushvalue(L, value_index);
+    lua_rawsetp(L, -2, s);
+    lua_pop(L, 1);
+}
+
+static void table_clear_socket(lua_State *L, int ref, lh_socket *s)
+{
+    lua_pushnil(L);
+    table_set_socket(L, ref, s, -1);
+    lua_pop(L, 1);
+}
+
+/* Closes sock: unregisters it everywhere, then either hands its pending output to the
+ * host to finish sending (graceful) or drops it. The socket is closed to Lua at once. */
+void lhsock_close(lua_State *L, lh_host *host, lh_socket *s, int graceful)
+{
+    if (s->conn.fd < 0)
+        return;
+    if (!host->closed) {
+        lhsel_forget_socket(L, host, s);
+        if (s->listening)
+            table_clear_socket(L, host->listeners_ref, s);
+        table_clear_socket(L, host->drain_ref, s);
+    }
+    selector *core = host->sel && !host->closed ? host->sel->core : NULL;
+    if (core && graceful && conn_pending(&s->conn) > 0) {
+        host_linger(host, &s->conn);
+    } else {
+        if (core)
+            conn_drop(&s->conn, core);
+        buf_free(&s->conn.out);
+        close(s->conn.fd);
+    }
+    s->conn.fd = -1;
+}
+
+static int sock_close(lua_State *L)
+{
+    lh_socket *s = check_socket(L, 1);
+    lhsock_close(L, s->host, s, 1);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int sock_abort(lua_State *L)
+{
+    lh_socket *s = check_socket(L, 1);
+    lhsock_close(L, s->host, s, 0);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int sock_gc(lua_State *L)
+{
+    lh_socket *s = check_socket(L, 1);
+    lhsock_close(L, s->host, s, 1);
+    return 0;
+}
+
+static int sock_tostring(lua_State *L)
+{
+    lh_socket *s = check_socket(L, 1);
+    char where[NET_ADDRSTRLEN];
+    lhsock_describe(s, where, sizeof where);
+    if (s->conn.fd < 0)
+        lua_pushstring(L, "luahost.socket (closed)");
+    else
+        lua_pushfstring(L, "luahost.socket (fd %d, %s%s)", s->conn.fd, where,
+                        s->listening ? ", listening" : "");
+    return 1;
+}
+
+static int sock_fileno(lua_State *L)
+{
+    lua_pushinteger(L, check_socket(L, 1)->conn.fd);
+    return 1;
+}
+
+static int sock_accept(lua_State *L)
+{
+    lh_socket *s = check_open(L, 1);
+    net_addr peer;
+    lh_socket *c = lhsock_push(L, s->host, -1, 0);
+    int fd = net_accept(s->conn.fd, &peer);
+    if (fd < 0)
+        return lh_push_error(L, fd, NULL);
+    c->conn.fd = fd;
+    c->family = (uint8_t)peer.ss.ss_family;
+    return 1 + push_addr(L, &peer);
+}
+
+static int sock_recv(lua_State *L)
+{
+    lh_socket *s = check_open(L, 1);
+    lua_Integer want = luaL_optinteger(L, 2, LH_SCRATCH_SIZE);
+    luaL_argcheck(L, want > 0, 2, "size must be positive");
+    if (want <= LH_SCRATCH_SIZE) {
+        ssize_t n = net_recv(s->conn.fd, s->host->scratch, (size_t)want);
+        if (n < 0)
+            return lh_push_error(L, (int)n, NULL);
+        lua_pushlstring(L, s->host->scratch, (size_t)n);
+        return 1;
+    }
+    luaL_Buffer b;
+    char *space = luaL_buffinitsize(L, &b, (size_t)want);
+    ssize_t n = net_recv(s->conn.fd, space, (size_t)want);
+    if (n < 0)
+        return lh_push_error(L, (int)n, NULL);
+    luaL_pushresultsize(&b, (size_t)n);
+    return 1;
+}
+
+/* Unbuffered send, as in Python. While write() has bytes queued it reports wouldblock
+ * rather than let these bytes overtake them. */
+static int sock_send(lua_State *L)
+{
+    lh_socket *s = check_open(L, 1);
+    size_t len;
+    const char *data = luaL_checklstring(L, 2, &len);
+    if (conn_pending(&s->conn) > 0)
+        return lh_push_error(L, -EAGAIN, NULL);
+    ssize_t n = net_send(s->conn.fd, data, len);
+    if (n < 0)
+        return lh_push_error(L, (int)n, NULL);
+    lua_pushinteger(L, n);
+    return 1;
+}
+
+static int sock_write(lua_State *L)
+{
+    lh_socket *s = check_open(L, 1);
+    size_t len;
+    const char *data = luaL_checklstring(L, 2, &len);
+    lh_host *host = s->host;
+    if (!host->sel)
+        return luaL_error(L, "the host's selector is closed");
+    ssize_t pending = conn_write(&s->conn, host->sel->core, data, len);
+    if (pending >= 0) {
+        lua_pushinteger(L, pending);
+        return 1;
+    }
+    if (pending != -ENOBUFS)
+        return lh_push_error(L, (int)pending, NULL);
+    char where[NET_ADDRSTRLEN];
+    lhsock_describe(s, where, sizeof where);
+    lh_log(host, LH_WARN, "closing %s: output buffer full (%zu bytes pending, limit %u)", where,
+           conn_pending(&s->conn), (unsigned)s->conn.limit);
+    lhsock_close(L, host, s, 0);
+    luaL_pushfail(L);
+    lua_pushliteral(L, "buffer full");
+    return 2;
+}
+
+static int sock_pending(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer)conn_pending(&check_socket(L, 1)->conn));
+    return 1;
+}
+
+static int sock_setlimit(lua_State *L)
+{
+    lh_socket *s = check_open(L, 1);
+    lua_Integer limit = luaL_checkinteger(L, 2);
+    luaL_argcheck(L, limit > 0 && limit <= UINT32_MAX, 2, "limit must be 1..4294967295 bytes");
+    s->conn.limit = (uint32_t)limit;
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* The callback runs each time the buffered output drains; nil removes it. It is kept
+ * beside the socket, not in it, so that sockets that never use it pay nothing. */
+static int sock_on_drain(lua_State *L)
+{
+    lh_socket *s = check_open(L, 1);
+    if (!lua_isnoneornil(L, 2))
+        luaL_checktype(L, 2, LUA_TFUNCTION);
+    lua_settop(L, 2);
+    table_set_socket(L, s->host->drain_ref, s, 2);
+    table_set_socket(L, s->host->handles_ref, s, 1);
+    lua_settop(L, 1);
+    return 1;
+}
+
+/* Called by the host when the output of s has drained: runs its on_drain callback. */
+int lhsock_flushed(lua_State *L, lh_host *host, lh_socket *s)
+{
+    lua_rawgeti(L, LUA_REGISTRYINDEX, host->drain_ref);
+    if (lua_rawgetp(L, -1, s) != LUA_TFUNCTION) {
+        lua_pop(L, 2);
+        return LUA_OK;
+    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, host->handles_ref);
+    lua_rawgetp(L, -1, s);
+    lua_remove(L, -2);
+    lua_remove(L, -3);
+    return lua_pcall(L, 1, 0, 0) == LUA_OK ? LUA_OK : (host_report_error(L, host, "on_drain"), 1);
+}
+
+static int sock_shutdown(lua_State *L)
+{
+    static const char *const hows[] = {"r", "w", "rw", NULL};
+    lh_socket *s = check_open(L, 1);
+    int how = luaL_checkoption(L, 2, "rw", hows);
+    if (how != 1 && shutdown(s->conn.fd, SHUT_RD) < 0 && errno != ENOTCONN)
+        return lh_push_error(L, -errno, NULL);
+    if (how != 0 && s->host->sel) {
+        int rc = conn_shutdown_write(&s->conn, s->host->sel->core);
+        if (rc < 0 && rc != -ENOTCONN)
+            return lh_push_error(L, rc, NULL);
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int sock_getpeername(lua_State *L)
+{
+    net_addr addr;
+    int rc = net_peername(check_open(L, 1)->conn.fd, &addr);
+    return rc < 0 ? lh_push_error(L, rc, NULL) : push_addr(L, &addr);
+}
+
+static int sock_getsockname(lua_State *L)
+{
+    net_addr addr;
+    int rc = net_sockname(check_open(L, 1)->conn.fd, &addr);
+    return rc < 0 ? lh_push_error(L, rc, NULL) : push_addr(L, &addr);
+}
+
+static int sock_setblocking(lua_State *L)
+{
+    lh_socket *s = check_open(L, 1);
+    luaL_checkany(L, 2);
+    int rc = net_set_nonblocking(s->conn.fd, !lua_toboolean(L, 2));
+    if (rc < 0)
+        return lh_push_error(L, rc, NULL);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int sock_setsockopt(lua_State *L)
+{
+    static const char *const names[] = {"reuseaddr", "reuseport", "keepalive", "nodelay",
+                                        "rcvbuf",    "sndbuf",    NULL};
+    static const int levels[] = {SOL_SOCKET,  SOL_SOCKET, SOL_SOCKET,
+                                 IPPROTO_TCP, SOL_SOCKET, SOL_SOCKET};
+    static const int options[] = {SO_REUSEADDR, SO_REUSEPORT, SO_KEEPALIVE,
+                                  TCP_NODELAY,  SO_RCVBUF,    SO_SNDBUF};
+    lh_socket *s = check_open(L, 1);
+    int which = luaL_checkoption(L, 2, NULL, names);
+    int value;
+    if (which >= 4) {
+        lua_Integer n = luaL_checkinteger(L, 3);
+        luaL_argcheck(L, n >= 0 && n <= INT32_MAX, 3, "size out of range");
+        value = (int)n;
+    } else {
+        luaL_checkany(L, 3);
+        value = lua_toboolean(L, 3);
+    }
+    if (setsockopt(s->conn.fd, levels[which], options[which], &value, sizeof value) < 0)
+        return lh_push_error(L, -errno, NULL);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* Resolves arguments host, port at index and index+1 into addr, or pushes the failure. */
+static int resolve_args(lua_State *L, int index, int passive, net_addr *addr, int *nresults)
+{
+    const char *host = luaL_checkstring(L, index);
+    lua_Integer port = luaL_checkinteger(L, index + 1);
+    char err[160];
+    luaL_argcheck(L, port >= 0 && port <= 65535, index + 1, "port must be 0..65535");
+    int rc = net_resolve(host, (int)port, passive, addr, err, sizeof err);
+    if (rc < 0) {
+        luaL_pushfail(L);
+        lua_pushstring(L, err);
+        lua_pushinteger(L, rc == -EINVAL ? EINVAL : -rc);
+        *nresults = 3;
+    }
+    return rc;
+}
+
+static int sock_bind(lua_State *L)
+{
+    lh_socket *s = check_open(L, 1);
+    net_addr addr;
+    int nres, one = 1;
+    if (resolve_args(L, 2, 1, &addr, &nres) < 0)
+        return nres;
+    setsockopt(s->conn.fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (bind(s->conn.fd, (struct sockaddr *)&addr.ss, addr.len) < 0)
+        return lh_push_error(L, -errno, NULL);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* Marks s as a listener: logged, and kept in luahost.listeners(). */
+static void became_listener(lua_State *L, lh_socket *s, int index)
+{
+    net_addr addr;
+    char where[NET_ADDRSTRLEN] = "?";
+    s->listening = 1;
+    table_set_socket(L, s->host->listeners_ref, s, index);
+    if (net_sockname(s->conn.fd, &addr) == 0)
+        net_addr_format(&addr, where, sizeof where);
+    lh_log(s->host, LH_INFO, "listening on %s", where);
+}
+
+static int sock_listen(lua_State *L)
+{
+    lh_socket *s = check_open(L, 1);
+    lua_Integer backlog = luaL_optinteger(L, 2, 511);
+    if (listen(s->conn.fd, (int)backlog) < 0)
+        return lh_push_error(L, -errno, NULL);
+    became_listener(L, s, 1);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int sock_connect(lua_State *L)
+{
+    lh_socket *s = check_open(L, 1);
+    net_addr addr;
+    int nres;
+    if (resolve_args(L, 2, 0, &addr, &nres) < 0)
+        return nres;
+    int rc = net_connect(s->conn.fd, &addr);
+    if (rc < 0)
+        return lh_push_error(L, rc, NULL);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* As in Python: the errno of the connect as a number, 0 on success. */
+static int sock_connect_ex(lua_State *L)
+{
+    lh_socket *s = check_open(L, 1);
+    net_addr addr;
+    int nres;
+    if (resolve_args(L, 2, 0, &addr, &nres) < 0)
+        return nres;
+    lua_pushinteger(L, -net_connect(s->conn.fd, &addr));
+    return 1;
+}
+
+static int l_socket(lua_State *L)
+{
+    static const char *const families[] = {"inet", "inet6", "unix", NULL};
+    static const int family_values[] = {AF_INET, AF_INET6, AF_UNIX};
+    static const char *const types[] = {"stream", "dgram", NULL};
+    int family = family_values[luaL_checkoption(L, 1, "inet", families)];
+    int type = luaL_checkoption(L, 2, "stream", types) ? SOCK_DGRAM : SOCK_STREAM;
+    lh_socket *s = lhsock_push(L, LH_HOST(L), -1, family);
+    int fd = net_socket(family, type, 0);
+    if (fd < 0)
+        return lh_push_error(L, fd, NULL);
+    s->conn.fd = fd;
+    return 1;
+}
+
+static int l_listen(lua_State *L)
+{
+    net_addr addr;
+    int nres;
+    if (resolve_args(L, 1, 1, &addr, &nres) < 0)
+        return nres;
+    if (!lua_isnoneornil(L, 3))
+        luaL_checktype(L, 3, LUA_TTABLE);
+    lua_Integer backlog = 511;
+    int reuseport = 0;
+    if (lua_istable(L, 3)) {
+        lua_getfield(L, 3, "backlog");
+        backlog = luaL_optinteger(L, -1, 511);
+        lua_getfield(L, 3, "reuseport");
+        reuseport = lua_toboolean(L, -1);
+        lua_pop(L, 2);
+    }
+    lh_socket *s = lhsock_push(L, LH_HOST(L), -1, addr.ss.ss_family);
+    int fd = net_socket(addr.ss.ss_family, SOCK_STREAM, 1);
+    if (fd < 0)
+        return lh_push_error(L, fd, NULL);
+    s->conn.fd = fd;
+    int rc = net_bind_listen(fd, &addr, (int)backlog, reuseport);
+    if (rc < 0) {
+        char where[NET_ADDRSTRLEN];
+        net_addr_format(&addr, where, sizeof where);
+        lhsock_close(L, s->host, s, 0);
+        return lh_push_error(L, rc, where);
+    }
+    became_listener(L, s, -1);
+    return 1;
+}
+
+static int l_connect(lua_State *L)
+{
+    net_addr addr;
+    int nres;
+    if (resolve_args(L, 1, 0, &addr, &nres) < 0)
+        return nres;
+    lh_socket *s = lhsock_push(L, LH_HOST(L), -1, addr.ss.ss_family);
+    int fd = net_socket(addr.ss.ss_family, SOCK_STREAM, 1);
+    if (fd < 0)
+        return lh_push_error(L, fd, NULL);
+    s->conn.fd = fd;
+    int rc = net_connect(fd, &addr);
+    if (rc < 0 && rc != -EINPROGRESS) {
+        lhsock_close(L, s->host, s, 0);
+        return lh_push_error(L, rc, NULL);
+    }
+    return 1;
+}
+
+static const luaL_Reg socket_methods[] = {
+    {"accept", sock_accept},
+    {"recv", sock_recv},
+    {"send", sock_send},
+    {"write", sock_write},
+    {"pending", sock_pending},
+    {"setlimit", sock_setlimit},
+    {"on_drain", sock_on_drain},
+    {"shutdown", sock_shutdown},
+    {"close", sock_close},
+    {"abort", sock_abort},
+    {"fileno", sock_fileno},
+    {"getpeername", sock_getpeername},
+    {"getsockname", sock_getsockname},
+    {"setblocking", sock_setblocking},
+    {"setsockopt", sock_setsockopt},
+    {"bind", sock_bind},
+    {"listen", sock_listen},
+    {"connect", sock_connect},
+    {"connect_ex", sock_connect_ex},
+    {NULL, NULL},
+};
+
+static const luaL_Reg socket_metamethods[] = {
+    {"__gc", sock_gc},
+    {"__close", sock_gc},
+    {"__tostring", sock_tostring},
+    {NULL, NULL},
+};
+
+static const luaL_Reg module_functions[] = {
+    {"socket", l_socket},
+    {"listen", l_listen},
+    {"connect", l_connect},
+    {NULL, NULL},
+};
+
+void lhsock_open(lua_State *L, int module, int host)
+{
+    if (luaL_newmetatable(L, LH_SOCKET)) {
+        luaL_setfuncs(L, socket_metamethods, 0);
+        luaL_newlib(L, socket_methods);
+        lua_setfield(L, -2, "__index");
+    }
+    lua_pop(L, 1);
+    lh_setfuncs(L, module_functions, module, host);
+}

@@ -1,0 +1,79 @@
+/* selector.h: registrations kept in an array indexed by fd over a pluggable readiness
+ * backend, with the semantics of Python's selectors module. Knows nothing of Lua. */
+#ifndef LUAHOST_SELECTOR_H
+#define LUAHOST_SELECTOR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum { SEL_READ = 1, SEL_WRITE = 2, SEL_BOTH = 3 };
+
+/* One readiness report. gen is the registration's generation when the batch was taken,
+ * so an event for a key that was replaced later in the same batch can be recognised. */
+typedef struct sel_fired {
+    int fd;
+    int mask;
+    uint32_t gen;
+} sel_fired;
+
+/* One fd's slot. A slot is in use while the script registered it or the host has its
+ * own interest in it (flushing output); gen is non-zero exactly while it is in use. */
+typedef struct sel_key {
+    uint32_t gen;
+    uint8_t registered;  /* registered by the script */
+    uint8_t events;      /* the script's interest, SEL_READ|SEL_WRITE */
+    uint8_t host_events; /* the host's own interest, apart from the script's */
+    uint8_t paused;      /* script events withheld from the backend (backpressure) */
+    uint8_t armed;       /* the mask the backend currently watches */
+    void *host_data;     /* owner of host_events, for the host's dispatch */
+} sel_key;
+
+typedef struct selector selector;
+
+/* Creates a selector on the named backend ("epoll", "poll", "select", "kqueue"), or on
+ * the best available when name is NULL. Returns NULL with a message in err on failure. */
+selector *sel_new(const char *backend_name, char *err, size_t errlen);
+void sel_free(selector *sel);
+const char *sel_backend_name(const selector *sel);
+
+/* The backends compiled into this build, best first, NULL-terminated. */
+const char *const *sel_backend_names(void);
+
+/* Script registrations. Each returns 0, or a negative errno with sel_error() telling why:
+ * -EEXIST registered twice, -EINVAL events outside READ|WRITE or fd < 0,
+ * -ENOENT not registered, -ERANGE fd beyond what the backend can watch,
+ * or the backend's own failure (-EBADF for a closed fd, -ENOMEM, ...). */
+int sel_register(selector *sel, int fd, int events);
+int sel_modify(selector *sel, int fd, int events);
+int sel_unregister(selector *sel, int fd);
+
+/* The host's own interest in fd (0 removes it), kept apart from the script's events. */
+int sel_set_host_events(selector *sel, int fd, int host_events, void *host_data);
+/* Withholds some of the script's events from the backend without changing them. */
+int sel_set_paused(selector *sel, int fd, int paused);
+
+/* The slot for fd if the script registered it, else NULL. Valid until the next change. */
+const sel_key *sel_get(const selector *sel, int fd);
+/* The slot for fd if it is in use at all (script or host), else NULL. */
+const sel_key *sel_slot(const selector *sel, int fd);
+/* Number of script registrations. */
+size_t sel_count(const selector *sel);
+/* Number of slots the host has its own interest in. */
+size_t sel_host_count(const selector *sel);
+/* Highest fd ever given a slot plus one: iterate 0..sel_capacity() with sel_get. */
+int sel_capacity(const selector *sel);
+
+/* Waits up to timeout_ms (-1 forever, 0 poll) and returns the number of ready fds, kept
+ * in a batch read by sel_fired_at; EINTR is retried with the remaining time. Error and
+ * hang-up are reported as READ|WRITE, then masked by what the slot watches.
+ * Returns a negative errno on failure. */
+int sel_select(selector *sel, int timeout_ms);
+const sel_fired *sel_fired_at(const selector *sel, int i);
+/* The part of a fired entry still deliverable: 0 when the slot was released or reused
+ * since the batch was taken, else the fired mask within the slot's current interest. */
+int sel_deliverable(const selector *sel, const sel_fired *fired);
+
+/* What the last failing call said, e.g. "fd 7 is already registered". */
+const char *sel_error(const selector *sel);
+
+#endif
