@@ -83,22 +83,23 @@ static int buf_grow(buffer *b, size_t need)
  * -ENOMEM (also for sizes whose arithmetic would overflow) leaving b unchanged. */
 int buf_append(buffer *b, const void *src, size_t len)
 {
-    size_t live = b->end - b->start;
+    size_t live = b->end - b->start, need;
 
     if (len == 0)
         return 0;
     if (len > BUF_MAX_CAP - live)
         return -ENOMEM;
+    need = live + len;
     if (len > b->cap - b->end) {
         /* Compact only when the sent prefix is at least as large as what must move:
          * that pays for the memmove, and stops a nearly full buffer from being
-         * shuffled on every small append. Otherwise grow, which also compacts. */
-        if (len <= b->cap - live && b->start >= live) {
+         * shuffled on every small append. Otherwise double, which also compacts. */
+        if (need <= b->cap && (b->start >= live || b->cap == BUF_MAX_CAP)) {
             memmove(b->data, b->data + b->start, live);
             b->start = 0;
             b->end = live;
         } else {
-            int err = buf_grow(b, live + len);
+            int err = buf_grow(b, need > b->cap ? need : b->cap + 1);
             if (err)
                 return err;
         }

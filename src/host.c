@@ -191,26 +191,25 @@ void host_dispatch_host_event(lua_State *L, lh_host *host, void *host_data)
     }
 }
 
-/* After a callback raised: log it with the peer's address, then unregister the key
- * and close its socket if it is still the registration that raised. The error message
- * and the key are on the stack; both are popped. */
+/* After a callback raised: log it with the peer's address, then close its socket (which
+ * unregisters it everywhere), or for another kind of fileobj unregister the key if it is
+ * still the registration that raised. The key and the error message are on the stack;
+ * both are popped. */
 static void callback_failed(lua_State *L, lh_host *host, lh_selector *s, const sel_fired *f)
 {
     char where[NET_ADDRSTRLEN + 16];
     lua_getiuservalue(L, -2, 1);
     lh_socket *sock = lhsock_test(L, -1);
-    if (sock)
+    if (sock && sock->conn.fd >= 0)
         lhsock_describe(sock, where, sizeof where);
     else
         snprintf(where, sizeof where, "fd %d", f->fd);
     lh_log(host, LH_ERROR, "error in callback for %s: %s", where, lua_tostring(L, -2));
-    if (sel_deliverable(s->core, f) ||
-        (sel_get(s->core, f->fd) && sel_get(s->core, f->fd)->gen == f->gen)) {
-        if (sock)
-            lhsock_close(L, host, sock, 0);
-        else if (lhsel_unregister_fd(L, s, f->fd) == 0)
-            lua_pop(L, 1);
-    }
+    const sel_key *slot = sel_get(s->core, f->fd);
+    if (sock)
+        lhsock_close(L, host, sock, 0);
+    else if (slot && slot->gen == f->gen && lhsel_unregister_fd(L, s, f->fd) == 0)
+        lua_pop(L, 1);
     lua_pop(L, 3);
 }
 

@@ -452,8 +452,9 @@ static int l_listen(lua_State *L)
     s->conn.fd = fd;
     int rc = net_bind_listen(fd, &addr, (int)backlog, reuseport);
     if (rc < 0) {
-        char where[NET_ADDRSTRLEN];
-        net_addr_format(&addr, where, sizeof where);
+        char where[NET_ADDRSTRLEN + 20];
+        memcpy(where, "cannot listen on ", 18);
+        net_addr_format(&addr, where + 17, sizeof where - 17);
         lhsock_close(L, s->host, s, 0);
         return lh_push_error(L, rc, where);
     }

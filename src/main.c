@@ -1,5 +1,6 @@
 /* main.c: the luahost executable: parse the command line, load the script, run its
  * main chunk with `arg` as lua does, run the loop, and stop gracefully on a signal. */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -143,8 +144,26 @@ static void apply_settings(lua_State *L, const options *o)
         host->log_level = lh_log_level_from_name(o->log_level);
     if (o->max_output > 0)
         host->max_output = (uint32_t)o->max_output;
+    signal(SIGPIPE, SIG_IGN);
+}
+
+/* Runs the loop once the main chunk has returned, then closes down gracefully. Signals
+ * are routed into the loop only now: while the main chunk runs (a client script may run
+ * its own select loop there) SIGINT and SIGTERM act as they do for lua. */
+static int serve(lua_State *L)
+{
+    lua_getfield(L, LUA_REGISTRYINDEX, "luahost.host");
+    lh_host *host = (lh_host *)lua_touserdata(L, -1);
     if (host_watch_signals(host) < 0)
         lh_log(host, LH_WARN, "cannot watch signals; SIGINT/SIGTERM will not stop gracefully");
+    lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    lua_getfield(L, -1, "luahost");
+    lua_getfield(L, -1, "run");
+    lua_call(L, 0, 2);
+    if (lua_isnil(L, -2))
+        return luaL_error(L, "%s", lua_tostring(L, -1));
+    host_shutdown(L, host, SHUTDOWN_GRACE_SECONDS);
+    return 0;
 }
 
 /* Everything runs inside one protected call, as in lua.c, so that even a failure while
@@ -174,14 +193,7 @@ static int pmain(lua_State *L)
         lua_pushstring(L, o->argv[i]);
     if (lua_pcall(L, o->argc - o->script - 1, 0, handler) != LUA_OK)
         return lua_error(L);
-    lua_getglobal(L, "luahost");
-    lua_getfield(L, -1, "run");
-    lua_call(L, 0, 2);
-    if (lua_isnil(L, -2))
-        return luaL_error(L, "%s", lua_tostring(L, -1));
-    lua_getfield(L, LUA_REGISTRYINDEX, "luahost.host");
-    host_shutdown(L, (lh_host *)lua_touserdata(L, -1), SHUTDOWN_GRACE_SECONDS);
-    return 0;
+    return serve(L);
 }
 
 /* The first line of an error; the traceback follows only at log level debug. */

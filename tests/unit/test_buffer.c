@@ -167,6 +167,32 @@ static void test_compaction(void)
     free(src);
 }
 
+/* A nearly full buffer fed and drained in small steps must not move its whole
+ * contents on every append: the copying has to be paid for by the bytes sent. */
+static void test_no_thrash(void)
+{
+    size_t min = min_capacity(), resets = 0;
+    unsigned char *src = malloc(min);
+    buffer b;
+
+    CHECK(src != NULL);
+    if (src == NULL)
+        return;
+    fill_random(src, min);
+    buf_init(&b);
+    CHECK(buf_append(&b, src, min) == 0);
+    for (int i = 0; i < 1000; i++) {
+        buf_consume(&b, 60);
+        CHECK(buf_append(&b, src, 60) == 0);
+        if (b.start == 0)
+            resets++;
+    }
+    CHECK(resets <= 1000 / 10);
+    CHECK(b.cap <= 2 * min);
+    buf_free(&b);
+    free(src);
+}
+
 /* Sizes whose arithmetic would overflow, or that no allocator could satisfy, fail
  * cleanly and leave the contents alone. src is never read for them, so a short one is
  * passed on purpose. */
@@ -311,6 +337,7 @@ int main(void)
     test_basic();
     test_large_append();
     test_compaction();
+    test_no_thrash();
     test_overflow();
     test_random_against_reference();
     test_steady_stream();
