@@ -118,12 +118,13 @@ static int l_log(lua_State *L)
     int level = check_level(L, 1);
     if (level < host->log_level)
         return 0;
+    int n = lua_gettop(L); /* before buffinit, which pushes a placeholder of its own */
     luaL_Buffer b;
     luaL_buffinit(L, &b);
-    for (int i = 2, n = lua_gettop(L); i <= n; i++) {
-        luaL_tolstring(L, i, NULL);
+    for (int i = 2; i <= n; i++) {
         if (i > 2)
             luaL_addchar(&b, ' ');
+        luaL_tolstring(L, i, NULL); /* the buffer allows one extra value, for addvalue */
         luaL_addvalue(&b);
     }
     luaL_pushresult(&b);

@@ -1,0 +1,207 @@
+-- chat.lua: a newline-delimited chat server. Every message it sends is one JSON object
+-- on one line; clients may send JSON objects or plain text, so `nc` works as a client.
+--
+-- Usage: luahost scripts/chat.lua [[HOST:]PORT] [--idle-timeout SECONDS] [--max-line BYTES]
+--        (default 127.0.0.1:12345, idle timeout 300 s, max line 65536 bytes)
+--
+-- A line starting with "{" or "[" is JSON and must be an object:
+--   {"type":"say","text":"..."}  {"type":"nick","name":"..."}  {"type":"who"}
+-- Any other line is plain text: "/nick NAME", "/who", or else something to say.
+local luahost = require "luahost"
+local cjson = require "cjson.safe"
+
+local sel, READ = luahost.selector, luahost.EVENT_READ
+local USAGE = "usage: luahost scripts/chat.lua [[HOST:]PORT] [--idle-timeout SECONDS]"
+  .. " [--max-line BYTES]"
+
+local function parse_args(args)
+  local opts = { host = "127.0.0.1", port = 12345, idle_timeout = 300, max_line = 65536 }
+  local i = 1
+  while args[i] do
+    local a = args[i]
+    if a == "--idle-timeout" or a == "--max-line" then
+      local v = tonumber(args[i + 1])
+      if not v or v <= 0 then error(a .. " needs a positive number; " .. USAGE, 0) end
+      if a == "--idle-timeout" then opts.idle_timeout = v else opts.max_line = math.floor(v) end
+      i = i + 2
+    elseif a:sub(1, 1) == "-" then
+      error("unknown option " .. a .. "; " .. USAGE, 0)
+    else
+      local host, port = luahost.parse_address(a, opts.host, opts.port)
+      if not host then error(port .. "; " .. USAGE, 0) end
+      opts.host, opts.port = host, port
+      i = i + 1
+    end
+  end
+  return opts
+end
+
+local opts = parse_args(arg)
+local clients = {} -- conn -> { conn, name, partial, discarding, last_active }
+local by_name = {} -- name -> client
+local guests = 0
+
+local function encode(msg)
+  return cjson.encode(msg) .. "\n"
+end
+
+local drop -- defined below; sending can fail and drop a client
+
+-- Sends an encoded line; a client whose output limit is exceeded is disconnected.
+local function send_line(client, line)
+  local pending, err = client.conn:write(line)
+  if not pending then
+    drop(client, err == "buffer full" and "slow consumer" or "write failed: " .. tostring(err))
+  end
+end
+
+local function send(client, msg)
+  send_line(client, encode(msg))
+end
+
+-- Sends msg to every client but `except` (which may be nil), encoding it once.
+local function broadcast(msg, except)
+  local line = encode(msg)
+  for _, client in pairs(clients) do
+    if client ~= except and not client.gone then send_line(client, line) end
+  end
+end
+
+drop = function(client, reason)
+  if client.gone then return end
+  client.gone = true
+  clients[client.conn] = nil
+  by_name[client.name] = nil
+  client.conn:close() -- already closed when the host dropped a slow consumer: harmless
+  luahost.log("info", client.name, "left:", reason)
+  broadcast({ type = "leave", name = client.name, reason = reason })
+end
+
+local function reply_error(client, reason)
+  send(client, { type = "error", reason = reason })
+end
+
+local function valid_name(name)
+  return type(name) == "string" and #name >= 1 and #name <= 32
+    and name:match("^[%w_%-]+$") ~= nil
+end
+
+local handlers = {}
+
+function handlers.say(client, msg)
+  if type(msg.text) ~= "string" then return reply_error(client, "say needs a text string") end
+  broadcast({ type = "say", from = client.name, text = msg.text }, client)
+end
+
+function handlers.nick(client, msg)
+  local name = msg.name
+  if not valid_name(name) then
+    return reply_error(client, "a name is 1-32 letters, digits, '_' or '-'")
+  end
+  if by_name[name] and by_name[name] ~= client then
+    return reply_error(client, "name " .. name .. " is taken")
+  end
+  local old = client.name
+  by_name[old], by_name[name], client.name = nil, client, name
+  broadcast({ type = "nick", from = old, name = name })
+end
+
+function handlers.who(client)
+  local names = {}
+  for name in pairs(by_name) do names[#names + 1] = name end
+  table.sort(names)
+  send(client, { type = "who", names = setmetatable(names, cjson.array_mt) })
+end
+
+-- One complete line (without its line ending) from a client.
+local function handle_line(client, line)
+  if line == "" then return end
+  if not utf8.len(line) then return reply_error(client, "invalid UTF-8") end
+  local first = line:match("^%s*(.)")
+  local msg
+  if first == "{" or first == "[" then
+    msg = cjson.decode(line)
+    if msg == nil then return reply_error(client, "malformed JSON") end
+    if first ~= "{" then return reply_error(client, "expected a JSON object") end
+  elseif line == "/who" then
+    msg = { type = "who" }
+  elseif line:match("^/nick%f[%s%z]") then
+    msg = { type = "nick", name = line:match("^/nick%s+(%S+)%s*$") or "" }
+  else
+    msg = { type = "say", text = line }
+  end
+  local handler = type(msg.type) == "string" and handlers[msg.type]
+  if not handler then return reply_error(client, "unknown type " .. tostring(msg.type)) end
+  handler(client, msg)
+end
+
+-- Splits received bytes into lines: partial lines wait for the rest, and a line longer
+-- than max_line gets one error and is discarded up to its end, so memory stays bounded.
+local function feed(client, data)
+  local buf, start = client.partial .. data, 1
+  while not client.gone do
+    local nl = buf:find("\n", start, true)
+    if not nl then break end
+    local line = buf:sub(start, nl - 1):gsub("\r$", "")
+    start = nl + 1
+    if client.discarding then
+      client.discarding = false
+    elseif #line > opts.max_line then
+      reply_error(client, "line too long")
+    else
+      handle_line(client, line)
+    end
+  end
+  local rest = buf:sub(start)
+  if not client.discarding and #rest > opts.max_line then
+    reply_error(client, "line too long")
+    client.discarding = true
+  end
+  client.partial = client.discarding and "" or rest
+end
+
+local function on_readable(conn)
+  local client = clients[conn]
+  local data, err = conn:recv(65536)
+  if data == nil then
+    if err ~= "wouldblock" then drop(client, "connection error: " .. tostring(err)) end
+  elseif data == "" then
+    drop(client, "quit")
+  else
+    client.last_active = luahost.now()
+    feed(client, data)
+  end
+end
+
+local function next_guest_name()
+  repeat guests = guests + 1 until not by_name["guest-" .. guests]
+  return "guest-" .. guests
+end
+
+local function on_accept(server)
+  for _ = 1, 64 do -- a few per wakeup, so a burst of connects is taken quickly
+    local conn = server:accept()
+    if not conn then return end
+    local client = { conn = conn, name = next_guest_name(), partial = "",
+                     last_active = luahost.now() }
+    clients[conn], by_name[client.name] = client, client
+    sel:register(conn, READ, on_readable)
+    send(client, { type = "welcome", name = client.name })
+    broadcast({ type = "join", name = client.name }, client)
+  end
+end
+
+-- Disconnects clients that sent nothing for idle_timeout seconds.
+local function sweep_idle()
+  local now = luahost.now()
+  for _, client in pairs(clients) do
+    if now - client.last_active >= opts.idle_timeout then
+      send(client, { type = "error", reason = "idle timeout" })
+      drop(client, "idle timeout")
+    end
+  end
+end
+
+local server = assert(luahost.listen(opts.host, opts.port))
+sel:register(server, READ, on_accept)
+luahost.every(math.min(1, opts.idle_timeout / 4), sweep_idle)
