@@ -8,3 +8,4 @@ read_globals = {
     "arg",
 }
 files["tests/spec"] = {std = "+busted"}
+files["examples/*_spec.lua"] = {std = "+busted"}

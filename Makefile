@@ -31,7 +31,7 @@ test-sanitize: deps
 
 lint:
 	$(if $(C_FILES),clang-format --dry-run --Werror $(C_FILES))
-	luacheck scripts tests
+	luacheck scripts tests examples
 
 clean:
 	rm -rf build build-sanitize
