@@ -153,7 +153,8 @@ local function feed(client, data)
     end
   end
   local rest = buf:sub(start)
-  if not client.discarding and #rest > opts.max_line then
+  -- The limit is on the line without its ending, and a "\r" may still be waiting for "\n".
+  if not client.discarding and #rest - (rest:sub(-1) == "\r" and 1 or 0) > opts.max_line then
     reply_error(client, "line too long")
     client.discarding = true
   end

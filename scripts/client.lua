@@ -11,7 +11,7 @@ local TIMEOUT = 30 -- seconds for the whole run; a server that stops answering f
 
 local host, port = luahost.parse_address(arg[1] or "", "127.0.0.1", -1)
 local nconns, nmessages = tonumber(arg[2] or 2), tonumber(arg[3] or 2)
-if not host or port < 0 or not nconns or nconns < 1 or not nmessages or nmessages < 0 then
+if not host or port < 0 or not nconns or nconns < 1 or not nmessages or nmessages < 1 then
   error((host and "" or port .. "; ") .. USAGE, 0)
 end
 

@@ -59,6 +59,8 @@ static int finish_drain(conn *c, selector *sel)
 ssize_t conn_write(conn *c, selector *sel, const char *data, size_t len)
 {
     size_t pending = buf_len(&c->out);
+    if (c->flags & CONN_WRITE_CLOSED)
+        return -EPIPE;
     if (pending == 0) {
         ssize_t sent = net_send(c->fd, data, len);
         if (sent < 0 && sent != -EAGAIN)
@@ -117,6 +119,7 @@ void conn_drop(conn *c, selector *sel)
 int conn_shutdown_write(conn *c, selector *sel)
 {
     (void)sel;
+    c->flags |= CONN_WRITE_CLOSED;
     if (buf_len(&c->out) > 0) {
         c->flags |= CONN_SHUT_WR;
         return 0;

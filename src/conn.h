@@ -10,10 +10,11 @@
 #include "buffer.h"
 #include "selector.h"
 
-enum conn_kind { CONN_SOCKET = 1, CONN_LINGER, CONN_SIGNAL };
+enum conn_kind { CONN_SOCKET = 1, CONN_LINGER, CONN_SIGNAL, CONN_WATCH };
 enum conn_flag {
     CONN_SHUT_WR = 1, /* shut the write side once the buffer drains */
     CONN_PAUSED = 2,  /* the script's READ is withheld until the buffer drains below low water */
+    CONN_WRITE_CLOSED = 4, /* shutdown("w") was asked: nothing more may be written */
 };
 
 #define CONN_DEFAULT_LIMIT (1024u * 1024u)

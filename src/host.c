@@ -47,6 +47,9 @@ static int host_gc(lua_State *L)
         close(host->signal_conn.fd);
         close(host->signal_write_fd);
     }
+    if (host->watch_conn.fd >= 0)
+        close(host->watch_conn.fd);
+    free(host->watch_name);
     theap_free(&host->timers);
     return 0;
 }
@@ -74,6 +77,10 @@ lh_host *host_push_new(lua_State *L)
     host->log_level = LH_INFO;
     host->signal_conn.fd = -1;
     host->signal_write_fd = -1;
+    host->watch_conn.fd = -1;
+    host->generation = 1;
+    host->journal_ref = LUA_NOREF;
+    host->on_reload_ref = new_ref_table(L, NULL);
     theap_init(&host->timers);
     host->listeners_ref = new_ref_table(L, NULL);
     host->timers_ref = new_ref_table(L, NULL);
@@ -162,7 +169,8 @@ static void drain_signals(lh_host *host)
     while ((n = read(host->signal_conn.fd, signals, sizeof signals)) > 0) {
         for (ssize_t i = 0; i < n; i++) {
             if (signals[i] == SIGHUP) {
-                lh_log(host, LH_WARN, "SIGHUP ignored: this build cannot reload scripts");
+                lh_log(host, LH_INFO, "SIGHUP received, reloading the script");
+                host->reload_requested = 1;
                 continue;
             }
             lh_log(host, LH_INFO, "%s received, stopping",
@@ -178,6 +186,10 @@ void host_dispatch_host_event(lua_State *L, lh_host *host, void *host_data)
     conn *c = (conn *)host_data;
     if (c->kind == CONN_SIGNAL) {
         drain_signals(host);
+        return;
+    }
+    if (c->kind == CONN_WATCH) {
+        host_watch_event(host);
         return;
     }
     ssize_t rc = conn_flush(c, host->sel->core);
@@ -267,6 +279,33 @@ static int min_timeout(int a, int b)
     return a < b ? a : b;
 }
 
+/* Reloads the script after SIGHUP, or once a change seen by --watch has settled. */
+static void reload_if_asked(lua_State *L, lh_host *host)
+{
+    if (host->reload_at > 0 && timer_now() >= host->reload_at) {
+        host->reload_at = 0;
+        host->reload_requested = 1;
+    }
+    if (!host->reload_requested)
+        return;
+    host->reload_requested = 0;
+    int top = lua_gettop(L);
+    lua_getfield(L, LUA_REGISTRYINDEX, "luahost.script");
+    const char *path = lua_tostring(L, -1);
+    if (path)
+        host_reload(L, host, path);
+    else
+        lh_log(host, LH_WARN, "no script to reload");
+    lua_settop(L, top);
+}
+
+static int reload_timeout_ms(lh_host *host, double now)
+{
+    if (host->reload_at <= 0)
+        return -1;
+    return host->reload_at <= now ? 0 : (int)((host->reload_at - now) * 1000.0) + 1;
+}
+
 /* One round: wait up to timeout_ms (less if a timer or a lingering close is due
  * sooner), dispatch the batch, run due timers. Returns the callbacks run, or a negative
  * errno if select failed. */
@@ -280,14 +319,18 @@ int host_step(lua_State *L, lh_host *host, int timeout_ms)
     double now = timer_now();
     timeout_ms = min_timeout(timeout_ms, theap_timeout_ms(&host->timers, now));
     timeout_ms = min_timeout(timeout_ms, linger_timeout_ms(host, now));
+    timeout_ms = min_timeout(timeout_ms, reload_timeout_ms(host, now));
     int n = sel_select(s->core, timeout_ms);
+    /* A script iterating its own select() on this selector sees its batch end here. */
+    s->batch = s->cursor = 0;
     if (n < 0)
         return n;
-    s->busy = 1;
+    s->busy = 1; /* callbacks, timers included, must not re-enter the loop */
     int calls = dispatch(L, host, s, n);
-    s->busy = 0;
     lhtimer_run_due(L, host);
+    s->busy = 0;
     expire_lingering(host, timer_now());
+    reload_if_asked(L, host);
     return calls;
 }
 
@@ -296,7 +339,7 @@ int host_is_idle(lh_host *host)
 {
     if (!host->sel)
         return 1;
-    size_t own = host->signal_conn.fd >= 0 ? 1 : 0;
+    size_t own = (host->signal_conn.fd >= 0) + (host->watch_conn.fd >= 0);
     return sel_count(host->sel->core) == 0 && host->timers.count == 0 &&
            host->linger_head == NULL && sel_host_count(host->sel->core) <= own;
 }

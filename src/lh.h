@@ -48,7 +48,16 @@ typedef struct lh_host {
     int listeners_ref; /* table of listening sockets */
     int timers_ref;    /* scheduled timer -> its userdata, so none is collected early */
     int drain_ref;     /* socket pointer -> on_drain callback */
-    int handles_ref;   /* socket pointer -> socket, weak: finds the socket to call on_drain */
+    int module_ref;    /* the module table, where a script sets luahost.adopt */
+    int on_reload_ref; /* the running script's on_reload callbacks */
+    int journal_ref;   /* while reloading: what the new script changed, to roll back */
+    int generation;    /* which load of the script is running: 1, then one more per reload */
+    int reloading;
+    int reload_requested;
+    double reload_at; /* --watch: when to reload after the file changed, 0 if not pending */
+    conn watch_conn;  /* --watch: the inotify fd */
+    char *watch_name; /* --watch: the script's file name within its directory */
+    int handles_ref;  /* socket pointer -> socket, weak: finds the socket to call on_drain */
     char scratch[LH_SCRATCH_SIZE];
 } lh_host;
 
@@ -66,6 +75,7 @@ struct lh_selector {
 typedef struct lh_key {
     int fd;
     int events;
+    int generation; /* the script load that last registered or modified it */
 } lh_key;
 
 typedef struct lh_socket {
@@ -74,6 +84,7 @@ typedef struct lh_socket {
     uint16_t registrations;
     uint8_t family;
     uint8_t listening;
+    int generation; /* for a listener: the script load that last asked for it */
 } lh_socket;
 
 /* The host is upvalue 1 of the module's functions; methods find it through their object,
@@ -101,12 +112,20 @@ void lhsock_open(lua_State *L, int module, int host);
 lh_socket *lhsock_push(lua_State *L, lh_host *host, int fd, int family);
 lh_socket *lhsock_test(lua_State *L, int index);
 void lhsock_close(lua_State *L, lh_host *host, lh_socket *sock, int graceful);
-void lhsock_describe(lh_socket *sock, char *out, size_t outlen);
+int lhsock_describe(lh_socket *sock, char *out, size_t outlen);
 int lhsock_flushed(lua_State *L, lh_host *host, lh_socket *sock);
 
 /* lua_timer.c */
 void lhtimer_open(lua_State *L, int module, int host);
 void lhtimer_run_due(lua_State *L, lh_host *host);
+
+/* reload.c */
+void lhreload_open(lua_State *L, int module, int host);
+int host_reload(lua_State *L, lh_host *host, const char *path);
+void reload_journal_key(lua_State *L, lh_host *host, int selector_index, int fd);
+void reload_journal_object(lua_State *L, lh_host *host, const char *list, int index);
+int host_watch_file(lh_host *host, const char *path);
+void host_watch_event(lh_host *host);
 
 /* host.c */
 lh_host *host_push_new(lua_State *L);

@@ -71,17 +71,24 @@ static void count_registration(lua_State *L, int key_index, int delta)
     lua_pop(L, 1);
 }
 
+static int sel_modify_l(lua_State *L);
+
 static int sel_register_l(lua_State *L)
 {
     lh_selector *s = check_selector(L, 1);
     int fd = lhsel_fileobj_fd(L, 2);
     int events = check_events(L, 3);
     lua_settop(L, 4);
+    /* A reloading script registers what the old one had: that replaces the callback. */
+    if (s->host->reloading && sel_get(s->core, fd))
+        return sel_modify_l(L);
+    reload_journal_key(L, s->host, 1, fd);
     lh_key *key = (lh_key *)lua_newuserdatauv(L, sizeof *key, 2);
     if (sel_register(s->core, fd, events) < 0)
         return luaL_error(L, "%s", sel_error(s->core));
     key->fd = fd;
     key->events = events;
+    key->generation = s->host->generation;
     luaL_setmetatable(L, LH_KEY);
     lua_pushvalue(L, 2);
     lua_setiuservalue(L, 5, 1);
@@ -101,12 +108,15 @@ static int sel_modify_l(lua_State *L)
     int fd = lhsel_fileobj_fd(L, 2);
     int events = check_events(L, 3);
     lua_settop(L, 4);
+    if (sel_get(s->core, fd))
+        reload_journal_key(L, s->host, 1, fd);
     if (sel_modify(s->core, fd, events) < 0)
         return luaL_error(L, "%s", sel_error(s->core));
     lhsel_push_keys(L, s);
     lua_rawgeti(L, -1, fd);
     lh_key *key = check_key(L, -1);
     key->events = events;
+    key->generation = s->host->generation;
     lua_pushvalue(L, 4);
     lua_setiuservalue(L, -2, 2);
     return 1;
@@ -132,6 +142,8 @@ static int sel_unregister_l(lua_State *L)
 {
     lh_selector *s = check_selector(L, 1);
     int fd = lhsel_fileobj_fd(L, 2);
+    if (sel_get(s->core, fd))
+        reload_journal_key(L, s->host, 1, fd);
     if (lhsel_unregister_fd(L, s, fd) < 0)
         return luaL_error(L, "%s", sel_error(s->core));
     return 1;
@@ -182,9 +194,13 @@ static int timeout_ms(lua_State *L, int index)
  * buffered is flushed here too, so a script's own select loop keeps writes moving. */
 static int sel_iterate(lua_State *L)
 {
-    lh_selector *s = check_selector(L, 1);
+    lh_selector *s = (lh_selector *)luaL_checkudata(L, 1, LH_SELECTOR);
+    if (!s->core) /* closed inside its own loop, which Python allows: the loop just ends */
+        return 0;
     while (s->cursor < s->batch) {
         const sel_fired *f = sel_fired_at(s->core, s->cursor++);
+        if (!f)
+            break;
         int mask = sel_deliverable(s->core, f);
         const sel_key *slot = sel_slot(s->core, f->fd);
         if (mask & (slot ? slot->host_events : 0)) {
@@ -289,7 +305,11 @@ static int key_index(lua_State *L)
 {
     static const char *const fields[] = {"fileobj", "data", "fd", "events", NULL};
     lh_key *key = check_key(L, 1);
-    switch (luaL_checkoption(L, 2, NULL, fields)) {
+    const char *name = luaL_checkstring(L, 2);
+    int field = 0;
+    while (fields[field] && strcmp(fields[field], name) != 0)
+        field++;
+    switch (field) {
     case 0:
         lua_getiuservalue(L, 1, 1);
         break;
@@ -299,8 +319,11 @@ static int key_index(lua_State *L)
     case 2:
         lua_pushinteger(L, key->fd);
         break;
-    default:
+    case 3:
         lua_pushinteger(L, key->events);
+        break;
+    default:
+        return luaL_error(L, "selector keys have no field '%s' (fileobj, fd, events, data)", name);
     }
     return 1;
 }

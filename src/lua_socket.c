@@ -1,10 +1,12 @@
 /* lua_socket.c: the luahost.socket type (accept, recv, send, buffered write, close, ...)
  * and luahost.listen / connect / socket. System failures return nil, message, errno. */
 #include <errno.h>
+#include <stddef.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "lh.h"
@@ -38,20 +40,26 @@ lh_socket *lhsock_push(lua_State *L, lh_host *host, int fd, int family)
     s->registrations = 0;
     s->family = (uint8_t)family;
     s->listening = 0;
+    s->generation = 0;
     luaL_setmetatable(L, LH_SOCKET);
     return s;
 }
 
-void lhsock_describe(lh_socket *s, char *out, size_t outlen)
+/* The peer's address (a listener's own), else "fd N"; returns whether it had one. */
+int lhsock_describe(lh_socket *s, char *out, size_t outlen)
 {
     net_addr addr;
-    if (s->conn.fd < 0)
+    if (s->conn.fd < 0) {
         snprintf(out, outlen, "closed socket");
-    else if ((s->listening ? net_sockname(s->conn.fd, &addr) : net_peername(s->conn.fd, &addr)) ==
-             0)
+        return 0;
+    }
+    int rc = s->listening ? net_sockname(s->conn.fd, &addr) : net_peername(s->conn.fd, &addr);
+    if (rc == 0) {
         net_addr_format(&addr, out, outlen);
-    else
-        snprintf(out, outlen, "fd %d", s->conn.fd);
+        return 1;
+    }
+    snprintf(out, outlen, "fd %d", s->conn.fd);
+    return 0;
 }
 
 /* Pushes an address as two results, host and port. */
@@ -132,9 +140,10 @@ static int sock_tostring(lua_State *L)
 {
     lh_socket *s = check_socket(L, 1);
     char where[NET_ADDRSTRLEN];
-    lhsock_describe(s, where, sizeof where);
     if (s->conn.fd < 0)
         lua_pushstring(L, "luahost.socket (closed)");
+    else if (!lhsock_describe(s, where, sizeof where))
+        lua_pushfstring(L, "luahost.socket (fd %d)", s->conn.fd);
     else
         lua_pushfstring(L, "luahost.socket (fd %d, %s%s)", s->conn.fd, where,
                         s->listening ? ", listening" : "");
@@ -155,6 +164,21 @@ static int sock_accept(lua_State *L)
     int fd = net_accept(s->conn.fd, &peer);
     if (fd < 0)
         return lh_push_error(L, fd, NULL);
+    /* A connection the host's selector could never watch is refused here, where the
+     * script expects accept to fail, not later in register, where it would raise. */
+    int limit = s->host->sel ? sel_fd_limit(s->host->sel->core) : 0;
+    if (limit > 0 && fd >= limit) {
+        close(fd);
+        lh_log(s->host, LH_WARN,
+               "refusing a connection: fd %d is beyond what the %s backend "
+               "can watch",
+               fd, sel_backend_name(s->host->sel->core));
+        luaL_pushfail(L);
+        lua_pushfstring(L, "fd %d is beyond what the %s backend can watch", fd,
+                        sel_backend_name(s->host->sel->core));
+        lua_pushinteger(L, EMFILE);
+        return 3;
+    }
     c->conn.fd = fd;
     c->family = (uint8_t)peer.ss.ss_family;
     return 1 + push_addr(L, &peer);
@@ -260,11 +284,21 @@ int lhsock_flushed(lua_State *L, lh_host *host, lh_socket *s)
         lua_pop(L, 2);
         return LUA_OK;
     }
+    lua_remove(L, -2);
+    lua_pushcfunction(L, lh_traceback);
+    lua_insert(L, -2);
     lua_rawgeti(L, LUA_REGISTRYINDEX, host->handles_ref);
     lua_rawgetp(L, -1, s);
     lua_remove(L, -2);
-    lua_remove(L, -3);
-    return lua_pcall(L, 1, 0, 0) == LUA_OK ? LUA_OK : (host_report_error(L, host, "on_drain"), 1);
+    int status = lua_pcall(L, 1, 0, -3);
+    if (status != LUA_OK) {
+        char where[NET_ADDRSTRLEN + 32];
+        memcpy(where, "error in on_drain for ", 23);
+        lhsock_describe(s, where + 22, sizeof where - 22);
+        host_report_error(L, host, where);
+    }
+    lua_pop(L, 1);
+    return status;
 }
 
 static int sock_shutdown(lua_State *L)
@@ -333,9 +367,22 @@ static int sock_setsockopt(lua_State *L)
     return 1;
 }
 
-/* Resolves arguments host, port at index and index+1 into addr, or pushes the failure. */
-static int resolve_args(lua_State *L, int index, int passive, net_addr *addr, int *nresults)
+/* Resolves arguments host, port at index and index+1 into addr, or pushes the failure.
+ * For a unix-domain socket (sock given and AF_UNIX) the one argument is a path. */
+static int resolve_args(lua_State *L, int index, int passive, net_addr *addr, int *nresults,
+                        const lh_socket *sock)
 {
+    if (sock && sock->family == AF_UNIX) {
+        size_t len;
+        const char *path = luaL_checklstring(L, index, &len);
+        struct sockaddr_un *un = (struct sockaddr_un *)&addr->ss;
+        luaL_argcheck(L, len > 0 && len < sizeof un->sun_path, index, "path too long or empty");
+        memset(un, 0, sizeof *un);
+        un->sun_family = AF_UNIX;
+        memcpy(un->sun_path, path, len);
+        addr->len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len + 1);
+        return 0;
+    }
     const char *host = luaL_checkstring(L, index);
     lua_Integer port = luaL_checkinteger(L, index + 1);
     char err[160];
@@ -355,7 +402,7 @@ static int sock_bind(lua_State *L)
     lh_socket *s = check_open(L, 1);
     net_addr addr;
     int nres, one = 1;
-    if (resolve_args(L, 2, 1, &addr, &nres) < 0)
+    if (resolve_args(L, 2, 1, &addr, &nres, s) < 0)
         return nres;
     setsockopt(s->conn.fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     if (bind(s->conn.fd, (struct sockaddr *)&addr.ss, addr.len) < 0)
@@ -370,6 +417,8 @@ static void became_listener(lua_State *L, lh_socket *s, int index)
     net_addr addr;
     char where[NET_ADDRSTRLEN] = "?";
     s->listening = 1;
+    s->generation = s->host->generation;
+    reload_journal_object(L, s->host, "listeners", index);
     table_set_socket(L, s->host->listeners_ref, s, index);
     if (net_sockname(s->conn.fd, &addr) == 0)
         net_addr_format(&addr, where, sizeof where);
@@ -392,7 +441,7 @@ static int sock_connect(lua_State *L)
     lh_socket *s = check_open(L, 1);
     net_addr addr;
     int nres;
-    if (resolve_args(L, 2, 0, &addr, &nres) < 0)
+    if (resolve_args(L, 2, 0, &addr, &nres, s) < 0)
         return nres;
     int rc = net_connect(s->conn.fd, &addr);
     if (rc < 0)
@@ -407,7 +456,7 @@ static int sock_connect_ex(lua_State *L)
     lh_socket *s = check_open(L, 1);
     net_addr addr;
     int nres;
-    if (resolve_args(L, 2, 0, &addr, &nres) < 0)
+    if (resolve_args(L, 2, 0, &addr, &nres, s) < 0)
         return nres;
     lua_pushinteger(L, -net_connect(s->conn.fd, &addr));
     return 1;
@@ -428,12 +477,42 @@ static int l_socket(lua_State *L)
     return 1;
 }
 
+/* Pushes the listener already bound to addr, if there is one. A script (or its next
+ * version, on reload) asking again for an address gets the same socket. */
+static int push_listener_on(lua_State *L, lh_host *host, const net_addr *addr)
+{
+    net_addr bound;
+    if (addr->ss.ss_family != AF_INET && addr->ss.ss_family != AF_INET6)
+        return 0;
+    int port_offset = addr->ss.ss_family == AF_INET ? offsetof(struct sockaddr_in, sin_port)
+                                                    : offsetof(struct sockaddr_in6, sin6_port);
+    if (memcmp((const char *)&addr->ss + port_offset, "\0\0", 2) == 0)
+        return 0; /* port 0 asks for a new port every time */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, host->listeners_ref);
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        lh_socket *s = lhsock_test(L, -1);
+        if (s && s->conn.fd >= 0 && net_sockname(s->conn.fd, &bound) == 0 &&
+            bound.len == addr->len && memcmp(&bound.ss, &addr->ss, addr->len) == 0) {
+            s->generation = host->generation;
+            lua_replace(L, -3);
+            lua_pop(L, 1);
+            return 1;
+        }
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    return 0;
+}
+
 static int l_listen(lua_State *L)
 {
     net_addr addr;
     int nres;
-    if (resolve_args(L, 1, 1, &addr, &nres) < 0)
+    if (resolve_args(L, 1, 1, &addr, &nres, NULL) < 0)
         return nres;
+    if (push_listener_on(L, LH_HOST(L), &addr))
+        return 1;
     if (!lua_isnoneornil(L, 3))
         luaL_checktype(L, 3, LUA_TTABLE);
     lua_Integer backlog = 511;
@@ -466,7 +545,7 @@ static int l_connect(lua_State *L)
 {
     net_addr addr;
     int nres;
-    if (resolve_args(L, 1, 0, &addr, &nres) < 0)
+    if (resolve_args(L, 1, 0, &addr, &nres, NULL) < 0)
         return nres;
     lh_socket *s = lhsock_push(L, LH_HOST(L), -1, addr.ss.ss_family);
     int fd = net_socket(addr.ss.ss_family, SOCK_STREAM, 1);

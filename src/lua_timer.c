@@ -47,6 +47,7 @@ static int schedule(lua_State *L, double interval)
     if (theap_push(&host->timers, &tm->t) < 0)
         return luaL_error(L, "not enough memory to schedule a timer");
     anchor(L, host, tm, -1);
+    reload_journal_object(L, host, "timers", -1);
     return 1;
 }
 

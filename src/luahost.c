@@ -56,6 +56,8 @@ static int l_run(lua_State *L)
 {
     lh_host *host = LH_HOST(L);
     double deadline = -1;
+    if (host->sel && host->sel->busy)
+        return luaL_error(L, "luahost.step or run called from inside a callback");
     if (lua_istable(L, 1) && lua_getfield(L, 1, "timeout") != LUA_TNIL)
         deadline = timer_now() + luaL_checknumber(L, -1);
     const char *why = "stopped";
@@ -195,6 +197,9 @@ int luaopen_luahost(lua_State *L)
     lhsel_open(L, module, host_index);
     lhsock_open(L, module, host_index);
     lhtimer_open(L, module, host_index);
+    lhreload_open(L, module, host_index);
+    lua_pushvalue(L, module);
+    host->module_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     host->sel = lhsel_push_new(L, host, default_backend(L));
     lua_pushvalue(L, -1);
     luaL_ref(L, LUA_REGISTRYINDEX); /* the host's own selector lives as long as the state */

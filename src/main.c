@@ -18,6 +18,7 @@ typedef struct options {
     const char *log_level;
     long long max_output;
     int check;
+    int watch;
     int script; /* index in argv of SCRIPT */
     int argc;
     char **argv;
@@ -42,6 +43,7 @@ static void usage(FILE *out)
             "  --log-level LEVEL   debug, info, warn or error (default: info)\n"
             "  --max-output BYTES  output a connection may buffer (default: %u)\n"
             "  --check             compile SCRIPT, report, and exit\n"
+            "  --watch             reload SCRIPT whenever its file changes\n"
             "  -h, --help          show this help and exit\n"
             "  --version           show the version and exit\n",
             names[0], CONN_DEFAULT_LIMIT);
@@ -95,6 +97,8 @@ static int parse_options(int argc, char **argv, options *o)
             return 0;
         } else if (strcmp(a, "--check") == 0) {
             o->check = 1;
+        } else if (strcmp(a, "--watch") == 0) {
+            o->watch = 1;
         } else if (matches(a, "--selector")) {
             if (!(v = option_value(argc, argv, &i, "--selector")))
                 return usage_error("option %s needs a value", a);
@@ -124,7 +128,8 @@ static int parse_options(int argc, char **argv, options *o)
     return -1;
 }
 
-/* arg as lua.c builds it: the script at 0, its arguments from 1, the host before it. */
+/* arg as lua.c builds it: the script at 0, its arguments from 1, the host before it.
+ * The path and arguments are kept for reloads too. */
 static void create_arg_table(lua_State *L, const options *o)
 {
     lua_createtable(L, o->argc - o->script, o->script + 1);
@@ -133,6 +138,14 @@ static void create_arg_table(lua_State *L, const options *o)
         lua_rawseti(L, -2, i - o->script);
     }
     lua_setglobal(L, "arg");
+    lua_createtable(L, o->argc - o->script - 1, 0);
+    for (int i = o->script + 1; i < o->argc; i++) {
+        lua_pushstring(L, o->argv[i]);
+        lua_rawseti(L, -2, i - o->script);
+    }
+    lua_setfield(L, LUA_REGISTRYINDEX, "luahost.script_args");
+    lua_pushstring(L, o->argv[o->script]);
+    lua_setfield(L, LUA_REGISTRYINDEX, "luahost.script");
 }
 
 static void apply_settings(lua_State *L, const options *o)
@@ -156,6 +169,9 @@ static int serve(lua_State *L)
     lh_host *host = (lh_host *)lua_touserdata(L, -1);
     if (host_watch_signals(host) < 0)
         lh_log(host, LH_WARN, "cannot watch signals; SIGINT/SIGTERM will not stop gracefully");
+    const options *o = (const options *)lua_touserdata(L, 1);
+    if (o->watch && host_watch_file(host, o->argv[o->script]) < 0)
+        lh_log(host, LH_WARN, "cannot watch %s for changes; --watch is off", o->argv[o->script]);
     lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
     lua_getfield(L, -1, "luahost");
     lua_getfield(L, -1, "run");

@@ -340,6 +340,11 @@ size_t sel_count(const selector *sel)
     return sel->count;
 }
 
+int sel_fd_limit(const selector *sel)
+{
+    return sel->be->fd_limit;
+}
+
 size_t sel_host_count(const selector *sel)
 {
     return sel->host_count;

@@ -56,6 +56,8 @@ int sel_set_paused(selector *sel, int fd, int paused);
 const sel_key *sel_get(const selector *sel, int fd);
 /* The slot for fd if it is in use at all (script or host), else NULL. */
 const sel_key *sel_slot(const selector *sel, int fd);
+/* Largest fd the backend can watch plus one, or 0 for no limit (select: FD_SETSIZE). */
+int sel_fd_limit(const selector *sel);
 /* Number of script registrations. */
 size_t sel_count(const selector *sel);
 /* Number of slots the host has its own interest in. */
