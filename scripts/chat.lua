@@ -37,9 +37,12 @@ local function parse_args(args)
 end
 
 local opts = parse_args(arg)
-local clients = {} -- conn -> { conn, name, partial, discarding, last_active }
-local by_name = {} -- name -> client
-local guests = 0
+
+-- What must outlive a reload lives in one global table: when this file is loaded anew
+-- (SIGHUP, or luahost.reload), the new code finds the connected clients there.
+CHAT = CHAT or { clients = {}, by_name = {}, guests = 0 }
+local clients = CHAT.clients -- conn -> { conn, name, partial, discarding, last_active }
+local by_name = CHAT.by_name -- name -> client
 
 local function encode(msg)
   return cjson.encode(msg) .. "\n"
@@ -175,8 +178,8 @@ local function on_readable(conn)
 end
 
 local function next_guest_name()
-  repeat guests = guests + 1 until not by_name["guest-" .. guests]
-  return "guest-" .. guests
+  repeat CHAT.guests = CHAT.guests + 1 until not by_name["guest-" .. CHAT.guests]
+  return "guest-" .. CHAT.guests
 end
 
 local function on_accept(server)
@@ -203,6 +206,16 @@ local function sweep_idle()
   end
 end
 
+-- On a reload, listen returns the listener already open and register replaces its
+-- callback, so new clients reach the new code at once.
 local server = assert(luahost.listen(opts.host, opts.port))
 sel:register(server, READ, on_accept)
-luahost.every(math.min(1, opts.idle_timeout / 4), sweep_idle)
+local sweeper = luahost.every(math.min(1, opts.idle_timeout / 4), sweep_idle)
+
+-- Before a newer version takes over: stop this version's timer (the new one has its own).
+luahost.on_reload(function() sweeper:cancel() end)
+
+-- After a reload, every connection the old code served is handed to the new code.
+function luahost.adopt(key)
+  if clients[key.fileobj] then sel:modify(key.fileobj, key.events, on_readable) end
+end

@@ -163,7 +163,33 @@ static int l_parse_address(lua_State *L)
     return 2;
 }
 
+/* luahost.stats(): counts an operator or a test can watch for leaks. */
+static int l_stats(lua_State *L)
+{
+    lh_host *host = LH_HOST(L);
+    size_t lingering = 0;
+    for (lh_linger *l = host->linger_head; l; l = l->next)
+        lingering++;
+    size_t own = (host->signal_conn.fd >= 0) + (host->watch_conn.fd >= 0);
+    selector *core = host->sel ? host->sel->core : NULL;
+    lua_createtable(L, 0, 6);
+    lua_pushinteger(L, core ? (lua_Integer)sel_count(core) : 0);
+    lua_setfield(L, -2, "registered");
+    lua_pushinteger(L, core ? (lua_Integer)(sel_host_count(core) - own) : 0);
+    lua_setfield(L, -2, "flushing");
+    lua_pushinteger(L, (lua_Integer)lingering);
+    lua_setfield(L, -2, "lingering");
+    lua_pushinteger(L, (lua_Integer)host->timers.count);
+    lua_setfield(L, -2, "timers");
+    lua_pushinteger(L, host->generation);
+    lua_setfield(L, -2, "generation");
+    lua_pushinteger(L, (lua_Integer)lua_gc(L, LUA_GCCOUNT, 0) * 1024 + lua_gc(L, LUA_GCCOUNTB, 0));
+    lua_setfield(L, -2, "lua_bytes");
+    return 1;
+}
+
 static const luaL_Reg module_functions[] = {
+    {"stats", l_stats},
     {"step", l_step},
     {"run", l_run},
     {"stop", l_stop},

@@ -32,7 +32,8 @@ static void usage(FILE *out)
     fprintf(out,
             "Usage: %s [options] SCRIPT [ARGS...]\n"
             "Runs SCRIPT, a Lua 5.4 file, then serves what it registered until nothing is\n"
-            "left, luahost.stop() is called, or SIGINT/SIGTERM arrives.\n\n"
+            "left, luahost.stop() is called, or SIGINT/SIGTERM arrives. SIGHUP loads SCRIPT\n"
+            "anew without dropping a connection.\n\n"
             "Options:\n"
             "  --selector NAME     readiness backend: ",
             progname);
