@@ -15,6 +15,7 @@ enum conn_flag {
     CONN_SHUT_WR = 1, /* shut the write side once the buffer drains */
     CONN_PAUSED = 2,  /* the script's READ is withheld until the buffer drains below low water */
     CONN_WRITE_CLOSED = 4, /* shutdown("w") was asked: nothing more may be written */
+    CONN_ACCEPTED = 8,     /* counts towards the host's connections until its fd closes */
 };
 
 #define CONN_DEFAULT_LIMIT (1024u * 1024u)

@@ -50,6 +50,8 @@ static int host_gc(lua_State *L)
     if (host->watch_conn.fd >= 0)
         close(host->watch_conn.fd);
     free(host->watch_name);
+    if (host->spare_fd >= 0)
+        close(host->spare_fd);
     theap_free(&host->timers);
     return 0;
 }
@@ -81,6 +83,8 @@ lh_host *host_push_new(lua_State *L)
     host->generation = 1;
     host->journal_ref = LUA_NOREF;
     host->on_reload_ref = new_ref_table(L, NULL);
+    host->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    host->max_instructions = LH_DEFAULT_MAX_INSTRUCTIONS;
     theap_init(&host->timers);
     host->listeners_ref = new_ref_table(L, NULL);
     host->timers_ref = new_ref_table(L, NULL);
@@ -111,7 +115,7 @@ void host_linger(lh_host *host, conn *c)
     if (!l || sel_set_host_events(core, c->fd, SEL_WRITE, &l->conn) < 0) {
         conn_drop(c, core);
         buf_free(&c->out);
-        close(c->fd);
+        host_close_fd(host, c);
         free(l);
         return;
     }
@@ -146,7 +150,7 @@ static void linger_finish(lh_host *host, lh_linger *l)
     if (host->sel)
         conn_drop(&l->conn, host->sel->core);
     buf_free(&l->conn.out);
-    close(l->conn.fd);
+    host_close_fd(host, &l->conn);
     linger_unlink(host, l);
     free(l);
 }
@@ -231,8 +235,6 @@ static void callback_failed(lua_State *L, lh_host *host, lh_selector *s, const s
 static int dispatch(lua_State *L, lh_host *host, lh_selector *s, int n)
 {
     int calls = 0;
-    lua_pushcfunction(L, lh_traceback);
-    int handler = lua_gettop(L);
     lhsel_push_keys(L, s);
     int keys = lua_gettop(L);
     for (int i = 0; i < n; i++) {
@@ -252,13 +254,13 @@ static int dispatch(lua_State *L, lh_host *host, lh_selector *s, int n)
         lua_getiuservalue(L, -2, 1);
         lua_pushinteger(L, mask);
         lua_pushvalue(L, -4);
-        if (lua_pcall(L, 3, 0, handler) != LUA_OK)
+        if (host_pcall(L, host, 3) != LUA_OK)
             callback_failed(L, host, s, f);
         else
             lua_pop(L, 1);
         calls++;
     }
-    lua_settop(L, handler - 1);
+    lua_settop(L, keys - 1);
     return calls;
 }
 
@@ -317,7 +319,11 @@ int host_step(lua_State *L, lh_host *host, int timeout_ms)
     if (s->busy)
         return luaL_error(L, "luahost.step or run called from inside a callback");
     double now = timer_now();
+    host_resume_accepting(L, host);
+    host->accepts_this_round = 0;
     timeout_ms = min_timeout(timeout_ms, theap_timeout_ms(&host->timers, now));
+    if (host->accept_resume_at > 0)
+        timeout_ms = min_timeout(timeout_ms, (int)((host->accept_resume_at - now) * 1000) + 1);
     timeout_ms = min_timeout(timeout_ms, linger_timeout_ms(host, now));
     timeout_ms = min_timeout(timeout_ms, reload_timeout_ms(host, now));
     int n = sel_select(s->core, timeout_ms);

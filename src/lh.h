@@ -18,6 +18,13 @@
 
 enum lh_log_level { LH_DEBUG, LH_INFO, LH_WARN, LH_ERROR };
 
+/* A connect storm gets this many accepts per round, so established clients are served. */
+#define LH_ACCEPTS_PER_ROUND 64
+/* How long accepting pauses after the fds ran out. */
+#define LH_ACCEPT_PAUSE_SECONDS 0.1
+/* Instructions a callback may run before it is aborted, unless --max-instructions says. */
+#define LH_DEFAULT_MAX_INSTRUCTIONS 100000000L
+
 /* recv() reads into this much of the host's own scratch space before making a string. */
 #define LH_SCRATCH_SIZE 65536
 /* How long a closed connection may take to flush what it still has buffered. */
@@ -54,10 +61,19 @@ typedef struct lh_host {
     int generation;    /* which load of the script is running: 1, then one more per reload */
     int reloading;
     int reload_requested;
-    double reload_at; /* --watch: when to reload after the file changed, 0 if not pending */
-    conn watch_conn;  /* --watch: the inotify fd */
-    char *watch_name; /* --watch: the script's file name within its directory */
-    int handles_ref;  /* socket pointer -> socket, weak: finds the socket to call on_drain */
+    double reload_at;        /* --watch: when to reload after the file changed, 0 if not pending */
+    conn watch_conn;         /* --watch: the inotify fd */
+    char *watch_name;        /* --watch: the script's file name within its directory */
+    int spare_fd;            /* given up when fds run out, so pending connections can be shed */
+    size_t connections;      /* accepted connections whose fd is still open */
+    size_t max_connections;  /* 0: no limit */
+    long long fd_limit;      /* RLIMIT_NOFILE as the executable left it (0: not known) */
+    size_t refused;          /* connections accepted and closed at once (limits, no fds) */
+    int accepts_this_round;  /* accepts while dispatching this round, capped */
+    double accept_resume_at; /* listeners paused after running out of fds, until then */
+    double last_fd_warning;
+    long max_instructions; /* per callback; 0: no budget */
+    int handles_ref;       /* socket pointer -> socket, weak: finds the socket to call on_drain */
     char scratch[LH_SCRATCH_SIZE];
 } lh_host;
 
@@ -135,6 +151,11 @@ void host_dispatch_host_event(lua_State *L, lh_host *host, void *host_data);
 void host_linger(lh_host *host, conn *c);
 void host_shutdown(lua_State *L, lh_host *host, double grace_seconds);
 int host_watch_signals(lh_host *host);
+void host_close_fd(lh_host *host, conn *c);
+void host_out_of_fds(lua_State *L, lh_host *host, int listen_fd, int err);
+void host_resume_accepting(lua_State *L, lh_host *host);
+int host_refuse(lh_host *host, int fd, const char *why);
+int host_pcall(lua_State *L, lh_host *host, int nargs);
 int lh_traceback(lua_State *L);
 void host_report_error(lua_State *L, lh_host *host, const char *where);
 

@@ -108,7 +108,7 @@ void lhsock_close(lua_State *L, lh_host *host, lh_socket *s, int graceful)
         if (core)
             conn_drop(&s->conn, core);
         buf_free(&s->conn.out);
-        close(s->conn.fd);
+        host_close_fd(host, &s->conn);
     }
     s->conn.fd = -1;
 }
@@ -156,29 +156,45 @@ static int sock_fileno(lua_State *L)
     return 1;
 }
 
+/* Why a just-accepted fd must be closed at once, or NULL: past --max-connections, or
+ * beyond what the host's selector can watch (select: FD_SETSIZE), which is refused here
+ * where the script expects accept to fail, not later in register, where it would raise. */
+static const char *accept_refusal(lh_host *host, int fd)
+{
+    int limit = host->sel ? sel_fd_limit(host->sel->core) : 0;
+    if (host->max_connections && host->connections >= host->max_connections)
+        return "too many connections (--max-connections)";
+    if (limit > 0 && fd >= limit)
+        return "fd beyond what the selector backend can watch";
+    return NULL;
+}
+
 static int sock_accept(lua_State *L)
 {
     lh_socket *s = check_open(L, 1);
+    lh_host *host = s->host;
+    /* The rest of a connect storm waits for the next round: established clients first. */
+    if (host->sel && host->sel->busy && host->accepts_this_round >= LH_ACCEPTS_PER_ROUND)
+        return lh_push_error(L, -EAGAIN, NULL);
     net_addr peer;
-    lh_socket *c = lhsock_push(L, s->host, -1, 0);
+    lh_socket *c = lhsock_push(L, host, -1, 0);
     int fd = net_accept(s->conn.fd, &peer);
+    if (fd == -EMFILE || fd == -ENFILE)
+        host_out_of_fds(L, host, s->conn.fd, -fd);
     if (fd < 0)
         return lh_push_error(L, fd, NULL);
-    /* A connection the host's selector could never watch is refused here, where the
-     * script expects accept to fail, not later in register, where it would raise. */
-    int limit = s->host->sel ? sel_fd_limit(s->host->sel->core) : 0;
-    if (limit > 0 && fd >= limit) {
-        close(fd);
-        lh_log(s->host, LH_WARN,
-               "refusing a connection: fd %d is beyond what the %s backend "
-               "can watch",
-               fd, sel_backend_name(s->host->sel->core));
+    if (host->sel && host->sel->busy)
+        host->accepts_this_round++;
+    const char *refusal = accept_refusal(host, fd);
+    if (refusal) {
+        host_refuse(host, fd, refusal);
         luaL_pushfail(L);
-        lua_pushfstring(L, "fd %d is beyond what the %s backend can watch", fd,
-                        sel_backend_name(s->host->sel->core));
+        lua_pushstring(L, refusal);
         lua_pushinteger(L, EMFILE);
         return 3;
     }
+    c->conn.flags |= CONN_ACCEPTED;
+    host->connections++;
     c->conn.fd = fd;
     c->family = (uint8_t)peer.ss.ss_family;
     return 1 + push_addr(L, &peer);
@@ -285,19 +301,16 @@ int lhsock_flushed(lua_State *L, lh_host *host, lh_socket *s)
         return LUA_OK;
     }
     lua_remove(L, -2);
-    lua_pushcfunction(L, lh_traceback);
-    lua_insert(L, -2);
     lua_rawgeti(L, LUA_REGISTRYINDEX, host->handles_ref);
     lua_rawgetp(L, -1, s);
     lua_remove(L, -2);
-    int status = lua_pcall(L, 1, 0, -3);
+    int status = host_pcall(L, host, 1);
     if (status != LUA_OK) {
         char where[NET_ADDRSTRLEN + 32];
         memcpy(where, "error in on_drain for ", 23);
         lhsock_describe(s, where + 22, sizeof where - 22);
         host_report_error(L, host, where);
     }
-    lua_pop(L, 1);
     return status;
 }
 

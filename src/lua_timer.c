@@ -112,12 +112,11 @@ void lhtimer_run_due(lua_State *L, lh_host *host)
         } else {
             unanchor(L, host, tm);
         }
-        lua_pushcfunction(L, lh_traceback);
-        lua_getiuservalue(L, -2, 1);
-        lua_pushvalue(L, -3);
-        if (lua_pcall(L, 1, 0, -3) != LUA_OK)
+        lua_getiuservalue(L, -1, 1);
+        lua_pushvalue(L, -2);
+        if (host_pcall(L, host, 1) != LUA_OK)
             host_report_error(L, host, "error in timer");
-        lua_pop(L, 2);
+        lua_pop(L, 1);
     }
 }
 

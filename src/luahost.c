@@ -189,15 +189,9 @@ static int l_stats(lua_State *L)
 }
 
 static const luaL_Reg module_functions[] = {
-    {"stats", l_stats},
-    {"step", l_step},
-    {"run", l_run},
-    {"stop", l_stop},
-    {"listeners", l_listeners},
-    {"now", l_now},
-    {"log", l_log},
-    {"log_level", l_log_level},
-    {"parse_address", l_parse_address},
+    {"stats", l_stats}, {"step", l_step},           {"run", l_run},
+    {"stop", l_stop},   {"listeners", l_listeners}, {"now", l_now},
+    {"log", l_log},     {"log_level", l_log_level}, {"parse_address", l_parse_address},
     {NULL, NULL},
 };
 

@@ -1,6 +1,10 @@
 /* main.c: the luahost executable: parse the command line, load the script, run its
  * main chunk with `arg` as lua does, run the loop, and stop gracefully on a signal. */
+#include <errno.h>
+#include <limits.h>
 #include <signal.h>
+#include <stddef.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,13 +14,49 @@
 #include "lh.h"
 
 #define SHUTDOWN_GRACE_SECONDS 3.0
+/* fds kept back from --max-connections for listeners, the host's own and the script's. */
+#define FDS_RESERVED 64
+
+/* --max-memory: the Lua state's allocator counts what it holds and refuses past the
+ * limit, so a callback that allocates too much gets a memory error, not the host. */
+typedef struct memory_limit {
+    size_t used;
+    size_t limit; /* 0: none */
+} memory_limit;
+
+static void *limited_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    memory_limit *m = (memory_limit *)ud;
+    size_t old = ptr ? osize : 0;
+    if (nsize == 0) {
+        free(ptr);
+        m->used -= old;
+        return NULL;
+    }
+    if (m->limit && nsize > old && m->used + (nsize - old) > m->limit)
+        return NULL; /* Lua collects garbage and retries before it raises */
+    void *grown = realloc(ptr, nsize);
+    if (grown)
+        m->used = m->used - old + nsize;
+    return grown;
+}
+
+static int panic(lua_State *L)
+{
+    const char *msg = lua_tostring(L, -1);
+    fprintf(stderr, "luahost: unprotected error: %s\n", msg ? msg : "(not a string)");
+    return 0;
+}
 
 int luaopen_luahost(lua_State *L);
 
 typedef struct options {
     const char *backend;
     const char *log_level;
-    long long max_output;
+    long long max_output; /* -1 where not given */
+    long long max_connections;
+    long long max_instructions;
+    long long max_memory;
     int check;
     int watch;
     int script; /* index in argv of SCRIPT */
@@ -43,11 +83,17 @@ static void usage(FILE *out)
             " (default: %s)\n"
             "  --log-level LEVEL   debug, info, warn or error (default: info)\n"
             "  --max-output BYTES  output a connection may buffer (default: %u)\n"
+            "  --max-connections N connections at once; more are closed when accepted\n"
+            "                      (default: the fd limit, raised to its maximum, less 64)\n"
+            "  --max-instructions N\n"
+            "                      Lua instructions one callback may run before it is\n"
+            "                      aborted (default: %ld; 0: no limit)\n"
+            "  --max-memory BYTES  memory the Lua state may use (default: no limit)\n"
             "  --check             compile SCRIPT, report, and exit\n"
             "  --watch             reload SCRIPT whenever its file changes\n"
             "  -h, --help          show this help and exit\n"
             "  --version           show the version and exit\n",
-            names[0], CONN_DEFAULT_LIMIT);
+            names[0], CONN_DEFAULT_LIMIT, LH_DEFAULT_MAX_INSTRUCTIONS);
 }
 
 static int usage_error(const char *fmt, const char *what)
@@ -81,10 +127,51 @@ static int matches(const char *arg, const char *name)
     return strncmp(arg, name, len) == 0 && (arg[len] == '\0' || arg[len] == '=');
 }
 
+/* The options that take a number, with their ranges. */
+static const struct {
+    const char *name;
+    long long min, max;
+    size_t offset;
+} numeric_options[] = {
+    {"--max-output", 1, UINT32_MAX, offsetof(options, max_output)},
+    {"--max-connections", 1, INT32_MAX, offsetof(options, max_connections)},
+    {"--max-instructions", 0, INT32_MAX, offsetof(options, max_instructions)},
+    {"--max-memory", 0, LLONG_MAX, offsetof(options, max_memory)},
+};
+
+/* If argv[*i] is a numeric option, takes its value into o and returns 1, with *status
+ * set to an exit status when the value is missing or out of range (-1 otherwise). */
+static int numeric_option(int argc, char **argv, int *i, options *o, int *status)
+{
+    for (size_t n = 0; n < sizeof numeric_options / sizeof numeric_options[0]; n++) {
+        const char *name = numeric_options[n].name, *v;
+        if (!matches(argv[*i], name))
+            continue;
+        *status = -1;
+        if (!(v = option_value(argc, argv, i, name))) {
+            *status = usage_error("option %s needs a value", name);
+            return 1;
+        }
+        char *end;
+        errno = 0;
+        long long value = strtoll(v, &end, 10);
+        if (errno || end == v || *end != '\0' || value < numeric_options[n].min ||
+            value > numeric_options[n].max) {
+            fprintf(stderr, "%s: invalid %s '%s' (expected %lld to %lld) (try '%s --help')\n",
+                    progname, name, v, numeric_options[n].min, numeric_options[n].max, progname);
+            *status = 2;
+            return 1;
+        }
+        *(long long *)((char *)o + numeric_options[n].offset) = value;
+        return 1;
+    }
+    return 0;
+}
+
 /* Returns -1 to go on, or the exit status. */
 static int parse_options(int argc, char **argv, options *o)
 {
-    int i;
+    int i, status;
     for (i = 1; i < argc && argv[i][0] == '-' && argv[i][1] != '\0'; i++) {
         const char *a = argv[i], *v = NULL;
         if (strcmp(a, "--") == 0) {
@@ -112,13 +199,9 @@ static int parse_options(int argc, char **argv, options *o)
             if (lh_log_level_from_name(v) < 0)
                 return usage_error("unknown log level '%s' (expected debug, info, warn, error)", v);
             o->log_level = v;
-        } else if (matches(a, "--max-output")) {
-            if (!(v = option_value(argc, argv, &i, "--max-output")))
-                return usage_error("option %s needs a value", a);
-            char *end;
-            o->max_output = strtoll(v, &end, 10);
-            if (*end != '\0' || o->max_output <= 0 || o->max_output > UINT32_MAX)
-                return usage_error("invalid --max-output '%s' (expected 1-4294967295 bytes)", v);
+        } else if (numeric_option(argc, argv, &i, o, &status)) {
+            if (status >= 0)
+                return status;
         } else {
             return usage_error("unknown option '%s'", a);
         }
@@ -149,6 +232,25 @@ static void create_arg_table(lua_State *L, const options *o)
     lua_setfield(L, LUA_REGISTRYINDEX, "luahost.script");
 }
 
+/* Raises the soft fd limit to the hard one, so the host can hold as many connections as
+ * the system allows, and derives the default --max-connections from it. */
+static void set_connection_limit(lh_host *host, const options *o)
+{
+    struct rlimit rl;
+    long long fds = 0;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+        if (rl.rlim_cur < rl.rlim_max) {
+            rl.rlim_cur = rl.rlim_max;
+            if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+                getrlimit(RLIMIT_NOFILE, &rl);
+        }
+        fds = rl.rlim_cur == RLIM_INFINITY ? INT32_MAX : (long long)rl.rlim_cur;
+    }
+    long long room = fds > 2 * FDS_RESERVED ? fds - FDS_RESERVED : fds / 2;
+    host->max_connections = (size_t)(o->max_connections > 0 ? o->max_connections : room);
+    host->fd_limit = fds;
+}
+
 static void apply_settings(lua_State *L, const options *o)
 {
     lua_getfield(L, LUA_REGISTRYINDEX, "luahost.host");
@@ -158,6 +260,9 @@ static void apply_settings(lua_State *L, const options *o)
         host->log_level = lh_log_level_from_name(o->log_level);
     if (o->max_output > 0)
         host->max_output = (uint32_t)o->max_output;
+    if (o->max_instructions >= 0)
+        host->max_instructions = (long)o->max_instructions;
+    set_connection_limit(host, o);
     signal(SIGPIPE, SIG_IGN);
 }
 
@@ -168,6 +273,11 @@ static int serve(lua_State *L)
 {
     lua_getfield(L, LUA_REGISTRYINDEX, "luahost.host");
     lh_host *host = (lh_host *)lua_touserdata(L, -1);
+    /* Said once the script is serving, so that an operator's mistake stays one line and a
+     * client script that ran its own loop prints nothing of the host's. */
+    if (!host_is_idle(host))
+        lh_log(host, LH_INFO, "fd limit %lld: up to %zu connections", host->fd_limit,
+               host->max_connections);
     if (host_watch_signals(host) < 0)
         lh_log(host, LH_WARN, "cannot watch signals; SIGINT/SIGTERM will not stop gracefully");
     const options *o = (const options *)lua_touserdata(L, 1);
@@ -223,15 +333,22 @@ static void report(const options *o, const char *msg)
 
 int main(int argc, char **argv)
 {
-    options o = {.argc = argc, .argv = argv};
+    options o = {.argc = argc,
+                 .argv = argv,
+                 .max_output = -1,
+                 .max_connections = -1,
+                 .max_instructions = -1,
+                 .max_memory = -1};
     int status = parse_options(argc, argv, &o);
     if (status >= 0)
         return status;
-    lua_State *L = luaL_newstate();
+    memory_limit memory = {0, o.max_memory > 0 ? (size_t)o.max_memory : 0};
+    lua_State *L = lua_newstate(limited_alloc, &memory);
     if (!L) {
         fprintf(stderr, "%s: cannot create a Lua state: not enough memory\n", progname);
         return 1;
     }
+    lua_atpanic(L, panic);
     lua_pushcfunction(L, pmain);
     lua_pushlightuserdata(L, &o);
     status = lua_pcall(L, 1, 0, 0);
