@@ -337,6 +337,8 @@ int host_step(lua_State *L, lh_host *host, int timeout_ms)
     s->busy = 0;
     expire_lingering(host, timer_now());
     reload_if_asked(L, host);
+    if (host->debug_gc) /* shakes out sockets that are closed while still in use */
+        lua_gc(L, LUA_GCCOLLECT);
     return calls;
 }
 

@@ -73,6 +73,7 @@ typedef struct lh_host {
     double accept_resume_at; /* listeners paused after running out of fds, until then */
     double last_fd_warning;
     long max_instructions; /* per callback; 0: no budget */
+    int debug_gc;          /* --debug-gc: a full collection after every round */
     int handles_ref;       /* socket pointer -> socket, weak: finds the socket to call on_drain */
     char scratch[LH_SCRATCH_SIZE];
 } lh_host;

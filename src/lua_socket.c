@@ -355,18 +355,21 @@ static int sock_setblocking(lua_State *L)
     return 1;
 }
 
+static const char *const option_names[] = {"reuseaddr", "reuseport", "keepalive", "nodelay",
+                                           "rcvbuf",    "sndbuf",    "error",     NULL};
+static const int option_levels[] = {SOL_SOCKET, SOL_SOCKET, SOL_SOCKET, IPPROTO_TCP,
+                                    SOL_SOCKET, SOL_SOCKET, SOL_SOCKET};
+static const int option_codes[] = {SO_REUSEADDR, SO_REUSEPORT, SO_KEEPALIVE, TCP_NODELAY,
+                                   SO_RCVBUF,    SO_SNDBUF,    SO_ERROR};
+enum { FIRST_SIZE_OPTION = 4, ERROR_OPTION = 6 };
+
 static int sock_setsockopt(lua_State *L)
 {
-    static const char *const names[] = {"reuseaddr", "reuseport", "keepalive", "nodelay",
-                                        "rcvbuf",    "sndbuf",    NULL};
-    static const int levels[] = {SOL_SOCKET,  SOL_SOCKET, SOL_SOCKET,
-                                 IPPROTO_TCP, SOL_SOCKET, SOL_SOCKET};
-    static const int options[] = {SO_REUSEADDR, SO_REUSEPORT, SO_KEEPALIVE,
-                                  TCP_NODELAY,  SO_RCVBUF,    SO_SNDBUF};
     lh_socket *s = check_open(L, 1);
-    int which = luaL_checkoption(L, 2, NULL, names);
+    int which = luaL_checkoption(L, 2, NULL, option_names);
     int value;
-    if (which >= 4) {
+    luaL_argcheck(L, which != ERROR_OPTION, 2, "'error' can only be read");
+    if (which >= FIRST_SIZE_OPTION) {
         lua_Integer n = luaL_checkinteger(L, 3);
         luaL_argcheck(L, n >= 0 && n <= INT32_MAX, 3, "size out of range");
         value = (int)n;
@@ -374,9 +377,26 @@ static int sock_setsockopt(lua_State *L)
         luaL_checkany(L, 3);
         value = lua_toboolean(L, 3);
     }
-    if (setsockopt(s->conn.fd, levels[which], options[which], &value, sizeof value) < 0)
+    if (setsockopt(s->conn.fd, option_levels[which], option_codes[which], &value, sizeof value) < 0)
         return lh_push_error(L, -errno, NULL);
     lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* Booleans for flags, numbers for sizes; "error" is SO_ERROR: 0, or the errno of a
+ * failed non-blocking connect (read it once the socket turns writable). */
+static int sock_getsockopt(lua_State *L)
+{
+    lh_socket *s = check_open(L, 1);
+    int which = luaL_checkoption(L, 2, NULL, option_names);
+    int value = 0;
+    socklen_t len = sizeof value;
+    if (getsockopt(s->conn.fd, option_levels[which], option_codes[which], &value, &len) < 0)
+        return lh_push_error(L, -errno, NULL);
+    if (which < FIRST_SIZE_OPTION)
+        lua_pushboolean(L, value);
+    else
+        lua_pushinteger(L, value);
     return 1;
 }
 
@@ -589,6 +609,7 @@ static const luaL_Reg socket_methods[] = {
     {"getsockname", sock_getsockname},
     {"setblocking", sock_setblocking},
     {"setsockopt", sock_setsockopt},
+    {"getsockopt", sock_getsockopt},
     {"bind", sock_bind},
     {"listen", sock_listen},
     {"connect", sock_connect},

@@ -183,6 +183,10 @@ static int l_stats(lua_State *L)
     lua_setfield(L, -2, "timers");
     lua_pushinteger(L, host->generation);
     lua_setfield(L, -2, "generation");
+    lua_pushinteger(L, (lua_Integer)host->connections);
+    lua_setfield(L, -2, "connections");
+    lua_pushinteger(L, (lua_Integer)host->refused);
+    lua_setfield(L, -2, "refused");
     lua_pushinteger(L, (lua_Integer)lua_gc(L, LUA_GCCOUNT, 0) * 1024 + lua_gc(L, LUA_GCCOUNTB, 0));
     lua_setfield(L, -2, "lua_bytes");
     return 1;

@@ -59,6 +59,7 @@ typedef struct options {
     long long max_memory;
     int check;
     int watch;
+    int debug_gc;
     int script; /* index in argv of SCRIPT */
     int argc;
     char **argv;
@@ -91,6 +92,7 @@ static void usage(FILE *out)
             "  --max-memory BYTES  memory the Lua state may use (default: no limit)\n"
             "  --check             compile SCRIPT, report, and exit\n"
             "  --watch             reload SCRIPT whenever its file changes\n"
+            "  --debug-gc          collect all garbage after every round (slow; for tests)\n"
             "  -h, --help          show this help and exit\n"
             "  --version           show the version and exit\n",
             names[0], CONN_DEFAULT_LIMIT, LH_DEFAULT_MAX_INSTRUCTIONS);
@@ -187,6 +189,8 @@ static int parse_options(int argc, char **argv, options *o)
             o->check = 1;
         } else if (strcmp(a, "--watch") == 0) {
             o->watch = 1;
+        } else if (strcmp(a, "--debug-gc") == 0) {
+            o->debug_gc = 1;
         } else if (matches(a, "--selector")) {
             if (!(v = option_value(argc, argv, &i, "--selector")))
                 return usage_error("option %s needs a value", a);
@@ -260,6 +264,7 @@ static void apply_settings(lua_State *L, const options *o)
         host->log_level = lh_log_level_from_name(o->log_level);
     if (o->max_output > 0)
         host->max_output = (uint32_t)o->max_output;
+    host->debug_gc = o->debug_gc;
     if (o->max_instructions >= 0)
         host->max_instructions = (long)o->max_instructions;
     set_connection_limit(host, o);
