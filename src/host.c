@@ -235,6 +235,8 @@ static void callback_failed(lua_State *L, lh_host *host, lh_selector *s, const s
 static int dispatch(lua_State *L, lh_host *host, lh_selector *s, int n)
 {
     int calls = 0;
+    lua_pushcfunction(L, lh_traceback);
+    int handler = lua_gettop(L);
     lhsel_push_keys(L, s);
     int keys = lua_gettop(L);
     for (int i = 0; i < n; i++) {
@@ -254,13 +256,13 @@ static int dispatch(lua_State *L, lh_host *host, lh_selector *s, int n)
         lua_getiuservalue(L, -2, 1);
         lua_pushinteger(L, mask);
         lua_pushvalue(L, -4);
-        if (host_pcall(L, host, 3) != LUA_OK)
+        if (host_pcall(L, host, 3, handler) != LUA_OK)
             callback_failed(L, host, s, f);
         else
             lua_pop(L, 1);
         calls++;
     }
-    lua_settop(L, keys - 1);
+    lua_settop(L, handler - 1);
     return calls;
 }
 

@@ -5,6 +5,7 @@
 
 #include <lauxlib.h>
 #include <lua.h>
+#include <signal.h>
 
 #include "conn.h"
 #include "net.h"
@@ -24,6 +25,8 @@ enum lh_log_level { LH_DEBUG, LH_INFO, LH_WARN, LH_ERROR };
 #define LH_ACCEPT_PAUSE_SECONDS 0.1
 /* Instructions a callback may run before it is aborted, unless --max-instructions says. */
 #define LH_DEFAULT_MAX_INSTRUCTIONS 100000000L
+/* The budget is counted in steps of this many instructions. */
+#define LH_BUDGET_STEP 1000
 
 /* recv() reads into this much of the host's own scratch space before making a string. */
 #define LH_SCRATCH_SIZE 65536
@@ -73,8 +76,13 @@ typedef struct lh_host {
     double accept_resume_at; /* listeners paused after running out of fds, until then */
     double last_fd_warning;
     long max_instructions; /* per callback; 0: no budget */
-    int debug_gc;          /* --debug-gc: a full collection after every round */
-    int handles_ref;       /* socket pointer -> socket, weak: finds the socket to call on_drain */
+    long budget_used;      /* instructions counted for the running callback */
+    lua_State *running;    /* the thread running a callback, for the watchdog */
+    volatile sig_atomic_t in_callback;
+    volatile sig_atomic_t callback_epoch; /* one more per callback */
+    volatile sig_atomic_t budget_armed;   /* the counting hook is set */
+    int debug_gc;                         /* --debug-gc: a full collection after every round */
+    int handles_ref; /* socket pointer -> socket, weak: finds the socket to call on_drain */
     char scratch[LH_SCRATCH_SIZE];
 } lh_host;
 
@@ -100,9 +108,11 @@ typedef struct lh_socket {
     lh_host_ptr host;
     uint16_t registrations;
     uint8_t family;
-    uint8_t listening;
-    int generation; /* for a listener: the script load that last asked for it */
+    uint8_t listening; /* LISTENING, or LISTENING_ANY_PORT when port 0 was asked */
+    int generation;    /* for a listener: the script load that last asked for it */
 } lh_socket;
+
+enum { LISTENING = 1, LISTENING_ANY_PORT = 2 };
 
 /* The host is upvalue 1 of the module's functions; methods find it through their object,
  * because one Lua state may open the module more than once (busted's insulation does). */
@@ -135,12 +145,14 @@ int lhsock_flushed(lua_State *L, lh_host *host, lh_socket *sock);
 /* lua_timer.c */
 void lhtimer_open(lua_State *L, int module, int host);
 void lhtimer_run_due(lua_State *L, lh_host *host);
+void lhtimer_reschedule(lua_State *L, lh_host *host, int index);
 
 /* reload.c */
 void lhreload_open(lua_State *L, int module, int host);
 int host_reload(lua_State *L, lh_host *host, const char *path);
 void reload_journal_key(lua_State *L, lh_host *host, int selector_index, int fd);
 void reload_journal_object(lua_State *L, lh_host *host, const char *list, int index);
+void reload_journal_listener(lua_State *L, lh_host *host, int index, int old_generation);
 int host_watch_file(lh_host *host, const char *path);
 void host_watch_event(lh_host *host);
 
@@ -156,7 +168,8 @@ void host_close_fd(lh_host *host, conn *c);
 void host_out_of_fds(lua_State *L, lh_host *host, int listen_fd, int err);
 void host_resume_accepting(lua_State *L, lh_host *host);
 int host_refuse(lh_host *host, int fd, const char *why);
-int host_pcall(lua_State *L, lh_host *host, int nargs);
+int host_pcall(lua_State *L, lh_host *host, int nargs, int handler);
+int host_start_watchdog(lh_host *host);
 int lh_traceback(lua_State *L);
 void host_report_error(lua_State *L, lh_host *host, const char *where);
 

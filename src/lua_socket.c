@@ -11,9 +11,20 @@
 
 #include "lh.h"
 
+/* The socket at index. Methods and metamethods hold the metatable as upvalue 1, so the
+ * check is a pointer comparison, not luaL_checkudata's look-up of the type by name:
+ * this runs for every recv and write. */
 static lh_socket *check_socket(lua_State *L, int index)
 {
-    return (lh_socket *)luaL_checkudata(L, index, LH_SOCKET);
+    lh_socket *s = (lh_socket *)lua_touserdata(L, index);
+    if (s && lua_getmetatable(L, index)) {
+        int same = lua_rawequal(L, -1, lua_upvalueindex(1));
+        lua_pop(L, 1);
+        if (same)
+            return s;
+    }
+    luaL_typeerror(L, index, LH_SOCKET);
+    return NULL;
 }
 
 /* The socket at index, which must be open: using a closed one is the script's mistake. */
@@ -42,6 +53,7 @@ lh_socket *lhsock_push(lua_State *L, lh_host *host, int fd, int family)
     s->listening = 0;
     s->generation = 0;
     luaL_setmetatable(L, LH_SOCKET);
+    reload_journal_object(L, host, "sockets", -1); /* closed if the reload fails */
     return s;
 }
 
@@ -301,16 +313,20 @@ int lhsock_flushed(lua_State *L, lh_host *host, lh_socket *s)
         return LUA_OK;
     }
     lua_remove(L, -2);
+    lua_pushcfunction(L, lh_traceback);
+    lua_insert(L, -2);
+    int handler = lua_gettop(L) - 1;
     lua_rawgeti(L, LUA_REGISTRYINDEX, host->handles_ref);
     lua_rawgetp(L, -1, s);
     lua_remove(L, -2);
-    int status = host_pcall(L, host, 1);
+    int status = host_pcall(L, host, 1, handler);
     if (status != LUA_OK) {
         char where[NET_ADDRSTRLEN + 32];
         memcpy(where, "error in on_drain for ", 23);
         lhsock_describe(s, where + 22, sizeof where - 22);
         host_report_error(L, host, where);
     }
+    lua_remove(L, handler);
     return status;
 }
 
@@ -449,7 +465,7 @@ static void became_listener(lua_State *L, lh_socket *s, int index)
 {
     net_addr addr;
     char where[NET_ADDRSTRLEN] = "?";
-    s->listening = 1;
+    s->listening = LISTENING;
     s->generation = s->host->generation;
     reload_journal_object(L, s->host, "listeners", index);
     table_set_socket(L, s->host->listeners_ref, s, index);
@@ -510,6 +526,16 @@ static int l_socket(lua_State *L)
     return 1;
 }
 
+/* Whether a and b (of one family) have the same host part, whatever their ports. */
+static int same_host(const net_addr *a, const net_addr *b)
+{
+    if (a->ss.ss_family == AF_INET)
+        return ((const struct sockaddr_in *)&a->ss)->sin_addr.s_addr ==
+               ((const struct sockaddr_in *)&b->ss)->sin_addr.s_addr;
+    return memcmp(&((const struct sockaddr_in6 *)&a->ss)->sin6_addr,
+                  &((const struct sockaddr_in6 *)&b->ss)->sin6_addr, sizeof(struct in6_addr)) == 0;
+}
+
 /* Pushes the listener already bound to addr, if there is one. A script (or its next
  * version, on reload) asking again for an address gets the same socket. */
 static int push_listener_on(lua_State *L, lh_host *host, const net_addr *addr)
@@ -519,14 +545,21 @@ static int push_listener_on(lua_State *L, lh_host *host, const net_addr *addr)
         return 0;
     int port_offset = addr->ss.ss_family == AF_INET ? offsetof(struct sockaddr_in, sin_port)
                                                     : offsetof(struct sockaddr_in6, sin6_port);
-    if (memcmp((const char *)&addr->ss + port_offset, "\0\0", 2) == 0)
-        return 0; /* port 0 asks for a new port every time */
+    int any_port = memcmp((const char *)&addr->ss + port_offset, "\0\0", 2) == 0;
+    /* Port 0 asks for a new port, except that a reloading script asking again for what
+     * its first load asked gets that listener back rather than a different port. */
+    if (any_port && !host->reloading)
+        return 0;
     lua_rawgeti(L, LUA_REGISTRYINDEX, host->listeners_ref);
     lua_pushnil(L);
     while (lua_next(L, -2)) {
         lh_socket *s = lhsock_test(L, -1);
         if (s && s->conn.fd >= 0 && net_sockname(s->conn.fd, &bound) == 0 &&
-            bound.len == addr->len && memcmp(&bound.ss, &addr->ss, addr->len) == 0) {
+            bound.len == addr->len &&
+            (any_port ? s->listening == LISTENING_ANY_PORT && s->generation < host->generation &&
+                            same_host(&bound, addr)
+                      : memcmp(&bound.ss, &addr->ss, addr->len) == 0)) {
+            reload_journal_listener(L, host, -1, s->generation);
             s->generation = host->generation;
             lua_replace(L, -3);
             lua_pop(L, 1);
@@ -571,6 +604,8 @@ static int l_listen(lua_State *L)
         return lh_push_error(L, rc, where);
     }
     became_listener(L, s, -1);
+    if (lua_tointeger(L, 2) == 0)
+        s->listening = LISTENING_ANY_PORT;
     return 1;
 }
 
@@ -634,8 +669,11 @@ static const luaL_Reg module_functions[] = {
 void lhsock_open(lua_State *L, int module, int host)
 {
     if (luaL_newmetatable(L, LH_SOCKET)) {
-        luaL_setfuncs(L, socket_metamethods, 0);
-        luaL_newlib(L, socket_methods);
+        lua_pushvalue(L, -1);
+        luaL_setfuncs(L, socket_metamethods, 1);
+        luaL_newlibtable(L, socket_methods);
+        lua_pushvalue(L, -2);
+        luaL_setfuncs(L, socket_methods, 1);
         lua_setfield(L, -2, "__index");
     }
     lua_pop(L, 1);

@@ -67,10 +67,10 @@ static int timer_cancel(lua_State *L)
 {
     lh_timer *tm = check_timer(L, 1);
     if (tm->t.index != TIMER_IDLE) {
+        reload_journal_object(L, tm->host, "cancelled", 1);
         theap_remove(&tm->host->timers, &tm->t);
         unanchor(L, tm->host, tm);
     }
-    tm->t.interval = 0; /* a repeating timer cancelled from its own callback stays cancelled */
     return 0;
 }
 
@@ -112,12 +112,21 @@ void lhtimer_run_due(lua_State *L, lh_host *host)
         } else {
             unanchor(L, host, tm);
         }
-        lua_getiuservalue(L, -1, 1);
-        lua_pushvalue(L, -2);
-        if (host_pcall(L, host, 1) != LUA_OK)
+        lua_pushcfunction(L, lh_traceback);
+        lua_getiuservalue(L, -2, 1);
+        lua_pushvalue(L, -3);
+        if (host_pcall(L, host, 1, lua_gettop(L) - 2) != LUA_OK)
             host_report_error(L, host, "error in timer");
-        lua_pop(L, 1);
+        lua_pop(L, 2);
     }
+}
+
+/* Schedules again the timer at index, cancelled by a reload that was then rolled back. */
+void lhtimer_reschedule(lua_State *L, lh_host *host, int index)
+{
+    lh_timer *tm = check_timer(L, index);
+    if (tm->t.index == TIMER_IDLE && theap_push(&host->timers, &tm->t) == 0)
+        anchor(L, host, tm, index);
 }
 
 static const luaL_Reg timer_methods[] = {

@@ -283,6 +283,8 @@ static int serve(lua_State *L)
     if (!host_is_idle(host))
         lh_log(host, LH_INFO, "fd limit %lld: up to %zu connections", host->fd_limit,
                host->max_connections);
+    if (host->max_instructions > 0 && host_start_watchdog(host) < 0)
+        lh_log(host, LH_WARN, "cannot start the watchdog; every callback instruction is counted");
     if (host_watch_signals(host) < 0)
         lh_log(host, LH_WARN, "cannot watch signals; SIGINT/SIGTERM will not stop gracefully");
     const options *o = (const options *)lua_touserdata(L, 1);
@@ -305,6 +307,9 @@ static int pmain(lua_State *L)
     options *o = (options *)lua_touserdata(L, 1);
     const char *script = o->argv[o->script];
     luaL_openlibs(L);
+    /* A server's garbage is mostly young (a string per message): generational
+     * collection spends far less on it than the incremental default. */
+    lua_gc(L, LUA_GCGEN, 0, 0);
     if (o->backend) {
         lua_pushstring(L, o->backend);
         lua_setfield(L, LUA_REGISTRYINDEX, "luahost.backend");

@@ -72,7 +72,8 @@ void reload_journal_key(lua_State *L, lh_host *host, int selector_index, int fd)
     lua_pop(L, 2);
 }
 
-/* Records a listener or timer the new script created, to close or cancel on failure. */
+/* Records a socket, listener or timer the new script created (or a timer it cancelled),
+ * to undo on failure. */
 void reload_journal_object(lua_State *L, lh_host *host, const char *list, int index)
 {
     if (!host->reloading)
@@ -80,6 +81,21 @@ void reload_journal_object(lua_State *L, lh_host *host, const char *list, int in
     index = lua_absindex(L, index);
     push_journal_list(L, host, list);
     append(L, lua_gettop(L), index);
+    lua_pop(L, 1);
+}
+
+/* Records that the new script asked for the listener at index, which until then had
+ * generation old_generation, so that a failed reload can put that back. */
+void reload_journal_listener(lua_State *L, lh_host *host, int index, int old_generation)
+{
+    if (!host->reloading)
+        return;
+    index = lua_absindex(L, index);
+    push_journal_list(L, host, "asked");
+    int list = lua_gettop(L);
+    append(L, list, index);
+    lua_pushinteger(L, old_generation);
+    lua_rawseti(L, list, (lua_Integer)lua_rawlen(L, list) + 1);
     lua_pop(L, 1);
 }
 
@@ -115,11 +131,9 @@ static void restore_key(lua_State *L, lh_host *host)
         lhsel_push_keys(L, s);
         lua_rawgeti(L, -1, fd);
         lua_getiuservalue(L, -1, 1);
-        lh_socket *now = lhsock_test(L, -1);
-        if (now && !lua_rawequal(L, -1, old))
-            lhsock_close(L, host, now, 0); /* a socket of the failed script's own */
-        else
-            call_method(L, host, sel, "unregister", 1);
+        /* Only unregistered: a socket the failed script made is closed when collected,
+         * and one the running script had may still be in use by it. */
+        call_method(L, host, sel, "unregister", 1);
         lua_settop(L, old);
     }
     if (!lua_isnil(L, old)) {
@@ -140,9 +154,25 @@ static void rollback(lua_State *L, lh_host *host)
         lua_pop(L, 1);
     }
     lua_pop(L, 1);
-    push_journal_list(L, host, "listeners");
+    static const char *const made[] = {"listeners", "sockets"};
+    for (int list = 0; list < 2; list++) {
+        push_journal_list(L, host, made[list]);
+        for (lua_Integer i = 1; lua_rawgeti(L, -1, i) != LUA_TNIL; i++) {
+            lhsock_close(L, host, lhsock_test(L, -1), 0);
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 2);
+    }
+    push_journal_list(L, host, "asked"); /* listener, generation before the reload */
+    for (lua_Integer i = 1; lua_rawgeti(L, -1, i) != LUA_TNIL; i += 2) {
+        lua_rawgeti(L, -2, i + 1);
+        lhsock_test(L, -2)->generation = (int)lua_tointeger(L, -1);
+        lua_pop(L, 2);
+    }
+    lua_pop(L, 2);
+    push_journal_list(L, host, "cancelled");
     for (lua_Integer i = 1; lua_rawgeti(L, -1, i) != LUA_TNIL; i++) {
-        lhsock_close(L, host, lhsock_test(L, -1), 0);
+        lhtimer_reschedule(L, host, -1);
         lua_pop(L, 1);
     }
     lua_pop(L, 2);
