@@ -18,7 +18,7 @@ static lh_socket *check_socket(lua_State *L, int index)
 {
     lh_socket *s = (lh_socket *)lua_touserdata(L, index);
     if (s && lua_getmetatable(L, index)) {
-        int same = lua_rawequal(L, -1, lua_upvalueindex(1));
+        int same = lua_topointer(L, -1) == lua_topointer(L, lua_upvalueindex(1));
         lua_pop(L, 1);
         if (same)
             return s;
