@@ -3,6 +3,7 @@
 #include "conn.h"
 
 #include <errno.h>
+#include <stdlib.h>
 #include <sys/socket.h>
 
 #include "net.h"
@@ -13,12 +14,21 @@ void conn_init(conn *c, int fd, int kind, uint32_t limit)
     c->kind = (uint8_t)kind;
     c->flags = 0;
     c->limit = limit;
-    buf_init(&c->out);
+    c->out = NULL;
 }
 
 size_t conn_pending(const conn *c)
 {
-    return buf_len(&c->out);
+    return c->out ? buf_len(c->out) : 0;
+}
+
+void conn_free(conn *c)
+{
+    if (c->out) {
+        buf_free(c->out);
+        free(c->out);
+        c->out = NULL;
+    }
 }
 
 size_t conn_high_water(const conn *c)
@@ -35,7 +45,7 @@ size_t conn_low_water(const conn *c)
  * as output is pending, so the pause is kept across a later register. */
 static void update_pause(conn *c, selector *sel)
 {
-    size_t pending = buf_len(&c->out);
+    size_t pending = conn_pending(c);
     int want = (c->flags & CONN_PAUSED) ? pending >= conn_low_water(c) && pending > 0
                                         : pending > conn_high_water(c);
     if (want == !!(c->flags & CONN_PAUSED))
@@ -58,7 +68,7 @@ static int finish_drain(conn *c, selector *sel)
 
 ssize_t conn_write(conn *c, selector *sel, const char *data, size_t len)
 {
-    size_t pending = buf_len(&c->out);
+    size_t pending = conn_pending(c);
     if (c->flags & CONN_WRITE_CLOSED)
         return -EPIPE;
     if (pending == 0) {
@@ -73,24 +83,26 @@ ssize_t conn_write(conn *c, selector *sel, const char *data, size_t len)
     }
     if (len > c->limit || pending > c->limit - len)
         return -ENOBUFS;
-    if (buf_append(&c->out, data, len) < 0)
+    if (!c->out && (c->out = (buffer *)malloc(sizeof *c->out)) != NULL)
+        buf_init(c->out);
+    if (!c->out || buf_append(c->out, data, len) < 0)
         return -ENOMEM;
     if (pending == 0) {
         int rc = sel_set_host_events(sel, c->fd, SEL_WRITE, c);
         if (rc < 0) {
-            buf_consume(&c->out, buf_len(&c->out));
+            conn_free(c);
             return rc;
         }
     }
     update_pause(c, sel);
-    return (ssize_t)buf_len(&c->out);
+    return (ssize_t)buf_len(c->out);
 }
 
 ssize_t conn_flush(conn *c, selector *sel)
 {
     size_t len;
-    while (buf_len(&c->out) > 0) {
-        const char *data = buf_peek(&c->out, &len);
+    while (conn_pending(c) > 0) {
+        const char *data = buf_peek(c->out, &len);
         ssize_t sent = net_send(c->fd, data, len);
         if (sent == -EAGAIN)
             break;
@@ -98,19 +110,19 @@ ssize_t conn_flush(conn *c, selector *sel)
             conn_drop(c, sel);
             return sent;
         }
-        buf_consume(&c->out, (size_t)sent);
+        buf_consume(c->out, (size_t)sent);
     }
-    if (buf_len(&c->out) > 0) {
+    if (conn_pending(c) > 0) {
         update_pause(c, sel);
-        return (ssize_t)buf_len(&c->out);
+        return (ssize_t)conn_pending(c);
     }
+    conn_free(c);
     return finish_drain(c, sel);
 }
 
 void conn_drop(conn *c, selector *sel)
 {
-    if (buf_len(&c->out) > 0)
-        buf_consume(&c->out, buf_len(&c->out));
+    conn_free(c);
     c->flags &= ~CONN_SHUT_WR;
     update_pause(c, sel);
     sel_set_host_events(sel, c->fd, 0, NULL);
@@ -120,7 +132,7 @@ int conn_shutdown_write(conn *c, selector *sel)
 {
     (void)sel;
     c->flags |= CONN_WRITE_CLOSED;
-    if (buf_len(&c->out) > 0) {
+    if (conn_pending(c) > 0) {
         c->flags |= CONN_SHUT_WR;
         return 0;
     }

@@ -25,7 +25,7 @@ typedef struct conn {
     uint8_t kind;
     uint8_t flags;
     uint32_t limit; /* most bytes that may be pending; past it writes fail */
-    buffer out;
+    buffer *out;    /* NULL while nothing is pending: an idle connection holds no buffer */
 } conn;
 
 void conn_init(conn *c, int fd, int kind, uint32_t limit);
@@ -47,6 +47,8 @@ void conn_drop(conn *c, selector *sel);
 int conn_shutdown_write(conn *c, selector *sel);
 
 size_t conn_pending(const conn *c);
+/* Frees what c holds for pending output (its fd is the caller's). */
+void conn_free(conn *c);
 /* Water marks derived from the limit: reads pause above high and resume below low. */
 size_t conn_high_water(const conn *c);
 size_t conn_low_water(const conn *c);

@@ -39,7 +39,7 @@ static int host_gc(lua_State *L)
     while (host->linger_head) {
         lh_linger *l = host->linger_head;
         host->linger_head = l->next;
-        buf_free(&l->conn.out);
+        conn_free(&l->conn);
         close(l->conn.fd);
         free(l);
     }
@@ -114,7 +114,7 @@ void host_linger(lh_host *host, conn *c)
     selector *core = host->sel->core;
     if (!l || sel_set_host_events(core, c->fd, SEL_WRITE, &l->conn) < 0) {
         conn_drop(c, core);
-        buf_free(&c->out);
+        conn_free(c);
         host_close_fd(host, c);
         free(l);
         return;
@@ -128,7 +128,7 @@ void host_linger(lh_host *host, conn *c)
     else
         host->linger_head = l;
     host->linger_tail = l;
-    buf_init(&c->out);
+    c->out = NULL; /* the lingering record owns it now */
 }
 
 static void linger_unlink(lh_host *host, lh_linger *l)
@@ -149,7 +149,7 @@ static void linger_finish(lh_host *host, lh_linger *l)
 {
     if (host->sel)
         conn_drop(&l->conn, host->sel->core);
-    buf_free(&l->conn.out);
+    conn_free(&l->conn);
     host_close_fd(host, &l->conn);
     linger_unlink(host, l);
     free(l);

@@ -119,7 +119,7 @@ void lhsock_close(lua_State *L, lh_host *host, lh_socket *s, int graceful)
     } else {
         if (core)
             conn_drop(&s->conn, core);
-        buf_free(&s->conn.out);
+        conn_free(&s->conn);
         host_close_fd(host, &s->conn);
     }
     s->conn.fd = -1;

@@ -20,12 +20,13 @@ typedef struct sel_fired {
  * own interest in it (flushing output); gen is non-zero exactly while it is in use. */
 typedef struct sel_key {
     uint32_t gen;
-    uint8_t registered;  /* registered by the script */
-    uint8_t events;      /* the script's interest, SEL_READ|SEL_WRITE */
-    uint8_t host_events; /* the host's own interest, apart from the script's */
-    uint8_t paused;      /* script events withheld from the backend (backpressure) */
-    uint8_t armed;       /* the mask the backend currently watches */
-    void *host_data;     /* owner of host_events, for the host's dispatch */
+    /* Bit fields keep a slot at 16 bytes: there is one per fd, up to the fd limit. */
+    unsigned registered : 1;  /* registered by the script */
+    unsigned events : 2;      /* the script's interest, SEL_READ|SEL_WRITE */
+    unsigned host_events : 2; /* the host's own interest, apart from the script's */
+    unsigned paused : 2;      /* script events withheld from the backend (backpressure) */
+    unsigned armed : 2;       /* the mask the backend currently watches */
+    void *host_data;          /* owner of host_events, for the host's dispatch */
 } sel_key;
 
 typedef struct selector selector;
