@@ -46,7 +46,7 @@ static int epoll_set(void *state, int fd, int old_mask, int new_mask)
     if (!old_mask && !new_mask)
         return 0;
     if (new_mask & SEL_READ)
-        ev.events |= EPOLLIN;
+        ev.events |= EPOLLIN | EPOLLRDHUP;
     if (new_mask & SEL_WRITE)
         ev.events |= EPOLLOUT;
     ev.data.fd = fd;
@@ -63,7 +63,9 @@ static int epoll_mask(uint32_t events)
     if (events & EPOLLOUT)
         mask |= SEL_WRITE;
     if (events & (EPOLLERR | EPOLLHUP))
-        mask |= SEL_BOTH;
+        mask |= SEL_BOTH | SEL_HANGUP;
+    if (events & EPOLLRDHUP)
+        mask |= SEL_READ | SEL_PEER_CLOSED;
     return mask;
 }
 

@@ -94,7 +94,7 @@ static int kq_mask(const struct kevent *ev)
 {
     int mask = ev->filter == EVFILT_READ ? SEL_READ : ev->filter == EVFILT_WRITE ? SEL_WRITE : 0;
     if (ev->flags & (EV_EOF | EV_ERROR))
-        mask |= SEL_BOTH;
+        mask |= SEL_BOTH | SEL_HANGUP;
     return mask;
 }
 

@@ -67,8 +67,8 @@ static int poll_set(void *state, int fd, int old_mask, int new_mask)
 {
     poll_state *st = state;
     int rc, i = fd < st->npos ? st->pos[fd] - 1 : -1;
-    short events =
-        (short)(((new_mask & SEL_READ) ? POLLIN : 0) | ((new_mask & SEL_WRITE) ? POLLOUT : 0));
+    short events = (short)(((new_mask & SEL_READ) ? POLLIN | POLLRDHUP : 0) |
+                           ((new_mask & SEL_WRITE) ? POLLOUT : 0));
     (void)old_mask;
     if (i >= 0 && !new_mask) {
         poll_remove(st, fd);
@@ -93,7 +93,9 @@ static int poll_mask(short revents)
     if (revents & POLLOUT)
         mask |= SEL_WRITE;
     if (revents & (POLLERR | POLLHUP | POLLNVAL))
-        mask |= SEL_BOTH;
+        mask |= SEL_BOTH | SEL_HANGUP;
+    if (revents & POLLRDHUP)
+        mask |= SEL_READ | SEL_PEER_CLOSED;
     return mask;
 }
 

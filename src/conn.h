@@ -16,6 +16,7 @@ enum conn_flag {
     CONN_PAUSED = 2,  /* the script's READ is withheld until the buffer drains below low water */
     CONN_WRITE_CLOSED = 4, /* shutdown("w") was asked: nothing more may be written */
     CONN_ACCEPTED = 8,     /* counts towards the host's connections until its fd closes */
+    CONN_EOF_SEEN = 16,    /* the script's recv returned end of stream or an error */
 };
 
 #define CONN_DEFAULT_LIMIT (1024u * 1024u)

@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include "lh.h"
@@ -222,11 +223,37 @@ static void callback_failed(lua_State *L, lh_host *host, lh_selector *s, const s
         snprintf(where, sizeof where, "fd %d", f->fd);
     lh_log(host, LH_ERROR, "error in callback for %s: %s", where, lua_tostring(L, -2));
     const sel_key *slot = sel_get(s->core, f->fd);
-    if (sock)
+    if (sock && sock->listening)
+        host_pause_accepting(L, host); /* no client's fault; a failing accept must not spin */
+    else if (sock)
         lhsock_close(L, host, sock, 0);
     else if (slot && slot->gen == f->gen && lhsel_unregister_fd(L, s, f->fd) == 0)
         lua_pop(L, 1);
     lua_pop(L, 3);
+}
+
+/* After an error, hang-up or end of stream was delivered: if the script kept the
+ * registration although its recv already said the stream ended (or failed) and nothing
+ * is left to read, no later event can tell it anything new, and level-triggered
+ * readiness would wake the loop for it forever (a script that ignores EOF). So those
+ * events are withheld until it is closed or unregistered: both directions after a
+ * hang-up, reading only after the peer shut its side. An fd closed behind the host's
+ * back (POLLNVAL) is withheld at once. */
+static void withhold_if_finished(lua_State *L, lh_host *host, lh_selector *s, const sel_fired *f)
+{
+    const sel_key *slot = sel_get(s->core, f->fd);
+    int unread = 0;
+    if (!slot || slot->gen != f->gen)
+        return;
+    lua_getiuservalue(L, -1, 1); /* the key's fileobj */
+    lh_socket *sock = lhsock_test(L, -1);
+    int seen_eof = sock && (sock->conn.flags & CONN_EOF_SEEN);
+    lua_pop(L, 1);
+    if (ioctl(f->fd, FIONREAD, &unread) < 0 ? errno != EBADF : !seen_eof || unread > 0)
+        return; /* the script has yet to read what is there, or to see the end of it */
+    sel_set_paused(s->core, f->fd, (f->mask & SEL_HANGUP) ? SEL_BOTH : slot->paused | SEL_READ);
+    lh_log(host, LH_DEBUG, "fd %d: the peer is gone and the script kept it: events withheld",
+           f->fd);
 }
 
 /* Calls key.data(key.fileobj, mask, key) for every deliverable event of the batch. An
@@ -256,10 +283,13 @@ static int dispatch(lua_State *L, lh_host *host, lh_selector *s, int n)
         lua_getiuservalue(L, -2, 1);
         lua_pushinteger(L, mask);
         lua_pushvalue(L, -4);
-        if (host_pcall(L, host, 3, handler) != LUA_OK)
+        if (host_pcall(L, host, 3, handler) != LUA_OK) {
             callback_failed(L, host, s, f);
-        else
+        } else {
+            if (f->mask & (SEL_HANGUP | SEL_PEER_CLOSED))
+                withhold_if_finished(L, host, s, f);
             lua_pop(L, 1);
+        }
         calls++;
     }
     lua_settop(L, handler - 1);

@@ -167,6 +167,7 @@ int host_watch_signals(lh_host *host);
 void host_close_fd(lh_host *host, conn *c);
 void host_out_of_fds(lua_State *L, lh_host *host, int listen_fd, int err);
 void host_resume_accepting(lua_State *L, lh_host *host);
+void host_pause_accepting(lua_State *L, lh_host *host);
 int host_refuse(lh_host *host, int fd, const char *why);
 int host_pcall(lua_State *L, lh_host *host, int nargs, int handler);
 int host_start_watchdog(lh_host *host);

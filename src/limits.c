@@ -53,6 +53,13 @@ static void pause_listeners(lua_State *L, lh_host *host, int paused)
     lua_pop(L, 1);
 }
 
+/* Stops accepting for a moment, after which host_resume_accepting gives it back. */
+void host_pause_accepting(lua_State *L, lh_host *host)
+{
+    host->accept_resume_at = timer_now() + LH_ACCEPT_PAUSE_SECONDS;
+    pause_listeners(L, host, 1);
+}
+
 /* Out of fds (EMFILE/ENFILE) with connections waiting: give up the spare fd so they can
  * be accepted and closed (otherwise the listener stays readable and the loop spins),
  * take the spare back, and stop accepting for a moment. Clients already connected go on
@@ -71,8 +78,7 @@ void host_out_of_fds(lua_State *L, lh_host *host, int listen_fd, int err)
     }
     host->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     host->refused += (size_t)shed;
-    host->accept_resume_at = timer_now() + LH_ACCEPT_PAUSE_SECONDS;
-    pause_listeners(L, host, 1);
+    host_pause_accepting(L, host);
     if (may_warn(host))
         lh_log(host, LH_WARN,
                "out of file descriptors (%s) with %zu connections open: "
@@ -103,17 +109,25 @@ int host_refuse(lh_host *host, int fd, const char *why)
  * instructions and raises once the callback has used its budget. */
 static void budget_hook(lua_State *L, lua_Debug *ar)
 {
-    (void)ar;
     lh_host *host = *(lh_host **)lua_getextraspace(L);
     if (!host)
         return;
-    host->budget_used += LH_BUDGET_STEP;
+    if (ar->event == LUA_HOOKCOUNT)
+        host->budget_used += LH_BUDGET_STEP;
     if (host->budget_used < host->max_instructions)
         return;
-    lua_sethook(L, NULL, 0, 0);
-    host->budget_armed = 0;
-    luaL_error(L, "callback ran past its budget of %ld instructions (--max-instructions)",
-               host->max_instructions);
+    if (ar->event == LUA_HOOKCALL) { /* let the host's own message handler run */
+        lua_getinfo(L, "f", ar);
+        int handler = lua_tocfunction(L, -1) == lh_traceback;
+        lua_pop(L, 1);
+        if (handler)
+            return;
+    }
+    /* From now on every instruction and every call raises, so a script that catches the
+     * error with its own pcall cannot go on: the call to pcall itself fails. */
+    lua_sethook(L, budget_hook, LUA_MASKCALL | LUA_MASKCOUNT, 1);
+    luaL_error(L, "callback ran past its budget of %I instructions (--max-instructions)",
+               (lua_Integer)host->max_instructions);
 }
 
 /* SIGVTALRM, every 50 ms of the process's own CPU time: a callback that was already

@@ -219,6 +219,8 @@ static int sock_recv(lua_State *L)
     luaL_argcheck(L, want > 0, 2, "size must be positive");
     if (want <= LH_SCRATCH_SIZE) {
         ssize_t n = net_recv(s->conn.fd, s->host->scratch, (size_t)want);
+        if (n <= 0 && n != -EAGAIN)
+            s->conn.flags |= CONN_EOF_SEEN;
         if (n < 0)
             return lh_push_error(L, (int)n, NULL);
         lua_pushlstring(L, s->host->scratch, (size_t)n);
@@ -227,6 +229,8 @@ static int sock_recv(lua_State *L)
     luaL_Buffer b;
     char *space = luaL_buffinitsize(L, &b, (size_t)want);
     ssize_t n = net_recv(s->conn.fd, space, (size_t)want);
+    if (n <= 0 && n != -EAGAIN)
+        s->conn.flags |= CONN_EOF_SEEN;
     if (n < 0)
         return lh_push_error(L, (int)n, NULL);
     luaL_pushresultsize(&b, (size_t)n);

@@ -403,8 +403,10 @@ static int sel_filter(selector *sel, int n)
     for (int i = 0; i < n; i++) {
         sel_fired f = sel->fired[i];
         const sel_key *k = sel_slot(sel, f.fd);
+        int hangup = f.mask & (SEL_HANGUP | SEL_PEER_CLOSED);
         if (!k || !(f.mask &= k->armed))
             continue;
+        f.mask |= hangup;
         f.gen = k->gen;
         sel->fired[kept++] = f;
     }

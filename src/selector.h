@@ -7,6 +7,13 @@
 #include <stdint.h>
 
 enum { SEL_READ = 1, SEL_WRITE = 2, SEL_BOTH = 3 };
+/* Set in a fired entry's mask, beside READ|WRITE, when the fd reported an error or a
+ * hang-up (never in sel_deliverable's result), so the host can tell "nothing more will
+ * come" from "ready". */
+enum { SEL_HANGUP = 4 };
+/* Likewise when the peer shut its writing side (end of stream ahead), where the backend
+ * can tell; the fd may still be written to. */
+enum { SEL_PEER_CLOSED = 8 };
 
 /* One readiness report. gen is the registration's generation when the batch was taken,
  * so an event for a key that was replaced later in the same batch can be recognised. */
