@@ -278,11 +278,6 @@ static int serve(lua_State *L)
 {
     lua_getfield(L, LUA_REGISTRYINDEX, "luahost.host");
     lh_host *host = (lh_host *)lua_touserdata(L, -1);
-    /* Said once the script is serving, so that an operator's mistake stays one line and a
-     * client script that ran its own loop prints nothing of the host's. */
-    if (!host_is_idle(host))
-        lh_log(host, LH_INFO, "fd limit %lld: up to %zu connections", host->fd_limit,
-               host->max_connections);
     if (host->max_instructions > 0 && host_start_watchdog(host) < 0)
         lh_log(host, LH_WARN, "cannot start the watchdog; every callback instruction is counted");
     if (host_watch_signals(host) < 0)
@@ -290,6 +285,11 @@ static int serve(lua_State *L)
     const options *o = (const options *)lua_touserdata(L, 1);
     if (o->watch && host_watch_file(host, o->argv[o->script]) < 0)
         lh_log(host, LH_WARN, "cannot watch %s for changes; --watch is off", o->argv[o->script]);
+    /* Said once the script is serving, so that an operator's mistake stays one line and a
+     * client script that ran its own loop prints nothing of the host's. */
+    if (!host_is_idle(host))
+        lh_log(host, LH_INFO, "fd limit %lld: up to %zu connections", host->fd_limit,
+               host->max_connections);
     lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
     lua_getfield(L, -1, "luahost");
     lua_getfield(L, -1, "run");

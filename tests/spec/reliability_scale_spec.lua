@@ -1,0 +1,133 @@
+-- reliability_scale_spec.lua: 10,000 concurrent connections to echo.lua, every one
+-- echoing its own bytes, within a bounded time, on the backends that can watch that many
+-- fds (epoll and poll; select stops at FD_SETSIZE, which echo_e2e_spec covers).
+local luahost = require "luahost"
+local process = require "support.process"
+local client = require "support.client"
+local rel = require "support.reliability"
+
+local CONNECTIONS = 10000
+-- Seconds for connecting and echoing. poll(2) looks at every fd on every call and
+-- echo.lua accepts one connection per wakeup, so 10,000 accepts cost some 5*10^7 fd
+-- checks there (about 20 s on two cores); epoll takes a few seconds.
+local TIME_CAP = {epoll = 60, poll = 90}
+
+-- The soft and hard fd limits of this process, from the shell it starts.
+local function own_nofile()
+  local sh = io.popen("ulimit -Sn; ulimit -Hn")
+  local soft, hard = sh:read("l", "l")
+  sh:close()
+  return tonumber(soft) or math.huge, tonumber(hard) or math.huge -- "unlimited"
+end
+
+-- Sends "NNNNN\n" (the index) on every socket and reads each reply until it is complete,
+-- all at once over one selector. Returns one outcome per socket: "echoed", "wrong ...",
+-- "closed" or "timeout".
+local function echo_unique(socks, timeout)
+  local deadline = luahost.now() + timeout
+  local sel, outcomes, open = luahost.new_selector(), {}, 0
+  for i, sock in ipairs(socks) do
+    local payload = string.format("%05d\n", i)
+    local n = sock:send(payload)
+    if n == #payload then
+      sel:register(sock, luahost.EVENT_READ, {index = i, want = payload, got = ""})
+      open = open + 1
+    else
+      outcomes[i] = "send failed"
+    end
+  end
+  while open > 0 and luahost.now() < deadline do
+    for key in sel:select(math.min(deadline - luahost.now(), 1)) do
+      local st = key.data
+      local chunk, err = key.fileobj:recv(64)
+      local outcome
+      if chunk == "" or (chunk == nil and err ~= "wouldblock") then
+        outcome = "closed"
+      elseif chunk then
+        st.got = st.got .. chunk
+        if #st.got >= #st.want then
+          outcome = st.got == st.want and "echoed" or ("wrong: got " .. st.got:gsub("\n", "|"))
+        end
+      end
+      if outcome then
+        outcomes[st.index] = outcome
+        sel:unregister(key.fileobj)
+        open = open - 1
+      end
+    end
+  end
+  for _, key in pairs(sel:get_map()) do outcomes[key.data.index] = "timeout" end
+  sel:close()
+  return outcomes
+end
+
+describe("reliability: scale", function()
+  after_each(function()
+    process.stop_all()
+    assert.equal(0, process.live_count(), "a process outlived its test")
+  end)
+
+  for _, backend in ipairs({"epoll", "poll"}) do
+    local cap = TIME_CAP[backend]
+    it(("serves %d concurrent connections to echo.lua, each echoing its own bytes, within "
+      .. "%d s (--selector %s)"):format(CONNECTIONS, cap, backend), function()
+      -- The clients live in this process; the host raises its own limit to the hard one.
+      local soft, hard = own_nofile()
+      local need = CONNECTIONS + 200
+      if soft < need or hard < need then
+        pending(("needs an fd limit of %d for this process and the host; ulimit -n is %s "
+          .. "(hard %s)"):format(need, soft, hard))
+        return
+      end
+      local server = rel.start("scripts/echo.lua", {selector = backend, stats = true})
+      local first = assert(client.connect("127.0.0.1", server.port))
+      rel.timed_echo(first, "before")
+      first:close()
+      local base_fds = rel.settled_fd_count(server.pid)
+      local t0 = process.now()
+      -- Connections are opened 500 at a time, each batch only once the host has accepted
+      -- the ones before: echo.lua's listen backlog is 511, and a client that connects
+      -- faster than the host accepts overflows it (SYN retries, syncookies), which
+      -- measures the kernel rather than the host.
+      local socks = {}
+      finally(function()
+        for _, s in ipairs(socks) do s:close() end
+      end)
+      while #socks < CONNECTIONS do
+        local budget = cap - (process.now() - t0)
+        local more, err = client.open_many("127.0.0.1", server.port,
+          math.min(500, CONNECTIONS - #socks), {batch = 500, timeout = math.max(budget, 1)})
+        assert(more, err)
+        for _, s in ipairs(more) do socks[#socks + 1] = s end
+        rel.wait_until("the host to accept " .. #socks .. " connections", math.max(budget, 1),
+          function() return rel.stats(server).connections >= #socks end)
+      end
+      local left = cap - (process.now() - t0)
+      assert(left > 0, "connecting alone took longer than " .. cap .. " s")
+      -- Each connection sends its own number, so a reply crossed between connections or
+      -- lost shows; all are in flight at once.
+      local outcomes = echo_unique(socks, left)
+      local took = process.now() - t0
+      local counts, wrong = {}, {}
+      for i, o in ipairs(outcomes) do
+        counts[o] = (counts[o] or 0) + 1
+        if o ~= "echoed" and #wrong < 5 then wrong[#wrong + 1] = i .. ": " .. o end
+      end
+      local summary = {}
+      for o, n in pairs(counts) do summary[#summary + 1] = o .. " " .. n end
+      table.sort(summary)
+      assert.equal(CONNECTIONS, counts.echoed, table.concat(summary, ", ") .. " (first: "
+        .. table.concat(wrong, "; ") .. "); log:\n" .. server:stderr():sub(1, 2000))
+      assert(took < cap, string.format("took %.1f s", took))
+      local stats = rel.stats(server)
+      assert.equal(CONNECTIONS, stats.connections, "connections the host counts")
+
+      for _, s in ipairs(socks) do s:close() end
+      rel.wait_until("the host to close all 10,000 connections", 20, function()
+        return rel.fd_count(server.pid) <= base_fds
+      end)
+      rel.assert_alive(server)
+      rel.assert_graceful_stop(server)
+    end)
+  end
+end)
