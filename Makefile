@@ -1,14 +1,14 @@
 # luahost: a thin wrapper over CMake, in the spirit of Neovim's Makefile.
 # make run | make test | make test-sanitize | make lint; CI passes WERROR=ON (.ci/run).
 WERROR ?= OFF
-C_FILES := $(wildcard src/*.[ch] tests/unit/*.c tests/bench/*.c)
+C_FILES := $(wildcard src/*.[ch] tests/unit/*.c tests/bench/*.c tests/fuzz/*.c)
 # Configure build dir $(1) once, again only for another WERROR. A failed configure drops
 # its cache, so the next make configures anew instead of building a half-made tree.
 configure = grep -qx 'LUAHOST_WERROR:[A-Z]*=$(WERROR)' $(1)/CMakeCache.txt 2>/dev/null \
 	|| cmake -S . -B $(1) -DLUAHOST_WERROR=$(WERROR) $(2) \
 	|| { rm -f $(1)/CMakeCache.txt; exit 1; }
 
-.PHONY: all deps build run test test-sanitize lint clean
+.PHONY: all deps build run test test-sanitize lint clean bench
 all: build
 
 deps:
@@ -29,9 +29,22 @@ test-sanitize: deps
 	cmake --build build-sanitize -j2
 	ctest --test-dir build-sanitize --output-on-failure $(CTEST_FLAGS)
 
+# Benchmarks against the C limit and the peers (tests/bench/run.lua): several minutes.
+bench: build
+	lua5.4 tests/bench/run.lua
+
 lint:
 	$(if $(C_FILES),clang-format --dry-run --Werror $(C_FILES))
 	luacheck scripts tests examples
 
 clean:
-	rm -rf build build-sanitize
+	rm -rf build build-sanitize build-fuzz
+
+# libFuzzer targets in tests/fuzz, built into build-fuzz/: FUZZ_SECONDS each (default 30).
+.PHONY: fuzz valgrind
+fuzz:
+	tests/fuzz/run.sh
+
+# The end-to-end echo and chat specs with build/luahost under valgrind (tests/valgrind).
+valgrind: build
+	tests/valgrind/run.sh

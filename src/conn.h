@@ -33,7 +33,8 @@ void conn_init(conn *c, int fd, int kind, uint32_t limit);
 
 /* Sends what the kernel takes now and keeps the rest, asking sel to report the fd
  * writable to the host. Returns the bytes still pending, -ENOBUFS when they would pass
- * the limit (nothing is queued then), -ENOMEM, or the send error. */
+ * the limit (then nothing is queued, though what the kernel took at once was sent),
+ * -ENOMEM, or the send error. */
 ssize_t conn_write(conn *c, selector *sel, const char *data, size_t len);
 
 /* Sends buffered bytes; called when sel reported the fd writable. Returns the bytes still

@@ -36,6 +36,7 @@ void host_report_error(lua_State *L, lh_host *host, const char *where)
 static int host_gc(lua_State *L)
 {
     lh_host *host = (lh_host *)lua_touserdata(L, 1);
+    host_stop_watchdog(host);
     host->closed = 1;
     while (host->linger_head) {
         lh_linger *l = host->linger_head;

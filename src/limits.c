@@ -161,6 +161,16 @@ int host_start_watchdog(lh_host *host)
     return setitimer(ITIMER_VIRTUAL, &every, NULL) < 0 ? -errno : 0;
 }
 
+/* Stops the watchdog if it guards host: its ticks must never reach a freed host. */
+void host_stop_watchdog(lh_host *host)
+{
+    if (watchdog.host != host)
+        return;
+    struct itimerval off = {{0, 0}, {0, 0}};
+    setitimer(ITIMER_VIRTUAL, &off, NULL);
+    watchdog.host = NULL;
+}
+
 /* Calls the function below nargs arguments in protected mode, with the message handler
  * at index handler, within the host's instruction budget. Pops the function and its
  * arguments; leaves the error message on failure. Under the watchdog the budget is
