@@ -11,8 +11,9 @@
  *     --pid PID       the server: its CPU (/proc/PID/stat) and VmRSS over the window
  *     --ramp N        connections opening at once (default 32: LuaSocket's backlog)
  *
- * Echo: every connection keeps DEPTH messages in flight and sends a new one as each
- * comes back whole; latency is from the send of a message to the last byte of its echo.
+ * Echo: once all connections are open (one verified round trip each), every connection
+ * keeps DEPTH messages in flight and sends a new one as each comes back whole; latency
+ * is from the send of a message to the last byte of its echo.
  * Idle: opens N connections, one verified round trip each, holds them, and reports the
  * server's RSS before and after. Chat: one broadcast in flight; client k % C sends a
  * line, and the next goes out when all C-1 others got {"type":"say",...} for it. */
@@ -337,8 +338,7 @@ static void echo_readable(conn *c)
         return;
     if (c->state == S_OPENING) {
         became_ready(c);
-        if (opt.mode == M_IDLE)
-            return;
+        return; /* echo load starts when every connection is open */
     }
     if (opt.mode == M_ECHO && phase < P_DRAIN) {
         int inflight = (int)(c->due / s - last);
@@ -632,6 +632,17 @@ static void set_phase(enum phase p)
     t_phase = now_s();
 }
 
+/* Every connection is open: each one puts depth messages in flight. Until now only the
+ * connections being opened were busy, so that a server accepting one connection per
+ * wakeup is not starved of wakeups by the load of those already open. */
+static void start_echo_load(void)
+{
+    uint64_t t = now_ns();
+    for (int i = 0; i < opt.nconns; i++)
+        if (conns[i].state == S_READY)
+            issue(&conns[i], opt.depth, t);
+}
+
 /* Moves between phases on time; returns how long epoll may wait (ms). */
 static int advance(void)
 {
@@ -656,6 +667,8 @@ static int advance(void)
         t_ramped = t_phase;
         if (opt.mode == M_CHAT)
             chat_next();
+        if (opt.mode == M_ECHO)
+            start_echo_load();
         return 0;
     case P_WARMUP:
         if (t - t_phase < opt.warmup)
@@ -707,15 +720,17 @@ static int probe(void)
 {
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)opt.port)};
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    while (now_s() - t_start < opt.cap) {
+    do { /* at least once, so --cap 0 asks whether the port is taken */
         int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
         int rc = connect(fd, (struct sockaddr *)&sa, sizeof sa);
         close(fd);
         if (rc == 0)
             return 0;
         usleep(20000);
-    }
-    fprintf(stderr, "loadgen: nothing listens on 127.0.0.1:%d after %.0f s\n", opt.port, opt.cap);
+    } while (now_s() - t_start < opt.cap);
+    if (opt.cap > 0)
+        fprintf(stderr, "loadgen: nothing listens on 127.0.0.1:%d after %.0f s\n", opt.port,
+                opt.cap);
     return 1;
 }
 

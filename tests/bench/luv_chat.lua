@@ -3,6 +3,10 @@
 -- text line broadcast as {"type":"say","from":NAME,"text":TEXT} to every other client.
 -- Usage: lua5.4 luv_chat.lua PORT
 local uv = require "luv"
+
+-- libuv leaves SIGPIPE alone: without this, a write to a client that has gone kills the
+-- server (node and luvit do the same at startup).
+uv.new_signal():start("sigpipe", function() end)
 local cjson = require "cjson"
 
 local clients = {} -- tcp handle -> name

@@ -3,6 +3,10 @@
 -- Usage: lua5.4 luv_echo.lua PORT
 local uv = require "luv"
 
+-- libuv leaves SIGPIPE alone: without this, a write to a client that has gone kills the
+-- server (node and luvit do the same at startup).
+uv.new_signal():start("sigpipe", function() end)
+
 local server = uv.new_tcp()
 assert(server:bind("127.0.0.1", tonumber(arg[1])))
 assert(server:listen(511, function(err)
