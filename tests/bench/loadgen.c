@@ -502,6 +502,7 @@ static void chat_next(void)
 typedef struct snapshot {
     double t;
     double busy, total; /* /proc/stat: all CPUs' busy and total time, in ticks */
+    double steal;       /* time the hypervisor gave the vCPUs to someone else, in ticks */
     double lg_cpu;      /* this process: user + system seconds */
     double srv_user, srv_sys;
     long srv_rss_kib;
@@ -548,10 +549,10 @@ static long read_rss_kib(int pid)
 
 /* The machine's busy and total CPU time: what neither the server nor this process used
  * is other load, which makes a run less trustworthy. */
-static void read_machine(double *busy, double *total)
+static void read_machine(double *busy, double *total, double *steal)
 {
     unsigned long long v[8] = {0};
-    *busy = *total = 0;
+    *busy = *total = *steal = 0;
     FILE *f = fopen("/proc/stat", "r");
     if (!f)
         return;
@@ -559,7 +560,8 @@ static void read_machine(double *busy, double *total)
                &v[5], &v[6], &v[7]) == 8) {
         for (int i = 0; i < 8; i++)
             *total += (double)v[i];
-        *busy = *total - (double)v[3] - (double)v[4]; /* all but idle and iowait */
+        *busy = *total - (double)v[3] - (double)v[4] - (double)v[7]; /* not idle, iowait, steal */
+        *steal = (double)v[7];
     }
     fclose(f);
 }
@@ -569,7 +571,7 @@ static void take(snapshot *s)
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     s->t = now_s();
-    read_machine(&s->busy, &s->total);
+    read_machine(&s->busy, &s->total, &s->steal);
     s->lg_cpu = (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
                 (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
     s->srv_user = s->srv_sys = 0;
@@ -605,8 +607,9 @@ static void report(int capped)
            msgs ? (su + ss) * 1e6 / msgs : 0);
     double ncpu = (double)sysconf(_SC_NPROCESSORS_ONLN), total = b->total - a->total;
     double other = total > 0 ? (b->busy - a->busy) / total * ncpu - (su + ss + cpu) / secs : 0;
-    printf(" lg_cpu_util=%.3f lg_saturated=%d other_cpu=%.3f", cpu / secs, cpu / secs >= 0.95,
-           other < 0 ? 0 : other);
+    double steal = total > 0 ? (b->steal - a->steal) / total * ncpu : 0;
+    printf(" lg_cpu_util=%.3f lg_saturated=%d other_cpu=%.3f steal_cpu=%.3f", cpu / secs,
+           cpu / secs >= 0.95, other < 0 ? 0 : other, steal);
     printf(" rss_before_kib=%ld rss_after_kib=%ld ramp_s=%.3f", snap_ramp.srv_rss_kib,
            b->srv_rss_kib, t_ramped > 0 ? t_ramped - t_start : 0.0);
     printf(" errors=%llu capped=%d first_error=%s\n", (unsigned long long)errors, capped,

@@ -206,7 +206,7 @@ local function pool(rounds)
   end
   if #ok == 0 then return rounds[1] end
   local p = { rounds = #ok, errors = 0, msgs = 0, secs = 0, user = 0, sys = 0, mb = 0,
-              p50 = 0, p99 = 0, max = 0, lg = 0, other = 0, saturated = false,
+              p50 = 0, p99 = 0, max = 0, lg = 0, other = 0, steal = 0, saturated = false,
               srv_util = 0, first_error = "-" }
   for _, r in ipairs(ok) do
     p.msgs, p.secs = p.msgs + r.msgs, p.secs + r.secs
@@ -216,6 +216,7 @@ local function pool(rounds)
     p.max = math.max(p.max, r.max_us)
     p.lg = math.max(p.lg, r.lg_cpu_util)
     p.other = math.max(p.other, r.other_cpu)
+    p.steal = math.max(p.steal, r.steal_cpu or 0)
     p.srv_util = p.srv_util + r.srv_cpu_util / #ok
     p.saturated = p.saturated or r.lg_saturated == 1
     p.errors = p.errors + r.errors
@@ -305,6 +306,9 @@ local function flags(p)
   if p.saturated then f[#f + 1] = "load-bound" end
   if p.other and p.other > DISTURBED then
     f[#f + 1] = string.format("other load %.1f CPU", p.other)
+  end
+  if p.steal and p.steal > 0.1 then
+    f[#f + 1] = string.format("hypervisor steal %.1f CPU", p.steal)
   end
   if p.errors and p.errors > 0 then
     f[#f + 1] = string.format("%d errors (%s)", p.errors, p.first_error:gsub("_", " "))
