@@ -418,9 +418,15 @@ void host_shutdown(lua_State *L, lh_host *host, double grace_seconds)
 
 static int signal_write_fd = -1; /* the one piece of process state a handler may touch */
 
+static volatile sig_atomic_t stop_signals; /* SIGINT/SIGTERM received so far */
+
 static void on_signal(int signo)
 {
     int saved = errno;
+    /* A second stop signal ends the process at once: the loop may be stuck (a runaway
+     * coroutine, say), and an operator pressing Ctrl-C twice means it. */
+    if (signo != SIGHUP && stop_signals++ > 0)
+        _exit(128 + signo);
     unsigned char byte = (unsigned char)signo;
     if (write(signal_write_fd, &byte, 1) < 0) {
         /* the pipe is full: a stop is already pending */
