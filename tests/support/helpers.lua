@@ -12,9 +12,9 @@ local function describe_wait(what, timeout)
   return ("timed out after %g s waiting for %s"):format(timeout, what or "a condition")
 end
 
--- Drives the host loop with luahost.step until pred() returns a true value, which it
--- returns. Raises a clear error after timeout seconds.
-function helpers.step_until(pred, timeout, what)
+-- Calls pred() until it returns a true value, which it returns, calling pause() between
+-- tries; raises a clear error, pointing at the test's line, after timeout seconds.
+local function wait_until(pred, timeout, what, pause)
   timeout = timeout or helpers.TIMEOUT
   local deadline = luahost.now() + timeout
   while true do
@@ -23,9 +23,9 @@ function helpers.step_until(pred, timeout, what)
       return value
     end
     if luahost.now() >= deadline then
-      error(describe_wait(what, timeout), 2)
+      error(describe_wait(what, timeout), 2) -- level 2: the callers tail-call this
     end
-    luahost.step(0.005)
+    pause()
   end
 end
 
@@ -38,20 +38,14 @@ function helpers.sleep(seconds)
   end
 end
 
+-- Drives the host loop with luahost.step until pred() returns a true value.
+function helpers.step_until(pred, timeout, what)
+  return wait_until(pred, timeout, what, function() luahost.step(0.005) end)
+end
+
 -- Like step_until, but leaves the host loop alone: for tests of a selector of their own.
 function helpers.poll_until(pred, timeout, what)
-  timeout = timeout or helpers.TIMEOUT
-  local deadline = luahost.now() + timeout
-  while true do
-    local value = pred()
-    if value then
-      return value
-    end
-    if luahost.now() >= deadline then
-      error(describe_wait(what, timeout), 2)
-    end
-    helpers.sleep(0.002)
-  end
+  return wait_until(pred, timeout, what, function() helpers.sleep(0.002) end)
 end
 
 -- Waits on a scratch selector until sock is ready for events; returns the mask.
