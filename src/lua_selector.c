@@ -83,9 +83,9 @@ static int sel_register_l(lua_State *L)
     if (s->host->reloading && sel_get(s->core, fd))
         return sel_modify_l(L);
     reload_journal_key(L, s->host, 1, fd);
+    /* Everything that allocates comes before the core registration, so a memory error
+     * cannot leave fd registered in the core with no key (and the fd then reused). */
     lh_key *key = (lh_key *)lua_newuserdatauv(L, sizeof *key, 2);
-    if (sel_register(s->core, fd, events) < 0)
-        return luaL_error(L, "%s", sel_error(s->core));
     key->fd = fd;
     key->events = events;
     key->generation = s->host->generation;
@@ -95,8 +95,19 @@ static int sel_register_l(lua_State *L)
     lua_pushvalue(L, 4);
     lua_setiuservalue(L, 5, 2);
     lhsel_push_keys(L, s);
-    lua_pushvalue(L, 5);
-    lua_rawseti(L, -2, fd);
+    int already_keyed = lua_rawgeti(L, -1, fd) != LUA_TNIL;
+    lua_pop(L, 1);
+    if (!already_keyed) {
+        lua_pushvalue(L, 5);
+        lua_rawseti(L, -2, fd);
+    }
+    if (sel_register(s->core, fd, events) < 0) {
+        if (!already_keyed) {
+            lua_pushnil(L);
+            lua_rawseti(L, -2, fd);
+        }
+        return luaL_error(L, "%s", sel_error(s->core));
+    }
     lua_pop(L, 1);
     count_registration(L, 5, 1);
     return 1;
@@ -257,6 +268,13 @@ static void selector_release(lua_State *L, lh_selector *s)
         *link = s->next;
     if (s->host->sel == s)
         s->host->sel = NULL;
+}
+
+/* Closes every selector of the host, its own included (the host is being closed). */
+void lhsel_release_all(lua_State *L, lh_host *host)
+{
+    while (host->selectors)
+        selector_release(L, host->selectors);
 }
 
 static int sel_close_l(lua_State *L)
