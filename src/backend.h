@@ -3,7 +3,17 @@
 #ifndef LUAHOST_BACKEND_H
 #define LUAHOST_BACKEND_H
 
+#include "net.h"
 #include "selector.h"
+
+/* I/O a backend may take over (only "sim" does): each returns what the net_* call it
+ * replaces would. NULL members fall through to the real call. */
+typedef struct sel_io {
+    ssize_t (*send)(void *state, int fd, const void *data, size_t len);
+    ssize_t (*recv)(void *state, int fd, void *data, size_t len);
+    int (*accept)(void *state, int listen_fd, net_addr *peer);
+    int (*peername)(void *state, int fd, net_addr *out);
+} sel_io;
 
 typedef struct sel_backend {
     const char *name;
@@ -19,11 +29,13 @@ typedef struct sel_backend {
      * error/hang-up as SEL_READ|SEL_WRITE). Returns the count or a negative errno,
      * -EINTR included: the selector retries. */
     int (*poll)(void *state, int timeout_ms, sel_fired *out, int max);
+    const sel_io *io; /* NULL: the socket calls go to the kernel */
 } sel_backend;
 
 extern const sel_backend sel_backend_epoll;
 extern const sel_backend sel_backend_poll;
 extern const sel_backend sel_backend_select;
 extern const sel_backend sel_backend_kqueue;
+extern const sel_backend sel_backend_sim;
 
 #endif

@@ -72,7 +72,7 @@ ssize_t conn_write(conn *c, selector *sel, const char *data, size_t len)
     if (c->flags & CONN_WRITE_CLOSED)
         return -EPIPE;
     if (pending == 0) {
-        ssize_t sent = net_send(c->fd, data, len);
+        ssize_t sent = sel_send(sel, c->fd, data, len);
         if (sent < 0 && sent != -EAGAIN)
             return sent;
         sent = sent < 0 ? 0 : sent;
@@ -103,7 +103,7 @@ ssize_t conn_flush(conn *c, selector *sel)
     size_t len;
     while (conn_pending(c) > 0) {
         const char *data = buf_peek(c->out, &len);
-        ssize_t sent = net_send(c->fd, data, len);
+        ssize_t sent = sel_send(sel, c->fd, data, len);
         if (sent == -EAGAIN)
             break;
         if (sent < 0) {

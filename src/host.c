@@ -33,9 +33,9 @@ void host_report_error(lua_State *L, lh_host *host, const char *where)
     lua_pop(L, 1);
 }
 
-static int host_gc(lua_State *L)
+/* Frees what the host holds outside Lua; safe to call twice. */
+static void host_release(lh_host *host)
 {
-    lh_host *host = (lh_host *)lua_touserdata(L, 1);
     host_stop_watchdog(host);
     host->closed = 1;
     while (host->linger_head) {
@@ -45,16 +45,26 @@ static int host_gc(lua_State *L)
         close(l->conn.fd);
         free(l);
     }
+    host->linger_tail = NULL;
     if (host->signal_conn.fd >= 0) {
         close(host->signal_conn.fd);
         close(host->signal_write_fd);
+        host->signal_conn.fd = host->signal_write_fd = -1;
     }
     if (host->watch_conn.fd >= 0)
         close(host->watch_conn.fd);
+    host->watch_conn.fd = -1;
     free(host->watch_name);
+    host->watch_name = NULL;
     if (host->spare_fd >= 0)
         close(host->spare_fd);
+    host->spare_fd = -1;
     theap_free(&host->timers);
+}
+
+static int host_gc(lua_State *L)
+{
+    host_release((lh_host *)lua_touserdata(L, 1));
     return 0;
 }
 
@@ -84,6 +94,7 @@ lh_host *host_push_new(lua_State *L)
     host->watch_conn.fd = -1;
     host->generation = 1;
     host->journal_ref = LUA_NOREF;
+    host->script_ref = LUA_NOREF;
     host->on_reload_ref = new_ref_table(L, NULL);
     host->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     host->max_instructions = LH_DEFAULT_MAX_INSTRUCTIONS;
@@ -108,6 +119,12 @@ lh_host *host_push_new(lua_State *L)
     return host;
 }
 
+/* The host's clock: monotonic seconds, or the test's virtual time under "sim". */
+double host_now(const lh_host *host)
+{
+    return host->virtual_clock ? host->virtual_now : timer_now();
+}
+
 /* Takes over c's fd and pending output after its socket was closed, to finish sending
  * within LH_LINGER_SECONDS. On any failure the output is dropped and the fd closed. */
 void host_linger(lh_host *host, conn *c)
@@ -123,7 +140,7 @@ void host_linger(lh_host *host, conn *c)
     }
     l->conn = *c;
     l->conn.kind = CONN_LINGER;
-    l->deadline = timer_now() + LH_LINGER_SECONDS;
+    l->deadline = host_now(host) + LH_LINGER_SECONDS;
     l->next = NULL;
     if (host->linger_tail)
         host->linger_tail->next = l;
@@ -325,7 +342,7 @@ static void reload_if_asked(lua_State *L, lh_host *host)
         return;
     host->reload_requested = 0;
     int top = lua_gettop(L);
-    lua_getfield(L, LUA_REGISTRYINDEX, "luahost.script");
+    lh_push_script_field(L, host, "path");
     const char *path = lua_tostring(L, -1);
     if (path)
         host_reload(L, host, path);
@@ -351,7 +368,7 @@ int host_step(lua_State *L, lh_host *host, int timeout_ms)
         return luaL_error(L, "the host's selector is closed");
     if (s->busy)
         return luaL_error(L, "luahost.step or run called from inside a callback");
-    double now = timer_now();
+    double now = host_now(host);
     host_resume_accepting(L, host);
     host->accepts_this_round = 0;
     timeout_ms = min_timeout(timeout_ms, theap_timeout_ms(&host->timers, now));
@@ -368,7 +385,7 @@ int host_step(lua_State *L, lh_host *host, int timeout_ms)
     int calls = dispatch(L, host, s, n);
     lhtimer_run_due(L, host);
     s->busy = 0;
-    expire_lingering(host, timer_now());
+    expire_lingering(host, host_now(host));
     reload_if_asked(L, host);
     if (host->debug_gc) /* shakes out sockets that are closed while still in use */
         lua_gc(L, LUA_GCCOLLECT);
@@ -414,6 +431,21 @@ void host_shutdown(lua_State *L, lh_host *host, double grace_seconds)
             break;
     while (host->linger_head)
         linger_finish(host, host->linger_head);
+}
+
+/* Ends a host for good (luahost.open's, when a test stops it): shuts it down, then
+ * closes its listeners and selectors and frees the rest. Objects still pointing at it
+ * see a closed host; the userdata itself stays until the state closes, as all do. */
+void host_close(lua_State *L, lh_host *host, double grace_seconds)
+{
+    if (host->closed)
+        return;
+    host_shutdown(L, host, grace_seconds);
+    lhsock_close_listeners(L, host);
+    lhsel_release_all(L, host);
+    host_release(host);
+    luaL_unref(L, LUA_REGISTRYINDEX, host->timers_ref);
+    host->timers_ref = new_ref_table(L, NULL);
 }
 
 static int signal_write_fd = -1; /* the one piece of process state a handler may touch */

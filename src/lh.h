@@ -61,6 +61,7 @@ typedef struct lh_host {
     int module_ref;    /* the module table, where a script sets luahost.adopt */
     int on_reload_ref; /* the running script's on_reload callbacks */
     int journal_ref;   /* while reloading: what the new script changed, to roll back */
+    int script_ref;    /* {path=, args=, env=} of a script run in process, or LUA_NOREF */
     int generation;    /* which load of the script is running: 1, then one more per reload */
     int reloading;
     int reload_requested;
@@ -82,6 +83,8 @@ typedef struct lh_host {
     volatile sig_atomic_t callback_epoch; /* one more per callback */
     volatile sig_atomic_t budget_armed;   /* the counting hook is set */
     int debug_gc;                         /* --debug-gc: a full collection after every round */
+    int virtual_clock; /* the "sim" backend's: time moves only when a test advances it */
+    double virtual_now;
     int handles_ref; /* socket pointer -> socket, weak: finds the socket to call on_drain */
     char scratch[LH_SCRATCH_SIZE];
 } lh_host;
@@ -122,6 +125,12 @@ enum { LISTENING = 1, LISTENING_ANY_PORT = 2 };
 void lh_setfuncs(lua_State *L, const luaL_Reg *funcs, int table, int host);
 int lh_push_error(lua_State *L, int neg_errno, const char *what);
 
+/* reload.c */
+int lh_push_script_field(lua_State *L, lh_host *host, const char *name);
+
+/* lua_sim.c */
+void lhsim_open(lua_State *L, int module, int host);
+
 /* log.c */
 void lh_log(lh_host *host, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 int lh_log_level_from_name(const char *name);
@@ -133,11 +142,13 @@ void lhsel_push_keys(lua_State *L, lh_selector *s);
 void lhsel_forget_socket(lua_State *L, lh_host *host, lh_socket *sock);
 int lhsel_fileobj_fd(lua_State *L, int index);
 int lhsel_unregister_fd(lua_State *L, lh_selector *s, int fd);
+void lhsel_release_all(lua_State *L, lh_host *host);
 
 /* lua_socket.c */
 void lhsock_open(lua_State *L, int module, int host);
 lh_socket *lhsock_push(lua_State *L, lh_host *host, int fd, int family);
 lh_socket *lhsock_test(lua_State *L, int index);
+void lhsock_close_listeners(lua_State *L, lh_host *host);
 void lhsock_close(lua_State *L, lh_host *host, lh_socket *sock, int graceful);
 int lhsock_describe(lh_socket *sock, char *out, size_t outlen);
 int lhsock_flushed(lua_State *L, lh_host *host, lh_socket *sock);
@@ -158,11 +169,13 @@ void host_watch_event(lh_host *host);
 
 /* host.c */
 lh_host *host_push_new(lua_State *L);
+double host_now(const lh_host *host);
 int host_step(lua_State *L, lh_host *host, int timeout_ms);
 int host_is_idle(lh_host *host);
 void host_dispatch_host_event(lua_State *L, lh_host *host, void *host_data);
 void host_linger(lh_host *host, conn *c);
 void host_shutdown(lua_State *L, lh_host *host, double grace_seconds);
+void host_close(lua_State *L, lh_host *host, double grace_seconds);
 int host_watch_signals(lh_host *host);
 void host_close_fd(lh_host *host, conn *c);
 void host_out_of_fds(lua_State *L, lh_host *host, int listen_fd, int err);

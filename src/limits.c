@@ -30,7 +30,7 @@ void host_close_fd(lh_host *host, conn *c)
 /* Logs at most once a second, so a flood of refusals cannot flood the log. */
 static int may_warn(lh_host *host)
 {
-    double now = timer_now();
+    double now = host_now(host);
     if (now - host->last_fd_warning < 1.0)
         return 0;
     host->last_fd_warning = now;
@@ -56,7 +56,7 @@ static void pause_listeners(lua_State *L, lh_host *host, int paused)
 /* Stops accepting for a moment, after which host_resume_accepting gives it back. */
 void host_pause_accepting(lua_State *L, lh_host *host)
 {
-    host->accept_resume_at = timer_now() + LH_ACCEPT_PAUSE_SECONDS;
+    host->accept_resume_at = host_now(host) + LH_ACCEPT_PAUSE_SECONDS;
     pause_listeners(L, host, 1);
 }
 
@@ -72,7 +72,8 @@ void host_out_of_fds(lua_State *L, lh_host *host, int listen_fd, int err)
         close(host->spare_fd);
         host->spare_fd = -1;
     }
-    while (shed < LH_ACCEPTS_PER_ROUND && (fd = net_accept(listen_fd, &peer)) >= 0) {
+    while (shed < LH_ACCEPTS_PER_ROUND &&
+           (fd = sel_accept(host->sel ? host->sel->core : NULL, listen_fd, &peer)) >= 0) {
         close(fd);
         shed++;
     }
@@ -89,7 +90,7 @@ void host_out_of_fds(lua_State *L, lh_host *host, int listen_fd, int err)
 /* Resumes accepting once the pause after running out of fds is over. */
 void host_resume_accepting(lua_State *L, lh_host *host)
 {
-    if (host->accept_resume_at <= 0 || timer_now() < host->accept_resume_at)
+    if (host->accept_resume_at <= 0 || host_now(host) < host->accept_resume_at)
         return;
     host->accept_resume_at = 0;
     pause_listeners(L, host, 0);

@@ -57,6 +57,28 @@ lh_socket *lhsock_push(lua_State *L, lh_host *host, int fd, int family)
     return s;
 }
 
+/* Closes every listener the host has (gathered first: closing edits the table). */
+void lhsock_close_listeners(lua_State *L, lh_host *host)
+{
+    lua_newtable(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, host->listeners_ref);
+    lua_pushnil(L);
+    for (int n = 1; lua_next(L, -2); n++)
+        lua_rawseti(L, -4, n);
+    lua_pop(L, 1);
+    for (int i = 1; lua_rawgeti(L, -1, i) != LUA_TNIL; i++) {
+        lhsock_close(L, host, (lh_socket *)lua_touserdata(L, -1), 0);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 2);
+}
+
+/* The selector whose backend does s's I/O (only "sim" changes it), or NULL. */
+static selector *io_of(const lh_socket *s)
+{
+    return s->host->sel && !s->host->closed ? s->host->sel->core : NULL;
+}
+
 /* The peer's address (a listener's own), else "fd N"; returns whether it had one. */
 int lhsock_describe(lh_socket *s, char *out, size_t outlen)
 {
@@ -65,7 +87,8 @@ int lhsock_describe(lh_socket *s, char *out, size_t outlen)
         snprintf(out, outlen, "closed socket");
         return 0;
     }
-    int rc = s->listening ? net_sockname(s->conn.fd, &addr) : net_peername(s->conn.fd, &addr);
+    int rc =
+        s->listening ? net_sockname(s->conn.fd, &addr) : sel_peername(io_of(s), s->conn.fd, &addr);
     if (rc == 0) {
         net_addr_format(&addr, out, outlen);
         return 1;
@@ -190,7 +213,7 @@ static int sock_accept(lua_State *L)
         return lh_push_error(L, -EAGAIN, NULL);
     net_addr peer;
     lh_socket *c = lhsock_push(L, host, -1, 0);
-    int fd = net_accept(s->conn.fd, &peer);
+    int fd = sel_accept(io_of(s), s->conn.fd, &peer);
     if (fd == -EMFILE || fd == -ENFILE)
         host_out_of_fds(L, host, s->conn.fd, -fd);
     if (fd < 0)
@@ -218,7 +241,7 @@ static int sock_recv(lua_State *L)
     lua_Integer want = luaL_optinteger(L, 2, LH_SCRATCH_SIZE);
     luaL_argcheck(L, want > 0, 2, "size must be positive");
     if (want <= LH_SCRATCH_SIZE) {
-        ssize_t n = net_recv(s->conn.fd, s->host->scratch, (size_t)want);
+        ssize_t n = sel_recv(io_of(s), s->conn.fd, s->host->scratch, (size_t)want);
         if (n <= 0 && n != -EAGAIN)
             s->conn.flags |= CONN_EOF_SEEN;
         if (n < 0)
@@ -228,7 +251,7 @@ static int sock_recv(lua_State *L)
     }
     luaL_Buffer b;
     char *space = luaL_buffinitsize(L, &b, (size_t)want);
-    ssize_t n = net_recv(s->conn.fd, space, (size_t)want);
+    ssize_t n = sel_recv(io_of(s), s->conn.fd, space, (size_t)want);
     if (n <= 0 && n != -EAGAIN)
         s->conn.flags |= CONN_EOF_SEEN;
     if (n < 0)
@@ -246,7 +269,7 @@ static int sock_send(lua_State *L)
     const char *data = luaL_checklstring(L, 2, &len);
     if (conn_pending(&s->conn) > 0)
         return lh_push_error(L, -EAGAIN, NULL);
-    ssize_t n = net_send(s->conn.fd, data, len);
+    ssize_t n = sel_send(io_of(s), s->conn.fd, data, len);
     if (n < 0)
         return lh_push_error(L, (int)n, NULL);
     lua_pushinteger(L, n);
@@ -353,7 +376,8 @@ static int sock_shutdown(lua_State *L)
 static int sock_getpeername(lua_State *L)
 {
     net_addr addr;
-    int rc = net_peername(check_open(L, 1)->conn.fd, &addr);
+    lh_socket *s = check_open(L, 1);
+    int rc = sel_peername(io_of(s), s->conn.fd, &addr);
     return rc < 0 ? lh_push_error(L, rc, NULL) : push_addr(L, &addr);
 }
 

@@ -38,7 +38,7 @@ static int schedule(lua_State *L, double interval)
     lh_timer *tm = (lh_timer *)lua_newuserdatauv(L, sizeof *tm, 1);
     tm->t.index = TIMER_IDLE;
     tm->t.interval = interval;
-    tm->t.deadline = timer_now() + delay;
+    tm->t.deadline = host_now(host) + delay;
     tm->t.data = tm;
     tm->host = host;
     luaL_setmetatable(L, LH_TIMER);
@@ -86,7 +86,7 @@ static int timer_tostring(lua_State *L)
     if (tm->t.index == TIMER_IDLE)
         lua_pushliteral(L, "luahost.timer (idle)");
     else
-        lua_pushfstring(L, "luahost.timer (due in %f s)", tm->t.deadline - timer_now());
+        lua_pushfstring(L, "luahost.timer (due in %f s)", tm->t.deadline - host_now(tm->host));
     return 1;
 }
 
@@ -95,7 +95,7 @@ static int timer_tostring(lua_State *L)
  * so a slow callback cannot make it fire in a burst. */
 void lhtimer_run_due(lua_State *L, lh_host *host)
 {
-    double now = timer_now();
+    double now = host_now(host);
     timer *t;
     while ((t = theap_peek(&host->timers)) && t->deadline <= now) {
         lh_timer *tm = (lh_timer *)t->data;

@@ -102,7 +102,7 @@ static int l_listeners(lua_State *L)
 
 static int l_now(lua_State *L)
 {
-    lua_pushnumber(L, timer_now());
+    lua_pushnumber(L, host_now(LH_HOST(L)));
     return 1;
 }
 
@@ -192,11 +192,14 @@ static int l_stats(lua_State *L)
     return 1;
 }
 
+static int l_open(lua_State *L);
+static int l_shutdown(lua_State *L);
+
 static const luaL_Reg module_functions[] = {
     {"stats", l_stats}, {"step", l_step},           {"run", l_run},
     {"stop", l_stop},   {"listeners", l_listeners}, {"now", l_now},
     {"log", l_log},     {"log_level", l_log_level}, {"parse_address", l_parse_address},
-    {NULL, NULL},
+    {"open", l_open},   {"shutdown", l_shutdown},   {NULL, NULL},
 };
 
 /* The backend of the default selector: the executable's --selector (left in the
@@ -211,7 +214,12 @@ static const char *default_backend(lua_State *L)
     return name && *name ? name : NULL;
 }
 
-int luaopen_luahost(lua_State *L)
+/* The time a sim host's clock starts at: far from 0, which some fields read as "none". */
+#define SIM_EPOCH 1000.0
+
+/* Pushes a module table on a new host of its own, selector on backend (NULL: the best
+ * available). */
+static lh_host *push_module(lua_State *L, const char *backend)
 {
     lua_newtable(L);
     int module = lua_gettop(L);
@@ -224,12 +232,15 @@ int luaopen_luahost(lua_State *L)
     lhreload_open(L, module, host_index);
     lua_pushvalue(L, module);
     host->module_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    host->sel = lhsel_push_new(L, host, default_backend(L));
+    host->sel = lhsel_push_new(L, host, backend);
     lua_pushvalue(L, -1);
     luaL_ref(L, LUA_REGISTRYINDEX); /* the host's own selector lives as long as the state */
     lua_setfield(L, module, "selector");
-    lua_pushvalue(L, host_index);
-    lua_setfield(L, LUA_REGISTRYINDEX, "luahost.host"); /* for the executable's settings */
+    if (strcmp(sel_backend_name(host->sel->core), "sim") == 0) {
+        host->virtual_clock = 1;
+        host->virtual_now = SIM_EPOCH;
+        lhsim_open(L, module, host_index);
+    }
     lua_pushinteger(L, SEL_READ);
     lua_setfield(L, module, "EVENT_READ");
     lua_pushinteger(L, SEL_WRITE);
@@ -237,5 +248,47 @@ int luaopen_luahost(lua_State *L)
     lua_pushliteral(L, LUAHOST_VERSION);
     lua_setfield(L, module, "version");
     lua_settop(L, module);
+    return host;
+}
+
+/* luahost.open{selector =, script =, args =, env =}: a module table on a new host of
+ * its own, for running a script in process (the test kit does). script, args and env
+ * are what luahost.reload() loads again, with which arguments, in which environment. */
+static int l_open(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_getfield(L, 1, "selector");
+    const char *backend = luaL_optstring(L, -1, NULL);
+    lh_host *host = push_module(L, backend);
+    lua_createtable(L, 0, 3);
+    lua_getfield(L, 1, "script");
+    lua_setfield(L, -2, "path");
+    lua_getfield(L, 1, "args");
+    lua_setfield(L, -2, "args");
+    lua_getfield(L, 1, "env");
+    lua_setfield(L, -2, "env");
+    host->script_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return 1;
+}
+
+/* luahost.shutdown([grace]): closes listeners and connections (letting them flush for
+ * up to grace seconds, default 1), cancels timers, and closes the host for good. */
+static int l_shutdown(lua_State *L)
+{
+    lh_host *host = LH_HOST(L);
+    lua_Number grace = luaL_optnumber(L, 1, 1.0);
+    if (host->sel && host->sel->busy)
+        return luaL_error(L, "luahost.shutdown called from inside a callback");
+    host_close(L, host, grace > 0 ? grace : 0);
+    return 0;
+}
+
+int luaopen_luahost(lua_State *L)
+{
+    push_module(L, default_backend(L));
+    lua_getfield(L, -1, "stats");
+    lua_getupvalue(L, -1, 1);
+    lua_setfield(L, LUA_REGISTRYINDEX, "luahost.host"); /* for the executable's settings */
+    lua_pop(L, 1);
     return 1;
 }

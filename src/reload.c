@@ -273,10 +273,29 @@ static void commit(lua_State *L, lh_host *host, int old_on_reload)
     lua_pop(L, 1);
 }
 
-/* Pushes the script's arguments, as the first load got them; returns how many. */
-static int push_script_args(lua_State *L)
+/* Pushes what the host knows of its script: "path", "args" (a sequence) or "env" (the
+ * table its chunks run in). A script the kit runs in process has its own; the
+ * executable's is in the registry. Returns the type pushed. */
+int lh_push_script_field(lua_State *L, lh_host *host, const char *name)
 {
-    if (lua_getfield(L, LUA_REGISTRYINDEX, "luahost.script_args") != LUA_TTABLE) {
+    if (host->script_ref != LUA_NOREF) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, host->script_ref);
+        lua_getfield(L, -1, name);
+        lua_remove(L, -2);
+        return lua_type(L, -1);
+    }
+    if (strcmp(name, "env") == 0) {
+        lua_pushnil(L);
+        return LUA_TNIL;
+    }
+    return lua_getfield(L, LUA_REGISTRYINDEX,
+                        strcmp(name, "path") == 0 ? "luahost.script" : "luahost.script_args");
+}
+
+/* Pushes the script's arguments, as the first load got them; returns how many. */
+static int push_script_args(lua_State *L, lh_host *host)
+{
+    if (lh_push_script_field(L, host, "args") != LUA_TTABLE) {
         lua_pop(L, 1);
         return 0;
     }
@@ -295,7 +314,7 @@ static int run_new_chunk(lua_State *L, lh_host *host)
     lua_pushcfunction(L, lh_traceback);
     lua_insert(L, -2);
     int handler = lua_gettop(L) - 1;
-    int nargs = push_script_args(L);
+    int nargs = push_script_args(L, host);
     lua_newtable(L);
     host->journal_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     host->reloading = 1;
@@ -305,13 +324,27 @@ static int run_new_chunk(lua_State *L, lh_host *host)
     return status;
 }
 
+/* Compiles path; a script run in process gets its own environment, as its first load
+ * did. */
+static int load_script(lua_State *L, lh_host *host, const char *path)
+{
+    int status = luaL_loadfile(L, path);
+    if (status != LUA_OK)
+        return status;
+    if (lh_push_script_field(L, host, "env") == LUA_TTABLE)
+        lua_setupvalue(L, -2, 1);
+    else
+        lua_pop(L, 1);
+    return LUA_OK;
+}
+
 /* Loads path as the new script. Pushes true, or nil and the error (logged) when the
  * script failed to compile or raised, in which case everything is as it was. */
 int host_reload(lua_State *L, lh_host *host, const char *path)
 {
     if (host->reloading)
         return luaL_error(L, "a reload is already in progress");
-    if (luaL_loadfile(L, path) != LUA_OK) {
+    if (load_script(L, host, path) != LUA_OK) {
         lh_log(host, LH_ERROR, "reload rejected, still running generation %d: %s", host->generation,
                lua_tostring(L, -1));
         luaL_pushfail(L);
@@ -361,7 +394,7 @@ static int l_reload(lua_State *L)
     lh_host *host = LH_HOST(L);
     const char *path = luaL_optstring(L, 1, NULL);
     if (!path) {
-        lua_getfield(L, LUA_REGISTRYINDEX, "luahost.script");
+        lh_push_script_field(L, host, "path");
         path = lua_tostring(L, -1);
         if (!path)
             return luaL_error(L, "no script to reload: pass its path");

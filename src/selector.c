@@ -91,6 +91,8 @@ static const sel_backend *sel_find_backend(const char *name)
 {
     if (!name)
         return sel_backends[0];
+    if (strcmp(name, "sim") == 0) /* for tests only, so never listed nor a default */
+        return &sel_backend_sim;
     for (int i = 0; i < SEL_NBACKENDS; i++)
         if (strcmp(sel_backends[i]->name, name) == 0)
             return sel_backends[i];
@@ -139,6 +141,39 @@ void sel_free(selector *sel)
 const char *sel_backend_name(const selector *sel)
 {
     return sel->be->name;
+}
+
+void *sel_backend_state(const selector *sel, const char *backend_name)
+{
+    return strcmp(sel->be->name, backend_name) == 0 ? sel->state : NULL;
+}
+
+ssize_t sel_send(selector *sel, int fd, const void *data, size_t len)
+{
+    if (sel && sel->be->io && sel->be->io->send)
+        return sel->be->io->send(sel->state, fd, data, len);
+    return net_send(fd, data, len);
+}
+
+ssize_t sel_recv(selector *sel, int fd, void *data, size_t len)
+{
+    if (sel && sel->be->io && sel->be->io->recv)
+        return sel->be->io->recv(sel->state, fd, data, len);
+    return net_recv(fd, data, len);
+}
+
+int sel_accept(selector *sel, int listen_fd, net_addr *peer)
+{
+    if (sel && sel->be->io && sel->be->io->accept)
+        return sel->be->io->accept(sel->state, listen_fd, peer);
+    return net_accept(listen_fd, peer);
+}
+
+int sel_peername(selector *sel, int fd, net_addr *out)
+{
+    if (sel && sel->be->io && sel->be->io->peername)
+        return sel->be->io->peername(sel->state, fd, out);
+    return net_peername(fd, out);
 }
 
 const char *sel_error(const selector *sel)

@@ -5,6 +5,9 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
+
+#include "net.h"
 
 enum { SEL_READ = 1, SEL_WRITE = 2, SEL_BOTH = 3 };
 /* Set in a fired entry's mask, beside READ|WRITE, when the fd reported an error or a
@@ -85,5 +88,16 @@ int sel_deliverable(const selector *sel, const sel_fired *fired);
 
 /* What the last failing call said, e.g. "fd 7 is already registered". */
 const char *sel_error(const selector *sel);
+
+/* The backend's own state if it is the named backend, else NULL (how the "sim"
+ * backend's test controls reach it). */
+void *sel_backend_state(const selector *sel, const char *backend_name);
+
+/* Socket I/O on fds this selector watches, as net_send/net_recv/net_accept/net_peername
+ * do; a backend may take them over ("sim" shapes them for tests). sel may be NULL. */
+ssize_t sel_send(selector *sel, int fd, const void *data, size_t len);
+ssize_t sel_recv(selector *sel, int fd, void *data, size_t len);
+int sel_accept(selector *sel, int listen_fd, net_addr *peer);
+int sel_peername(selector *sel, int fd, net_addr *out);
 
 #endif
