@@ -35,7 +35,7 @@ bench: build
 
 lint:
 	$(if $(C_FILES),clang-format --dry-run --Werror $(C_FILES))
-	luacheck scripts tests examples
+	luacheck scripts tests examples lua
 
 clean:
 	rm -rf build build-sanitize build-fuzz
