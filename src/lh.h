@@ -184,6 +184,7 @@ void host_pause_accepting(lua_State *L, lh_host *host);
 int host_refuse(lh_host *host, int fd, const char *why);
 int host_pcall(lua_State *L, lh_host *host, int nargs, int handler);
 int host_start_watchdog(lh_host *host);
+void host_guard_coroutines(lua_State *L, lh_host *host);
 void host_stop_watchdog(lh_host *host);
 int lh_traceback(lua_State *L);
 void host_report_error(lua_State *L, lh_host *host, const char *where);

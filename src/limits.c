@@ -106,6 +106,17 @@ int host_refuse(lh_host *host, int fd, const char *why)
     return 0;
 }
 
+static void budget_hook(lua_State *L, lua_Debug *ar);
+
+/* From now on every instruction and every call on L raises, so a script that catches
+ * the error with its own pcall cannot go on: the call to pcall itself fails. */
+static void budget_exceeded(lua_State *L, lh_host *host)
+{
+    lua_sethook(L, budget_hook, LUA_MASKCALL | LUA_MASKCOUNT, 1);
+    luaL_error(L, "callback ran past its budget of %I instructions (--max-instructions)",
+               (lua_Integer)host->max_instructions);
+}
+
 /* The count hook behind --max-instructions. It is called every LH_BUDGET_STEP
  * instructions and raises once the callback has used its budget. */
 static void budget_hook(lua_State *L, lua_Debug *ar)
@@ -124,11 +135,7 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
         if (handler)
             return;
     }
-    /* From now on every instruction and every call raises, so a script that catches the
-     * error with its own pcall cannot go on: the call to pcall itself fails. */
-    lua_sethook(L, budget_hook, LUA_MASKCALL | LUA_MASKCOUNT, 1);
-    luaL_error(L, "callback ran past its budget of %I instructions (--max-instructions)",
-               (lua_Integer)host->max_instructions);
+    budget_exceeded(L, host);
 }
 
 /* SIGVTALRM, every 50 ms of the process's own CPU time: a callback that was already
@@ -196,4 +203,92 @@ int host_pcall(lua_State *L, lh_host *host, int nargs, int handler)
         host->budget_armed = 0;
     }
     return status;
+}
+
+/* Calls the original coroutine.resume (at index resume) on the arguments (a thread and
+ * its values) with that thread made the one the watchdog arms and the budget counts:
+ * hooks are per thread, and a coroutine made before the callback has none. */
+static int resume_guarded(lua_State *L, lh_host *host, int resume)
+{
+    int nargs = lua_gettop(L);
+    lua_State *co = lua_tothread(L, 1);
+    int guarded = co && host->in_callback && host->max_instructions > 0;
+    if (guarded) {
+        *(lh_host **)lua_getextraspace(co) = host;
+        if (host->budget_armed)
+            lua_sethook(co, budget_hook, LUA_MASKCOUNT, LH_BUDGET_STEP);
+        host->running = co;
+    }
+    lua_pushvalue(L, resume);
+    lua_insert(L, 1);
+    lua_call(L, nargs, LUA_MULTRET);
+    if (guarded) {
+        host->running = L;
+        if (host->budget_used >= host->max_instructions) /* the coroutine died of it */
+            budget_exceeded(L, host);
+        if (host->budget_armed)
+            lua_sethook(L, budget_hook, LUA_MASKCOUNT, LH_BUDGET_STEP);
+    }
+    return lua_gettop(L);
+}
+
+/* coroutine.resume, guarded. Upvalues: the host, the original resume. */
+static int guarded_resume(lua_State *L)
+{
+    return resume_guarded(L, (lh_host *)lua_touserdata(L, lua_upvalueindex(1)),
+                          lua_upvalueindex(2));
+}
+
+/* What coroutine.wrap returns, guarded: resumes its thread (upvalue 3) and raises its
+ * error, as the original does. */
+static int guarded_wrapped(lua_State *L)
+{
+    lua_pushvalue(L, lua_upvalueindex(3));
+    lua_insert(L, 1);
+    int n =
+        resume_guarded(L, (lh_host *)lua_touserdata(L, lua_upvalueindex(1)), lua_upvalueindex(2));
+    if (lua_toboolean(L, 1))
+        return n - 1;
+    if (lua_type(L, 2) == LUA_TSTRING) { /* as the original, with where it was called */
+        luaL_where(L, 1);
+        lua_insert(L, 2);
+        lua_concat(L, 2);
+    }
+    lua_settop(L, 2);
+    return lua_error(L);
+}
+
+/* coroutine.wrap, guarded. Upvalues: the host, the original resume. */
+static int guarded_wrap(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    lua_State *co = lua_newthread(L);
+    lua_pushvalue(L, 1);
+    lua_xmove(L, co, 1);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_pushvalue(L, lua_upvalueindex(2));
+    lua_pushvalue(L, -3);
+    lua_pushcclosure(L, guarded_wrapped, 3);
+    return 1;
+}
+
+/* Replaces coroutine.resume and coroutine.wrap so a runaway loop inside a coroutine is
+ * caught by the budget like any other (the executable's scripts only). */
+void host_guard_coroutines(lua_State *L, lh_host *host)
+{
+    if (lua_getglobal(L, "coroutine") != LUA_TTABLE ||
+        lua_getfield(L, -1, "resume") != LUA_TFUNCTION) {
+        lua_settop(L, lua_gettop(L) - 2);
+        return;
+    }
+    int table = lua_gettop(L) - 1;
+    lua_pushlightuserdata(L, host);
+    lua_pushvalue(L, -2);
+    lua_pushcclosure(L, guarded_resume, 2);
+    lua_setfield(L, table, "resume");
+    lua_pushlightuserdata(L, host);
+    lua_pushvalue(L, -2);
+    lua_pushcclosure(L, guarded_wrap, 2);
+    lua_setfield(L, table, "wrap");
+    lua_pop(L, 2);
 }

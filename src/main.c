@@ -269,6 +269,8 @@ static void apply_settings(lua_State *L, const options *o)
         host->max_instructions = (long)o->max_instructions;
     set_connection_limit(host, o);
     signal(SIGPIPE, SIG_IGN);
+    if (host->max_instructions > 0) /* before the script runs: it may make coroutines */
+        host_guard_coroutines(L, host);
 }
 
 /* Runs the loop once the main chunk has returned, then closes down gracefully. Signals

@@ -7,6 +7,9 @@
 --             spin-pcall            the same, inside pcall, over and over
 --             spin-coroutine        the same, in a coroutine made by the callback
 --             spin-old-coroutine    the same, in a coroutine made when the script loaded
+--             spin-resume           the same, in a coroutine run by coroutine.resume
+--             spin-nested-coroutine the same, in a coroutine inside a coroutine
+--             spin-after-coroutine  the same, in the callback, after a coroutine yielded
 --   memory:   hog                   a table grown until memory runs out (garbage after)
 --             bigstring             one string of 256 MiB
 --             hoard SECONDS         memory held up to the limit for SECONDS, then freed
@@ -41,6 +44,15 @@ local commands = {
   end,
   ["spin-coroutine"] = function() coroutine.wrap(spin)() end,
   ["spin-old-coroutine"] = function() old_coroutine() end,
+  ["spin-resume"] = function() coroutine.resume(coroutine.create(spin)) end,
+  ["spin-nested-coroutine"] = function()
+    coroutine.wrap(function() coroutine.wrap(spin)() end)()
+  end,
+  ["spin-after-coroutine"] = function() -- the loop is back in the callback's own thread
+    local co = coroutine.wrap(function() for _ = 1, 10 do coroutine.yield() end end)
+    co()
+    spin()
+  end,
 
   hog = function()
     local t = {}
