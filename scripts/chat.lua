@@ -62,11 +62,15 @@ local function send(client, msg)
   send_line(client, encode(msg))
 end
 
--- Sends msg to every client but `except` (which may be nil), encoding it once.
+-- Sends msg to every client but `except` (which may be nil), encoding it once; the
+-- host writes it to every connection in one call.
 local function broadcast(msg, except)
-  local line = encode(msg)
-  for _, client in pairs(clients) do
-    if client ~= except and not client.gone then send_line(client, line) end
+  local _, failed = luahost.write_all(clients, encode(msg), except and except.conn)
+  for conn, err in pairs(failed or {}) do
+    local client = clients[conn]
+    if client then
+      drop(client, err == "buffer full" and "slow consumer" or "write failed: " .. err)
+    end
   end
 end
 

@@ -276,28 +276,75 @@ static int sock_send(lua_State *L)
     return 1;
 }
 
+/* Writes through s's output buffer. Past the limit the socket is closed, with the
+ * reason logged, and -ENOBUFS returned. */
+static ssize_t write_or_close(lua_State *L, lh_socket *s, const char *data, size_t len)
+{
+    lh_host *host = s->host;
+    if (!host->sel)
+        return luaL_error(L, "the host's selector is closed");
+    ssize_t pending = conn_write(&s->conn, host->sel->core, data, len);
+    if (pending != -ENOBUFS)
+        return pending;
+    char where[NET_ADDRSTRLEN];
+    lhsock_describe(s, where, sizeof where);
+    lh_log(host, LH_WARN, "closing %s: output buffer full (%zu bytes pending, limit %u)", where,
+           conn_pending(&s->conn), (unsigned)s->conn.limit);
+    lhsock_close(L, host, s, 0);
+    return -ENOBUFS;
+}
+
 static int sock_write(lua_State *L)
 {
     lh_socket *s = check_open(L, 1);
     size_t len;
     const char *data = luaL_checklstring(L, 2, &len);
-    lh_host *host = s->host;
-    if (!host->sel)
-        return luaL_error(L, "the host's selector is closed");
-    ssize_t pending = conn_write(&s->conn, host->sel->core, data, len);
+    ssize_t pending = write_or_close(L, s, data, len);
     if (pending >= 0) {
         lua_pushinteger(L, pending);
         return 1;
     }
     if (pending != -ENOBUFS)
         return lh_push_error(L, (int)pending, NULL);
-    char where[NET_ADDRSTRLEN];
-    lhsock_describe(s, where, sizeof where);
-    lh_log(host, LH_WARN, "closing %s: output buffer full (%zu bytes pending, limit %u)", where,
-           conn_pending(&s->conn), (unsigned)s->conn.limit);
-    lhsock_close(L, host, s, 0);
     luaL_pushfail(L);
     lua_pushliteral(L, "buffer full");
+    return 2;
+}
+
+/* luahost.write_all(sockets, data, [except]): s:write(data) for every open socket that
+ * is a key of the table sockets, but except: a chat's fan-out in one call. Returns how
+ * many were written to, and a table socket -> error ("buffer full" or the system's
+ * message) for those that failed, or nil when none did. */
+static int l_write_all(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    size_t len;
+    const char *data = luaL_checklstring(L, 2, &len);
+    const lh_socket *except = lhsock_test(L, 3);
+    lua_settop(L, 3);
+    lua_pushnil(L); /* 4: the failures, made at the first one */
+    lua_Integer written = 0;
+    lua_pushnil(L);
+    while (lua_next(L, 1)) {
+        lua_pop(L, 1);
+        lh_socket *s = lhsock_test(L, -1);
+        if (!s || s == except || s->conn.fd < 0)
+            continue;
+        ssize_t rc = write_or_close(L, s, data, len);
+        if (rc >= 0) {
+            written++;
+            continue;
+        }
+        if (lua_isnil(L, 4)) {
+            lua_newtable(L);
+            lua_replace(L, 4);
+        }
+        lua_pushvalue(L, -1);
+        lua_pushstring(L, rc == -ENOBUFS ? "buffer full" : strerror((int)-rc));
+        lua_rawset(L, 4);
+    }
+    lua_pushinteger(L, written);
+    lua_insert(L, 4);
     return 2;
 }
 
@@ -688,10 +735,8 @@ static const luaL_Reg socket_metamethods[] = {
 };
 
 static const luaL_Reg module_functions[] = {
-    {"socket", l_socket},
-    {"listen", l_listen},
-    {"connect", l_connect},
-    {NULL, NULL},
+    {"socket", l_socket},       {"listen", l_listen}, {"connect", l_connect},
+    {"write_all", l_write_all}, {NULL, NULL},
 };
 
 void lhsock_open(lua_State *L, int module, int host)
