@@ -64,7 +64,12 @@ static void host_release(lh_host *host)
 
 static int host_gc(lua_State *L)
 {
-    host_release((lh_host *)lua_touserdata(L, 1));
+    lh_host *host = (lh_host *)lua_touserdata(L, 1);
+    host_release(host);
+    if (host->log_captured) /* kept past a shutdown, for the test to read */
+        free(host->log_captured->text);
+    free(host->log_captured);
+    host->log_captured = NULL;
     return 0;
 }
 

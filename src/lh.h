@@ -33,6 +33,15 @@ enum lh_log_level { LH_DEBUG, LH_INFO, LH_WARN, LH_ERROR };
 /* How long a closed connection may take to flush what it still has buffered. */
 #define LH_LINGER_SECONDS 5.0
 
+/* What a host run in process by a test may keep of its log. */
+#define LH_LOG_CAPTURE_MAX (1024 * 1024)
+
+typedef struct lh_log_capture {
+    char *text;
+    size_t len, cap;
+    size_t dropped; /* lines past LH_LOG_CAPTURE_MAX */
+} lh_log_capture;
+
 typedef struct lh_selector lh_selector;
 typedef struct lh_host *lh_host_ptr;
 
@@ -53,6 +62,7 @@ typedef struct lh_host {
     int signal_write_fd;
     uint32_t max_output;
     int log_level;
+    lh_log_capture *log_captured; /* luahost.open{log = "capture"}: kept, not printed */
     int stop_requested;
     int closed;
     int listeners_ref; /* table of listening sockets */

@@ -1,5 +1,6 @@
 /* log.c: the host's log lines on stderr: UTC time, level, message; one line each. */
 #include <stdarg.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/time.h>
@@ -17,6 +18,32 @@ int lh_log_level_from_name(const char *name)
     return -1;
 }
 
+/* A host run in process by a test keeps its lines for the test to read (luahost.open
+ * {log = "capture"}), up to a bound; past it, lines are counted and dropped. */
+static void capture(lh_host *host, int level, const char *line)
+{
+    lh_log_capture *c = host->log_captured;
+    size_t need = strlen(level_names[level]) + 1 + strlen(line) + 1;
+    if (c->len + need > LH_LOG_CAPTURE_MAX) {
+        c->dropped++;
+        return;
+    }
+    if (c->len + need + 1 > c->cap) { /* and the NUL snprintf writes */
+        size_t cap = c->cap ? c->cap * 2 : 4096;
+        while (cap < c->len + need + 1)
+            cap *= 2;
+        char *text = realloc(c->text, cap);
+        if (!text) {
+            c->dropped++;
+            return;
+        }
+        c->text = text;
+        c->cap = cap;
+    }
+    c->len +=
+        (size_t)snprintf(c->text + c->len, c->cap - c->len, "%s %s\n", level_names[level], line);
+}
+
 void lh_log(lh_host *host, int level, const char *fmt, ...)
 {
     if (level < host->log_level)
@@ -31,6 +58,10 @@ void lh_log(lh_host *host, int level, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);
+    if (host->log_captured) {
+        capture(host, level, line);
+        return;
+    }
     /* One fprintf per line keeps lines whole when several processes share stderr. */
     fprintf(stderr, "%s.%03dZ %-5s %s\n", stamp, (int)(tv.tv_usec / 1000), level_names[level],
             line);

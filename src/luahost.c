@@ -194,12 +194,14 @@ static int l_stats(lua_State *L)
 
 static int l_open(lua_State *L);
 static int l_shutdown(lua_State *L);
+static int l_captured_log(lua_State *L);
 
 static const luaL_Reg module_functions[] = {
     {"stats", l_stats}, {"step", l_step},           {"run", l_run},
     {"stop", l_stop},   {"listeners", l_listeners}, {"now", l_now},
     {"log", l_log},     {"log_level", l_log_level}, {"parse_address", l_parse_address},
-    {"open", l_open},   {"shutdown", l_shutdown},   {NULL, NULL},
+    {"open", l_open},   {"shutdown", l_shutdown},   {"captured_log", l_captured_log},
+    {NULL, NULL},
 };
 
 /* The backend of the default selector: the executable's --selector (left in the
@@ -268,7 +270,29 @@ static int l_open(lua_State *L)
     lua_getfield(L, 1, "env");
     lua_setfield(L, -2, "env");
     host->script_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_getfield(L, 1, "log");
+    const char *log = luaL_optstring(L, -1, "stderr");
+    luaL_argcheck(L, strcmp(log, "stderr") == 0 || strcmp(log, "capture") == 0, 1,
+                  "log must be \"stderr\" or \"capture\"");
+    lua_pop(L, 1);
+    if (strcmp(log, "capture") == 0 &&
+        !(host->log_captured = (lh_log_capture *)calloc(1, sizeof *host->log_captured)))
+        return luaL_error(L, "not enough memory");
     return 1;
+}
+
+/* luahost.captured_log(): the lines a host opened with {log = "capture"} logged since
+ * the last call ("level message\n" each), and how many were dropped past the bound. */
+static int l_captured_log(lua_State *L)
+{
+    lh_log_capture *c = LH_HOST(L)->log_captured;
+    if (!c)
+        return luaL_error(L, "this host's log is not captured (luahost.open{log = \"capture\"})");
+    lua_pushlstring(L, c->text ? c->text : "", c->len);
+    lua_pushinteger(L, (lua_Integer)c->dropped);
+    c->len = 0;
+    c->dropped = 0;
+    return 2;
 }
 
 /* luahost.shutdown([grace]): closes listeners and connections (letting them flush for

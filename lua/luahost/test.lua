@@ -14,35 +14,26 @@ local function quote(s)
   return string.format("%q", s):gsub("\\\n", "\\n")
 end
 
--- Runs fn once the current busted test ends (pass or fail), chained with the test's own
--- `finally`: busted keeps one finally per test, so the kit wraps the setter it finds in
--- the test's environment. Returns false outside a busted test.
+-- Runs fn once the current busted test ends, pass or fail (after the test's own
+-- `finally`, before after_each), wherever the kit was called from: the test itself, a
+-- helper, or before_each. Returns false outside busted.
+local pending_cleanups -- what to run when the running test ends, latest first
 local function after_test(fn)
-  for level = 3, 12 do
-    local info = debug.getinfo(level, "f")
-    if not info then return false end
-    for i = 1, 255 do
-      local name, env = debug.getupvalue(info.func, i)
-      if not name then break end
-      if name == "_ENV" and type(env) == "table" and type(env.finally) == "function" then
-        local cleanup = env.__luahost_cleanup
-        if not cleanup then
-          local set_finally = env.finally
-          local _, current = debug.getupvalue(set_finally, 1) -- a finally set already
-          cleanup = {fns = {}, user = current}
-          rawset(env, "__luahost_cleanup", cleanup)
-          rawset(env, "finally", function(f) cleanup.user = f end)
-          set_finally(function()
-            for k = #cleanup.fns, 1, -1 do pcall(cleanup.fns[k]) end
-            if cleanup.user then cleanup.user() end
-          end)
-        end
-        table.insert(cleanup.fns, fn)
-        return true
-      end
+  if not pending_cleanups then
+    local ok, busted = pcall(require, "busted")
+    if not ok or type(busted) ~= "table" or type(busted.subscribe) ~= "function" then
+      return false
     end
+    pending_cleanups = {}
+    busted.subscribe({"test", "end"}, function()
+      local fns = pending_cleanups
+      pending_cleanups = {}
+      for k = #fns, 1, -1 do pcall(fns[k]) end
+      return nil, true -- let busted's other subscribers (the output handlers) run
+    end)
   end
-  return false
+  pending_cleanups[#pending_cleanups + 1] = fn
+  return true
 end
 
 -- This process's pid: /proc/self opened by Lua itself (a child's would be the child's).
@@ -83,19 +74,30 @@ Server.__index = Server
 
 -- Starts script in a host of its own inside this process. args are the script's
 -- arguments (default {"127.0.0.1:0"}: loopback, any free port); opts.selector picks the
--- backend ("sim" for the simulated world), opts.log_level the host's (default "warn").
+-- backend ("sim" for the simulated world), opts.log_level the host's (default "info"),
+-- opts.log where its lines go: "capture" (the default: read them with srv:log()) or
+-- "stderr".
 -- The script sees its own globals, and require "luahost" gives it its own host.
 function T.start(script, args, opts)
   opts = opts or {}
   args = args or {"127.0.0.1:0"}
   local fds_before = open_fds()
   local env = setmetatable({}, {__index = _G})
-  local host = luahost.open{selector = opts.selector, script = script, args = args, env = env}
-  host.log_level(opts.log_level or "warn")
+  local host = luahost.open{selector = opts.selector, script = script, args = args, env = env,
+    log = opts.log or "capture"}
+  host.log_level(opts.log_level or "info")
   env.arg = {[0] = script, table.unpack(args)}
+  -- The script's own Lua modules load in its environment, once per server, so that
+  -- theirs too is the server's host; C modules and the test's preloads are shared.
+  local loaded = {luahost = host}
   env.require = function(name)
-    if name == "luahost" then return host end
-    return require(name)
+    if loaded[name] ~= nil then return loaded[name] end
+    local path = package.searchpath(name, package.path)
+    if not path or package.preload[name] then return require(name) end
+    local value = assert(loadfile(path, "t", env))(name, path)
+    if value == nil then value = true end
+    loaded[name] = value
+    return value
   end
   local chunk, err = loadfile(script, "t", env)
   local ok = chunk ~= nil
@@ -113,6 +115,16 @@ function T.start(script, args, opts)
   live_servers[srv] = true
   after_test(function() srv:stop() end)
   return srv
+end
+
+-- What the server logged so far ("level message" lines), when its log is captured.
+function Server:log()
+  local text, dropped = self.luahost.captured_log()
+  self.log_text = (self.log_text or "") .. text
+  if dropped > 0 then
+    self.log_text = self.log_text .. string.format("(%d lines dropped)\n", dropped)
+  end
+  return self.log_text
 end
 
 -- One round of the server's loop, waiting up to timeout seconds (default 0) for events.
