@@ -260,7 +260,7 @@ static int l_open(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_getfield(L, 1, "selector");
-    const char *backend = luaL_optstring(L, -1, NULL);
+    const char *backend = luaL_optstring(L, -1, default_backend(L));
     lh_host *host = push_module(L, backend);
     lua_createtable(L, 0, 3);
     lua_getfield(L, 1, "script");

@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -166,7 +167,11 @@ void net_addr_host(const net_addr *addr, char *host, size_t hostlen, int *port)
         *port = ntohs(v6->sin6_port);
         break;
     case AF_UNIX:
-        snprintf(host, hostlen, "%s", un->sun_path);
+        /* An unnamed socket (unbound, or a socketpair) has a len that ends before
+         * sun_path, whose bytes are then garbage. */
+        if (addr->len > offsetof(struct sockaddr_un, sun_path))
+            snprintf(host, hostlen, "%.*s",
+                     (int)(addr->len - offsetof(struct sockaddr_un, sun_path)), un->sun_path);
         break;
     default:
         snprintf(host, hostlen, "?");

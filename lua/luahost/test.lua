@@ -437,7 +437,8 @@ function T.spawn(script, args, opts)
     if not proc:alive() or now() >= deadline then
       local log = proc:stderr()
       proc:stop()
-      error(string.format("T.spawn: %s did not start listening; its log:\n%s", script, log), 2)
+      error(string.format("T.spawn: no \"listening on\" line from %s (it is logged at level "
+        .. "info: a --log-level above that hides it); its log:\n%s", script, log), 2)
     end
     sleep(0.01)
   end

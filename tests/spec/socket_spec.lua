@@ -146,6 +146,12 @@ describe("luahost.connect", function()
 end)
 
 describe("luahost.socket", function()
+  it("gives an unnamed unix socket the empty string as its name, not stray bytes", function()
+    local s = assert(luahost.socket("unix", "stream"))
+    assert.same({"", 0}, {s:getsockname()})
+    s:close()
+  end)
+
   it("creates a blocking inet stream socket by default, as Python does", function()
     local s = luahost.socket()
     assert.is_true(s:fileno() >= 0)
