@@ -100,18 +100,20 @@ lh_host *host_push_new(lua_State *L)
     host->generation = 1;
     host->journal_ref = LUA_NOREF;
     host->script_ref = LUA_NOREF;
-    host->on_reload_ref = new_ref_table(L, NULL);
-    host->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    host->spare_fd = -1;
     host->max_instructions = LH_DEFAULT_MAX_INSTRUCTIONS;
     theap_init(&host->timers);
-    host->listeners_ref = new_ref_table(L, NULL);
-    host->timers_ref = new_ref_table(L, NULL);
-    host->drain_ref = new_ref_table(L, NULL);
-    host->handles_ref = new_ref_table(L, "v");
+    /* The finalizer before the fd: a memory error in what follows must not leak it. */
     lua_createtable(L, 0, 1);
     lua_pushcfunction(L, host_gc);
     lua_setfield(L, -2, "__gc");
     lua_setmetatable(L, -2);
+    host->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    host->on_reload_ref = new_ref_table(L, NULL);
+    host->listeners_ref = new_ref_table(L, NULL);
+    host->timers_ref = new_ref_table(L, NULL);
+    host->drain_ref = new_ref_table(L, NULL);
+    host->handles_ref = new_ref_table(L, "v");
     if (lua_getfield(L, LUA_REGISTRYINDEX, "luahost.hosts") != LUA_TTABLE) {
         lua_pop(L, 1);
         lua_newtable(L);
@@ -449,8 +451,17 @@ void host_close(lua_State *L, lh_host *host, double grace_seconds)
     lhsock_close_listeners(L, host);
     lhsel_release_all(L, host);
     host_release(host);
-    luaL_unref(L, LUA_REGISTRYINDEX, host->timers_ref);
-    host->timers_ref = new_ref_table(L, NULL);
+    /* Lets go of the timers, idle now, by clearing their table in place: a new one would
+     * allocate, and a memory error would leave timers_ref naming a freed reference. */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, host->timers_ref);
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        lua_pop(L, 1);
+        lua_pushvalue(L, -1);
+        lua_pushnil(L);
+        lua_rawset(L, -4);
+    }
+    lua_pop(L, 1);
 }
 
 static int signal_write_fd = -1; /* the one piece of process state a handler may touch */

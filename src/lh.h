@@ -152,6 +152,7 @@ void lhsel_push_keys(lua_State *L, lh_selector *s);
 void lhsel_forget_socket(lua_State *L, lh_host *host, lh_socket *sock);
 int lhsel_fileobj_fd(lua_State *L, int index);
 int lhsel_unregister_fd(lua_State *L, lh_selector *s, int fd);
+int lhsel_restore_key(lua_State *L, lh_selector *s, int key_index);
 void lhsel_release_all(lua_State *L, lh_host *host);
 
 /* lua_socket.c */
@@ -166,7 +167,8 @@ int lhsock_flushed(lua_State *L, lh_host *host, lh_socket *sock);
 /* lua_timer.c */
 void lhtimer_open(lua_State *L, int module, int host);
 void lhtimer_run_due(lua_State *L, lh_host *host);
-void lhtimer_reschedule(lua_State *L, lh_host *host, int index);
+void lhtimer_settle(lua_State *L, lh_host *host, int index, int reschedule);
+void lhtimer_cancel(lua_State *L, int index);
 
 /* reload.c */
 void lhreload_open(lua_State *L, int module, int host);

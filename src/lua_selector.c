@@ -149,6 +149,28 @@ int lhsel_unregister_fd(lua_State *L, lh_selector *s, int fd)
     return 0;
 }
 
+/* Registers again the key at key_index, one this selector made and has since
+ * unregistered, with the events it holds. For a failed reload's rollback, which may run
+ * because memory ran out: the fd's entry in the keys table was only cleared, so putting
+ * the key back needs no memory. 0, or -1 when the core refuses (sel_error says why). */
+int lhsel_restore_key(lua_State *L, lh_selector *s, int key_index)
+{
+    key_index = lua_absindex(L, key_index);
+    lh_key *key = check_key(L, key_index);
+    lhsel_push_keys(L, s);
+    lua_pushvalue(L, key_index);
+    lua_rawseti(L, -2, key->fd);
+    if (sel_register(s->core, key->fd, key->events) < 0) {
+        lua_pushnil(L);
+        lua_rawseti(L, -2, key->fd);
+        lua_pop(L, 1);
+        return -1;
+    }
+    lua_pop(L, 1);
+    count_registration(L, key_index, 1);
+    return 0;
+}
+
 static int sel_unregister_l(lua_State *L)
 {
     lh_selector *s = check_selector(L, 1);
@@ -250,13 +272,16 @@ static int sel_select_l(lua_State *L)
 /* Unregisters everything and frees the backend. */
 static void selector_release(lua_State *L, lh_selector *s)
 {
-    lhsel_push_keys(L, s);
-    lua_pushnil(L);
-    while (lua_next(L, -2)) {
-        count_registration(L, lua_gettop(L), -1);
+    /* A selector whose making ran out of memory after sel_new has no keys table. */
+    if (s->keys_ref != LUA_NOREF) {
+        lhsel_push_keys(L, s);
+        lua_pushnil(L);
+        while (lua_next(L, -2)) {
+            count_registration(L, lua_gettop(L), -1);
+            lua_pop(L, 1);
+        }
         lua_pop(L, 1);
     }
-    lua_pop(L, 1);
     luaL_unref(L, LUA_REGISTRYINDEX, s->keys_ref);
     s->keys_ref = LUA_NOREF;
     sel_free(s->core);

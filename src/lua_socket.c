@@ -57,20 +57,17 @@ lh_socket *lhsock_push(lua_State *L, lh_host *host, int fd, int family)
     return s;
 }
 
-/* Closes every listener the host has (gathered first: closing edits the table). */
+/* Closes every listener the host has. Closing one only clears its own entry, which a
+ * traversal allows, so this needs no memory (and a shutdown cannot stop halfway). */
 void lhsock_close_listeners(lua_State *L, lh_host *host)
 {
-    lua_newtable(L);
     lua_rawgeti(L, LUA_REGISTRYINDEX, host->listeners_ref);
     lua_pushnil(L);
-    for (int n = 1; lua_next(L, -2); n++)
-        lua_rawseti(L, -4, n);
-    lua_pop(L, 1);
-    for (int i = 1; lua_rawgeti(L, -1, i) != LUA_TNIL; i++) {
+    while (lua_next(L, -2)) {
         lhsock_close(L, host, (lh_socket *)lua_touserdata(L, -1), 0);
         lua_pop(L, 1);
     }
-    lua_pop(L, 2);
+    lua_pop(L, 1);
 }
 
 /* The selector whose backend does s's I/O (only "sim" changes it), or NULL. */
@@ -372,8 +369,9 @@ static int sock_on_drain(lua_State *L)
     if (!lua_isnoneornil(L, 2))
         luaL_checktype(L, 2, LUA_TFUNCTION);
     lua_settop(L, 2);
-    table_set_socket(L, s->host->drain_ref, s, 2);
+    /* The handle first: a callback without it would be called with nil. */
     table_set_socket(L, s->host->handles_ref, s, 1);
+    table_set_socket(L, s->host->drain_ref, s, 2);
     lua_settop(L, 1);
     return 1;
 }
@@ -555,8 +553,15 @@ static int sock_listen(lua_State *L)
 {
     lh_socket *s = check_open(L, 1);
     lua_Integer backlog = luaL_optinteger(L, 2, 511);
-    if (listen(s->conn.fd, (int)backlog) < 0)
-        return lh_push_error(L, -errno, NULL);
+    /* Listed before listen(2): listing allocates, and a memory error must not leave the
+     * socket listening but missing from luahost.listeners(). */
+    table_set_socket(L, s->host->listeners_ref, s, 1);
+    if (listen(s->conn.fd, (int)backlog) < 0) {
+        int err = errno;
+        if (!s->listening)
+            table_clear_socket(L, s->host->listeners_ref, s);
+        return lh_push_error(L, -err, NULL);
+    }
     became_listener(L, s, 1);
     lua_pushboolean(L, 1);
     return 1;

@@ -44,10 +44,14 @@ static int schedule(lua_State *L, double interval)
     luaL_setmetatable(L, LH_TIMER);
     lua_pushvalue(L, 2);
     lua_setiuservalue(L, -2, 1);
-    if (theap_push(&host->timers, &tm->t) < 0)
-        return luaL_error(L, "not enough memory to schedule a timer");
-    anchor(L, host, tm, -1);
+    /* Journaled and anchored before it is scheduled: a memory error in either must not
+     * leave in the heap a timer the collector may free. */
     reload_journal_object(L, host, "timers", -1);
+    anchor(L, host, tm, -1);
+    if (theap_push(&host->timers, &tm->t) < 0) {
+        unanchor(L, host, tm);
+        return luaL_error(L, "not enough memory to schedule a timer");
+    }
     return 1;
 }
 
@@ -63,14 +67,23 @@ static int l_every(lua_State *L)
     return schedule(L, interval);
 }
 
+/* Cancels the timer at index; allocates nothing unless a reload journals it. While a
+ * reload runs the timer stays anchored, so that a rollback can schedule it again without
+ * allocating; lhtimer_settle lets it go once the reload is over. */
+void lhtimer_cancel(lua_State *L, int index)
+{
+    lh_timer *tm = check_timer(L, index);
+    if (tm->t.index != TIMER_IDLE) {
+        reload_journal_object(L, tm->host, "cancelled", index);
+        theap_remove(&tm->host->timers, &tm->t);
+        if (!tm->host->reloading)
+            unanchor(L, tm->host, tm);
+    }
+}
+
 static int timer_cancel(lua_State *L)
 {
-    lh_timer *tm = check_timer(L, 1);
-    if (tm->t.index != TIMER_IDLE) {
-        reload_journal_object(L, tm->host, "cancelled", 1);
-        theap_remove(&tm->host->timers, &tm->t);
-        unanchor(L, tm->host, tm);
-    }
+    lhtimer_cancel(L, 1);
     return 0;
 }
 
@@ -121,12 +134,15 @@ void lhtimer_run_due(lua_State *L, lh_host *host)
     }
 }
 
-/* Schedules again the timer at index, cancelled by a reload that was then rolled back. */
-void lhtimer_reschedule(lua_State *L, lh_host *host, int index)
+/* For a timer a reload cancelled (still anchored), once the reload is over: schedules
+ * it again (the reload was rolled back), or lets it go. Allocates no Lua memory. */
+void lhtimer_settle(lua_State *L, lh_host *host, int index, int reschedule)
 {
     lh_timer *tm = check_timer(L, index);
-    if (tm->t.index == TIMER_IDLE && theap_push(&host->timers, &tm->t) == 0)
-        anchor(L, host, tm, index);
+    if (tm->t.index != TIMER_IDLE)
+        return;
+    if (!reschedule || theap_push(&host->timers, &tm->t) < 0)
+        unanchor(L, host, tm);
 }
 
 static const luaL_Reg timer_methods[] = {

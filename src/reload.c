@@ -13,16 +13,26 @@
 
 #include "lh.h"
 
-/* Pushes the journal's list `name`, creating it on first use. */
+static const char *const journal_lists[] = {"seen",  "keys",      "sockets", "listeners",
+                                            "asked", "cancelled", "timers",  NULL};
+
+/* Makes the journal with all its lists before the new chunk runs, so that a rollback
+ * (which may run because memory ran out) finds them without allocating. */
+static void new_journal(lua_State *L, lh_host *host)
+{
+    lua_createtable(L, 0, 7);
+    for (int i = 0; journal_lists[i]; i++) {
+        lua_newtable(L);
+        lua_setfield(L, -2, journal_lists[i]);
+    }
+    host->journal_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+/* Pushes the journal's list `name`. */
 static void push_journal_list(lua_State *L, lh_host *host, const char *name)
 {
     lua_rawgeti(L, LUA_REGISTRYINDEX, host->journal_ref);
-    if (lua_getfield(L, -1, name) == LUA_TNIL) {
-        lua_pop(L, 1);
-        lua_newtable(L);
-        lua_pushvalue(L, -1);
-        lua_setfield(L, -3, name);
-    }
+    lua_getfield(L, -1, name);
     lua_remove(L, -2);
 }
 
@@ -51,7 +61,8 @@ void reload_journal_key(lua_State *L, lh_host *host, int selector_index, int fd)
     lua_pushboolean(L, 1);
     lua_rawset(L, -4);
     lua_pop(L, 2);
-    lua_createtable(L, 0, 5);
+    /* The key itself is kept, so that restoring it needs no new one. */
+    lua_createtable(L, 0, 6);
     lua_pushvalue(L, selector_index);
     lua_setfield(L, -2, "sel");
     lua_pushinteger(L, fd);
@@ -59,13 +70,15 @@ void reload_journal_key(lua_State *L, lh_host *host, int selector_index, int fd)
     if (sel_get(s->core, fd)) {
         lhsel_push_keys(L, s);
         lua_rawgeti(L, -1, fd);
-        lua_getiuservalue(L, -1, 1);
-        lua_setfield(L, -4, "fileobj");
+        lh_key *key = (lh_key *)lua_touserdata(L, -1);
         lua_getiuservalue(L, -1, 2);
         lua_setfield(L, -4, "data");
-        lua_pushinteger(L, ((lh_key *)lua_touserdata(L, -1))->events);
+        lua_pushinteger(L, key->events);
         lua_setfield(L, -4, "events");
-        lua_pop(L, 2);
+        lua_pushinteger(L, key->generation);
+        lua_setfield(L, -4, "generation");
+        lua_setfield(L, -3, "key");
+        lua_pop(L, 1);
     }
     push_journal_list(L, host, "keys");
     append(L, lua_gettop(L), -2);
@@ -99,20 +112,8 @@ void reload_journal_listener(lua_State *L, lh_host *host, int index, int old_gen
     lua_pop(L, 1);
 }
 
-/* Calls method `name` of the object at index with n arguments already pushed, in
- * protected mode; a failure is logged and popped. */
-static void call_method(lua_State *L, lh_host *host, int index, const char *name, int n)
-{
-    index = lua_absindex(L, index);
-    lua_getfield(L, index, name);
-    lua_insert(L, -n - 1);
-    lua_pushvalue(L, index);
-    lua_insert(L, -n - 1);
-    if (lua_pcall(L, n + 1, 0, 0) != LUA_OK)
-        host_report_error(L, host, "rolling back a reload");
-}
-
-/* Puts one journaled registration back the way it was. The record is on the top. */
+/* Puts one journaled registration back the way it was, the old key object with its
+ * old events and data, allocating no Lua memory. The record is on the top. */
 static void restore_key(lua_State *L, lh_host *host)
 {
     int rec = lua_gettop(L);
@@ -120,29 +121,42 @@ static void restore_key(lua_State *L, lh_host *host)
     lh_selector *s = (lh_selector *)lua_touserdata(L, -1);
     lua_getfield(L, rec, "fd");
     int fd = (int)lua_tointeger(L, -1);
-    lua_getfield(L, rec, "fileobj");
-    int sel = rec + 1, old = rec + 3;
-    if (!s->core) {
+    int old = rec + 3;
+    if (lua_getfield(L, rec, "key") == LUA_TNIL || !s->core) {
+        if (s->core && sel_get(s->core, fd) && lhsel_unregister_fd(L, s, fd) == 0)
+            lua_pop(L, 1);
         lua_settop(L, rec);
         return;
     }
-    const sel_key *slot = sel_get(s->core, fd);
-    if (slot) { /* what the failed script has there now */
-        lhsel_push_keys(L, s);
-        lua_rawgeti(L, -1, fd);
-        lua_getiuservalue(L, -1, 1);
-        /* Only unregistered: a socket the failed script made is closed when collected,
-         * and one the running script had may still be in use by it. */
-        call_method(L, host, sel, "unregister", 1);
-        lua_settop(L, old);
-    }
-    if (!lua_isnil(L, old)) {
-        lua_pushvalue(L, old);
+    /* What the failed script has there now is only unregistered: a socket it made is
+     * closed when collected, and one the running script had may still be in use. */
+    if (sel_get(s->core, fd) && lhsel_unregister_fd(L, s, fd) == 0)
+        lua_pop(L, 1);
+    lua_getiuservalue(L, old, 1);
+    lh_socket *sock = lhsock_test(L, -1);
+    if (!sock || sock->conn.fd == fd) { /* not closed meanwhile */
+        lh_key *key = (lh_key *)lua_touserdata(L, old);
         lua_getfield(L, rec, "events");
+        key->events = (int)lua_tointeger(L, -1);
+        lua_getfield(L, rec, "generation");
+        key->generation = (int)lua_tointeger(L, -1);
         lua_getfield(L, rec, "data");
-        call_method(L, host, sel, "register", 3);
+        lua_setiuservalue(L, old, 2);
+        if (lhsel_restore_key(L, s, old) < 0)
+            lh_log(host, LH_ERROR, "rolling back a reload: fd %d: %s", fd, sel_error(s->core));
     }
     lua_settop(L, rec);
+}
+
+/* The timers the reload cancelled: scheduled again, or let go. */
+static void settle_cancelled(lua_State *L, lh_host *host, int reschedule)
+{
+    push_journal_list(L, host, "cancelled");
+    for (lua_Integer i = 1; lua_rawgeti(L, -1, i) != LUA_TNIL; i++) {
+        lhtimer_settle(L, host, -1, reschedule);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 2);
 }
 
 static void rollback(lua_State *L, lh_host *host)
@@ -170,15 +184,10 @@ static void rollback(lua_State *L, lh_host *host)
         lua_pop(L, 2);
     }
     lua_pop(L, 2);
-    push_journal_list(L, host, "cancelled");
-    for (lua_Integer i = 1; lua_rawgeti(L, -1, i) != LUA_TNIL; i++) {
-        lhtimer_reschedule(L, host, -1);
-        lua_pop(L, 1);
-    }
-    lua_pop(L, 2);
+    settle_cancelled(L, host, 1);
     push_journal_list(L, host, "timers");
     for (lua_Integer i = 1; lua_rawgeti(L, -1, i) != LUA_TNIL; i++) {
-        call_method(L, host, -1, "cancel", 0);
+        lhtimer_cancel(L, -1);
         lua_pop(L, 1);
     }
     lua_pop(L, 2);
@@ -198,39 +207,35 @@ static void run_on_reload(lua_State *L, lh_host *host)
     lua_settop(L, list - 1);
 }
 
-/* Closes the listeners no load since generation asked for. */
+/* Closes the listeners no load since generation asked for. Closing one only clears its
+ * own entry, which a traversal allows, so this needs no memory. */
 static void close_unwanted_listeners(lua_State *L, lh_host *host)
 {
-    lua_newtable(L); /* collected first: closing changes the table being traversed */
-    int doomed = lua_gettop(L);
     lua_rawgeti(L, LUA_REGISTRYINDEX, host->listeners_ref);
     lua_pushnil(L);
     while (lua_next(L, -2)) {
         lh_socket *sock = lhsock_test(L, -1);
-        if (sock && sock->generation < host->generation)
-            append(L, doomed, -1);
+        if (sock && sock->generation < host->generation) {
+            char where[NET_ADDRSTRLEN];
+            lhsock_describe(sock, where, sizeof where);
+            lh_log(host, LH_INFO, "closing listener %s: the new script no longer listens there",
+                   where);
+            lhsock_close(L, host, sock, 0);
+        }
         lua_pop(L, 1);
     }
-    for (lua_Integer i = 1; lua_rawgeti(L, doomed, i) != LUA_TNIL; i++) {
-        lh_socket *sock = lhsock_test(L, -1);
-        char where[NET_ADDRSTRLEN];
-        lhsock_describe(sock, where, sizeof where);
-        lh_log(host, LH_INFO, "closing listener %s: the new script no longer listens there", where);
-        lhsock_close(L, host, sock, 0);
-        lua_pop(L, 1);
-    }
-    lua_pop(L, 3);
+    lua_pop(L, 1);
 }
 
 /* Hands adopt(key) every key of the default selector that the new script did not
  * register or modify itself; listeners are not handed over (they were asked for again,
- * or closed). adopt is on the stack top. */
-static void adopt_keys(lua_State *L, lh_host *host)
+ * or closed). adopt is on the stack top; keys is a table made before the reload with
+ * room for every key then registered, as only those can be handed over. */
+static void adopt_keys(lua_State *L, lh_host *host, int keys)
 {
     int adopt = lua_gettop(L);
     selector *core = host->sel->core;
-    lua_newtable(L); /* the keys to hand over, gathered before adopt changes any */
-    int keys = lua_gettop(L);
+    lua_Integer n = 0; /* the keys to hand over, gathered before adopt changes any */
     lhsel_push_keys(L, host->sel);
     lua_pushnil(L);
     while (lua_next(L, -2)) {
@@ -239,11 +244,12 @@ static void adopt_keys(lua_State *L, lh_host *host)
         lh_socket *sock = lhsock_test(L, -1);
         lua_pop(L, 1);
         if (key->generation < host->generation && !(sock && sock->listening))
-            append(L, keys, -1);
-        lua_pop(L, 1);
+            lua_rawseti(L, keys, ++n);
+        else
+            lua_pop(L, 1);
     }
     lua_pop(L, 1);
-    for (lua_Integer i = 1; lua_rawgeti(L, keys, i) != LUA_TNIL; i++) {
+    for (lua_Integer i = 1; i <= n && lua_rawgeti(L, keys, i) != LUA_TNIL; i++) {
         lh_key *key = (lh_key *)lua_touserdata(L, -1);
         if (!sel_get(core, key->fd)) { /* an earlier adopt closed it */
             lua_pop(L, 1);
@@ -259,15 +265,16 @@ static void adopt_keys(lua_State *L, lh_host *host)
     lua_settop(L, adopt - 1);
 }
 
-/* Makes the new load the running one: old on_reload callbacks, listeners, adoption. */
-static void commit(lua_State *L, lh_host *host, int old_on_reload)
+/* Makes the new load the running one: old on_reload callbacks, listeners, adoption.
+ * Callbacks run in protected mode and the rest allocates nothing, so it cannot fail. */
+static void commit(lua_State *L, lh_host *host, int old_on_reload, int adoptable)
 {
     lua_pushvalue(L, old_on_reload);
     run_on_reload(L, host);
     close_unwanted_listeners(L, host);
     lua_rawgeti(L, LUA_REGISTRYINDEX, host->module_ref);
     if (lua_getfield(L, -1, "adopt") == LUA_TFUNCTION && host->sel)
-        adopt_keys(L, host);
+        adopt_keys(L, host, adoptable);
     else
         lua_pop(L, 1);
     lua_pop(L, 1);
@@ -307,23 +314,6 @@ static int push_script_args(lua_State *L, lh_host *host)
     return n;
 }
 
-/* Runs the new chunk (on the stack top) with reloading set; returns the pcall status,
- * leaving the error message on the stack on failure. */
-static int run_new_chunk(lua_State *L, lh_host *host)
-{
-    lua_pushcfunction(L, lh_traceback);
-    lua_insert(L, -2);
-    int handler = lua_gettop(L) - 1;
-    int nargs = push_script_args(L, host);
-    lua_newtable(L);
-    host->journal_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    host->reloading = 1;
-    int status = lua_pcall(L, nargs, 0, handler);
-    host->reloading = 0;
-    lua_remove(L, handler);
-    return status;
-}
-
 /* Compiles path; a script run in process gets its own environment, as its first load
  * did. */
 static int load_script(lua_State *L, lh_host *host, const char *path)
@@ -339,11 +329,15 @@ static int load_script(lua_State *L, lh_host *host, const char *path)
 }
 
 /* Loads path as the new script. Pushes true, or nil and the error (logged) when the
- * script failed to compile or raised, in which case everything is as it was. */
+ * script failed to compile or raised, in which case everything is as it was. All the
+ * memory the reload needs outside the new chunk is allocated before anything changes,
+ * and neither rollback nor commit allocates, so running out of memory cannot leave it
+ * half done. */
 int host_reload(lua_State *L, lh_host *host, const char *path)
 {
     if (host->reloading)
         return luaL_error(L, "a reload is already in progress");
+    luaL_checkstack(L, 32, "reload");
     if (load_script(L, host, path) != LUA_OK) {
         lh_log(host, LH_ERROR, "reload rejected, still running generation %d: %s", host->generation,
                lua_tostring(L, -1));
@@ -351,24 +345,35 @@ int host_reload(lua_State *L, lh_host *host, const char *path)
         lua_insert(L, -2);
         return 2;
     }
-    lua_rawgeti(L, LUA_REGISTRYINDEX, host->module_ref);
-    lua_getfield(L, -1, "adopt");
-    lua_pushnil(L);
-    lua_setfield(L, -3, "adopt"); /* the new script sets its own, or none */
-    lua_rawgeti(L, LUA_REGISTRYINDEX, host->on_reload_ref);
-    int saved = lua_gettop(L); /* module, old adopt, old on_reload */
+    int chunk = lua_gettop(L), on_reload = chunk + 1, adoptable = chunk + 2;
+    int handler = chunk + 3, module = chunk + 4, old_adopt = chunk + 5;
+    int old_on_reload = chunk + 6;
     lua_newtable(L);
+    lua_createtable(L, host->sel ? (int)sel_count(host->sel->core) : 0, 0);
+    lua_pushcfunction(L, lh_traceback);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, host->module_ref);
+    lua_getfield(L, module, "adopt");
+    lua_rawgeti(L, LUA_REGISTRYINDEX, host->on_reload_ref);
+    lua_pushvalue(L, chunk);
+    int nargs = push_script_args(L, host);
+    new_journal(L, host);
+    lua_pushnil(L);
+    lua_setfield(L, module, "adopt"); /* the new script sets its own, or none */
+    lua_pushvalue(L, on_reload);
     lua_rawseti(L, LUA_REGISTRYINDEX, host->on_reload_ref);
-    lua_pushvalue(L, saved - 3);
     host->generation++;
-    int status = run_new_chunk(L, host);
+    host->reloading = 1;
+    int status = lua_pcall(L, nargs, 0, handler);
+    host->reloading = 0;
     if (status != LUA_OK) {
         host->generation--;
-        rollback(L, host);
-        lua_pushvalue(L, saved - 1);
-        lua_setfield(L, saved - 2, "adopt");
-        lua_pushvalue(L, saved);
+        lua_pushvalue(L, old_adopt);
+        lua_setfield(L, module, "adopt");
+        lua_pushvalue(L, old_on_reload);
         lua_rawseti(L, LUA_REGISTRYINDEX, host->on_reload_ref);
+        rollback(L, host);
+    } else {
+        settle_cancelled(L, host, 0);
     }
     luaL_unref(L, LUA_REGISTRYINDEX, host->journal_ref);
     host->journal_ref = LUA_NOREF;
@@ -377,14 +382,10 @@ int host_reload(lua_State *L, lh_host *host, const char *path)
                lua_tostring(L, -1));
         luaL_pushfail(L);
         lua_insert(L, -2);
-        lua_replace(L, saved - 2); /* the message */
-        lua_replace(L, saved - 3); /* nil before it */
-        lua_settop(L, saved - 2);
         return 2;
     }
-    commit(L, host, saved);
+    commit(L, host, old_on_reload, adoptable);
     lh_log(host, LH_INFO, "reloaded %s: generation %d", path, host->generation);
-    lua_settop(L, saved - 4);
     lua_pushboolean(L, 1);
     return 1;
 }
