@@ -1,14 +1,16 @@
 # luahost: a thin wrapper over CMake, in the spirit of Neovim's Makefile.
-# make run | make test | make test-sanitize | make lint; CI passes WERROR=ON (.ci/run).
+# make run | make test | make test-sanitize | make lint | make install (PREFIX, DESTDIR);
+# CI passes WERROR=ON (.ci/run).
 WERROR ?= OFF
-C_FILES := $(wildcard src/*.[ch] tests/unit/*.c tests/bench/*.c tests/fuzz/*.c)
+PREFIX ?= /usr/local
+C_FILES := $(wildcard src/*.[ch] tests/unit/*.c tests/bench/*.c tests/fuzz/*.c tests/oom/*.c)
 # Configure build dir $(1) once, again only for another WERROR. A failed configure drops
 # its cache, so the next make configures anew instead of building a half-made tree.
 configure = grep -qx 'LUAHOST_WERROR:[A-Z]*=$(WERROR)' $(1)/CMakeCache.txt 2>/dev/null \
 	|| cmake -S . -B $(1) -DLUAHOST_WERROR=$(WERROR) $(2) \
 	|| { rm -f $(1)/CMakeCache.txt; exit 1; }
 
-.PHONY: all deps build run test test-sanitize lint clean bench
+.PHONY: all deps build run test test-sanitize lint clean bench install
 all: build
 
 deps:
@@ -17,6 +19,10 @@ deps:
 build: deps
 	@$(call configure,build)
 	cmake --build build -j2
+
+# The executable, luahost.so, the test kit and the scripts under $(DESTDIR)$(PREFIX).
+install: build
+	DESTDIR="$(DESTDIR)" cmake --install build --prefix "$(PREFIX)"
 
 run: build
 	build/luahost scripts/echo.lua 127.0.0.1:7342

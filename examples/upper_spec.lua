@@ -1,21 +1,11 @@
--- upper_spec.lua: the README's example of testing a script in-process with busted.
-local luahost = require "luahost"
+-- upper_spec.lua: the README's example of testing a script with busted and the test kit.
+local T = require "luahost.test"
 
 describe("upper.lua", function()
   it("answers in upper case", function()
-    dofile("examples/upper.lua")
-    local _, port = luahost.listeners()[1]:getsockname()
-    local client = luahost.socket("inet", "stream")
-    assert(client:connect("127.0.0.1", port))
-    client:setblocking(false)
+    local srv = T.start("examples/upper.lua", {"0"}) -- in this process, on port 0
+    local client = T.client(srv)
     client:send("hello")
-    local reply, deadline = "", luahost.now() + 5
-    while #reply < 5 and luahost.now() < deadline do
-      luahost.step(0.01) -- one round of the server's loop
-      reply = reply .. (client:recv() or "")
-    end
-    assert.equals("HELLO", reply)
-    client:close()
-    luahost.listeners()[1]:close()
+    assert.equals("HELLO", client:read(5)) -- runs the server's loop while it waits
   end)
 end)
