@@ -2,6 +2,7 @@
  * socketpairs, with accepts, short writes, would-block and resets decided by the test. */
 #include <errno.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -203,12 +204,20 @@ static int sim_peername(void *state, int fd, net_addr *out)
     return net_peername(fd, out);
 }
 
+/* Whether the other end of fd is closed: a send would fail, so none is refused as
+ * would-block (the host must learn the client is gone). */
+static int peer_gone(int fd)
+{
+    struct pollfd p = {.fd = fd, .events = POLLOUT};
+    return poll(&p, 1, 0) > 0 && (p.revents & (POLLHUP | POLLERR));
+}
+
 static ssize_t sim_send(void *state, int fd, const void *data, size_t len)
 {
     sim_fd *rec = sim_current(state, fd);
     if (rec && rec->reset)
         return -ECONNRESET;
-    if (rec && rec->would_block > 0) {
+    if (rec && rec->would_block > 0 && !peer_gone(fd)) {
         rec->would_block--;
         return -EAGAIN;
     }

@@ -253,9 +253,9 @@ static lh_host *push_module(lua_State *L, const char *backend)
     return host;
 }
 
-/* luahost.open{selector =, script =, args =, env =}: a module table on a new host of
- * its own, for running a script in process (the test kit does). script, args and env
- * are what luahost.reload() loads again, with which arguments, in which environment. */
+/* luahost.open{selector =, script =, args =, env =, log =, max_output =}: a module table on a new
+ * host of its own, for running a script in process (the test kit does). script, args and env are
+ * what luahost.reload() loads again, with which arguments, in which environment. */
 static int l_open(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -270,6 +270,12 @@ static int l_open(lua_State *L)
     lua_getfield(L, 1, "env");
     lua_setfield(L, -2, "env");
     host->script_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_getfield(L, 1, "max_output");
+    lua_Integer max_output = luaL_optinteger(L, -1, host->max_output);
+    luaL_argcheck(L, max_output > 0 && max_output <= UINT32_MAX, 1,
+                  "max_output must be 1..4294967295 bytes");
+    host->max_output = (uint32_t)max_output;
+    lua_pop(L, 1);
     lua_getfield(L, 1, "log");
     const char *log = luaL_optstring(L, -1, "stderr");
     luaL_argcheck(L, strcmp(log, "stderr") == 0 || strcmp(log, "capture") == 0, 1,

@@ -76,7 +76,7 @@ Server.__index = Server
 -- arguments (default {"127.0.0.1:0"}: loopback, any free port); opts.selector picks the
 -- backend ("sim" for the simulated world), opts.log_level the host's (default "info"),
 -- opts.log where its lines go: "capture" (the default: read them with srv:log()) or
--- "stderr".
+-- "stderr", opts.max_output each connection's output limit (as --max-output).
 -- The script sees its own globals, and require "luahost" gives it its own host.
 function T.start(script, args, opts)
   opts = opts or {}
@@ -84,7 +84,7 @@ function T.start(script, args, opts)
   local fds_before = open_fds()
   local env = setmetatable({}, {__index = _G})
   local host = luahost.open{selector = opts.selector, script = script, args = args, env = env,
-    log = opts.log or "capture"}
+    log = opts.log or "capture", max_output = opts.max_output}
   host.log_level(opts.log_level or "info")
   env.arg = {[0] = script, table.unpack(args)}
   -- The script's own Lua modules load in its environment, once per server, so that
@@ -165,8 +165,8 @@ end
 -- timers cancelled, the host closed. Called by itself when the test ends.
 function Server:stop()
   if self.stopped then return end
+  for _, c in ipairs(self.clients) do c:close() end -- the script sees them leave
   self.stopped = true
-  for _, c in ipairs(self.clients) do c:close() end
   self.luahost.shutdown(self.sim and 0 or 1)
   live_servers[self] = nil
 end
@@ -282,9 +282,10 @@ function Client:wait(take, what, timeout)
   end
 end
 
--- Sends all of s, driving the server while the socket is full.
-function Client:send(s)
-  local sent, deadline = 0, now() + T.TIMEOUT
+-- Sends all of s, driving the server while the socket is full (for up to timeout
+-- seconds, default T.TIMEOUT).
+function Client:send(s, timeout)
+  local sent, deadline = 0, now() + (timeout or T.TIMEOUT)
   while sent < #s do
     local n, err = self.sock:send(sent == 0 and s or s:sub(sent + 1))
     if n then
@@ -292,7 +293,8 @@ function Client:send(s)
     elseif err ~= "wouldblock" then
       error("send: " .. tostring(err), 2)
     elseif now() >= deadline then
-      error(string.format("send: %d of %d bytes sent within %g s", sent, #s, T.TIMEOUT), 2)
+      error(string.format("send: %d of %d bytes sent within %g s", sent, #s,
+        timeout or T.TIMEOUT), 2)
     else
       self:pump() -- a server that answers while we send must not block on us
       self:drive()

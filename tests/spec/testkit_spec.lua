@@ -588,6 +588,17 @@ end)
 end)
 
 describe("the sim backend", function()
+  it("lets the host see a client that closed while its sends would block", function()
+    local srv = T.start("scripts/echo.lua", nil, {selector = "sim"})
+    local c = T.client(srv)
+    c:shape({would_block = 1000000})
+    c:send("held back\n")
+    assert.equal(1, srv.luahost.stats().flushing)
+    c.sock:close()
+    srv:run_until(function() return srv.luahost.stats().connections == 0 end, 1,
+      "the host to drop the connection")
+  end)
+
   it("runs a script that sets TCP options on its connections unchanged", function()
     local path = script([[
 local luahost = require "luahost"

@@ -32,7 +32,7 @@ export LUAHOST_REAL_BIN LUAHOST_BIN
 
 start=$SECONDS
 spec_rc=0
-lua5.4 "$(command -v busted)" --cpath='build/?.so' --lpath='tests/?.lua' -o TAP "${specs[@]}" ||
+lua5.4 "$(command -v busted)" --cpath='build/?.so' --lpath='tests/?.lua;lua/?.lua' -o TAP "${specs[@]}" ||
     spec_rc=$?
 elapsed=$((SECONDS - start))
 
