@@ -1,205 +1,156 @@
--- echo_spec.lua: runs scripts/echo.lua in this process (as the host would: `arg` set, then
--- the main chunk) and drives it with luahost.step while luahost clients talk to it, to
--- prove it echoes every byte, to many clients at once, through half-closes and slow readers.
-local luahost = require "luahost"
-local helpers = require "support.helpers"
+-- echo_spec.lua: scripts/echo.lua run in process with the test kit. Protocol and flow
+-- control on the sim backend (in-memory clients, shaped sends, resets), big payloads and
+-- half-closes over real sockets. The executable itself: echo_e2e_spec.lua.
+local T = require "luahost.test"
+local payload = require("support.helpers").payload
 
+local ECHO = "scripts/echo.lua"
 local MiB = 1024 * 1024
 
--- The connections the echo server holds: everything registered but its listener.
-local function connections(server)
-  local n = 0
-  for fileobj in pairs(luahost.selector:get_map()) do
-    if fileobj ~= server then
-      n = n + 1
-    end
-  end
-  return n
+local function connections(srv)
+  return srv.luahost.stats().connections
 end
 
-describe("scripts/echo.lua, run in-process", function()
-  local server, port
-  local clients = {}
+-- The clients close; echo.lua must then close its ends by itself, and leave nothing
+-- behind once stopped.
+local function finish(srv)
+  for _, c in ipairs(srv.clients) do c:close() end
+  srv:run_until(function() return connections(srv) == 0 end, nil, "echo.lua to close its ends")
+  srv:stop()
+  T.assert_clean(srv)
+end
 
-  -- A connected client; the spec closes every one it made.
-  local function client()
-    local c = assert(luahost.connect("127.0.0.1", port))
-    clients[#clients + 1] = c
-    return c
-  end
-
-  setup(function()
-    assert.is_nil(next(luahost.listeners()), "a listener existed before the script ran")
-    local saved = _G.arg
-    _G.arg = {[0] = "scripts/echo.lua", "127.0.0.1:0"}
-    local ok, err = pcall(dofile, "scripts/echo.lua")
-    _G.arg = saved
-    assert(ok, err)
-    server = luahost.listeners()[1]
-    assert(server, "echo.lua did not listen")
-    port = select(2, server:getsockname())
-  end)
-
-  teardown(function()
-    for _, c in ipairs(clients) do
-      c:close()
-    end
-    if server then
-      server:close()
-    end
-  end)
-
-  after_each(function()
-    for _, c in ipairs(clients) do
-      c:close()
-    end
-    clients = {}
-    helpers.step_until(function()
-      return connections(server) == 0
-    end, nil, "the echo server to close its connections")
-  end)
-
+describe("scripts/echo.lua on a real backend", function()
   it("listens on the address in arg[1], port 0 giving a free port", function()
-    local list = luahost.listeners()
-    assert.equals(1, #list)
-    local host, p = server:getsockname()
-    assert.equals("127.0.0.1", host)
-    assert.is_true(p > 0)
-    local key = luahost.selector:get_key(server)
-    assert.is_not_nil(key, "the listener is not registered")
-    assert.equals(luahost.EVENT_READ, key.events)
-    assert.equals("function", type(key.data))
+    local srv = T.start(ECHO, {"127.0.0.1:0"})
+    assert.same({"127.0.0.1", 1}, {srv.host, #srv.luahost.listeners()})
+    assert.is_true(srv.port > 0)
+    local key = assert(srv.luahost.selector:get_key(srv.listener), "listener not registered")
+    assert.same({srv.luahost.EVENT_READ, "function"}, {key.events, type(key.data)})
+    finish(srv)
   end)
 
-  it("echoes what a client sends", function()
-    local c = client()
-    helpers.send_all(c, "hello, echo\n")
-    assert.equals("hello, echo\n", helpers.read_n(c, 12))
-    helpers.send_all(c, "again")
-    assert.equals("again", helpers.read_n(c, 5))
+  it("echoes 4 MiB, far more than the socket buffers hold, in order", function()
+    local srv = T.start(ECHO)
+    local c, data = T.client(srv), payload(4 * MiB, 11)
+    c:send(data)
+    assert.is_true(c:read(#data, 30) == data, "the echoed bytes differ")
+    finish(srv)
   end)
 
-  it("serves several clients at once, each getting back only its own bytes", function()
-    local cs, sent = {}, {}
-    for i = 1, 8 do
-      cs[i] = client()
-      sent[i] = {}
-    end
-    for round = 1, 5 do
-      for i, c in ipairs(cs) do
-        local msg = ("client %d round %d;"):format(i, round)
-        helpers.send_all(c, msg)
-        sent[i][#sent[i] + 1] = msg
-      end
-    end
-    for i, c in ipairs(cs) do
-      local want = table.concat(sent[i])
-      assert.equals(want, helpers.read_n(c, #want, nil, "client " .. i .. "'s echo"))
-    end
-  end)
-
-  it("echoes a payload much larger than the socket buffers, in order", function()
-    local c = client()
-    assert(c:setlimit(16 * MiB))
-    local data = helpers.payload(4 * MiB, 11)
-    c:write(data)
-    local got = helpers.read_n(c, #data, 30, "4 MiB back")
-    assert.equals(#data, #got)
-    assert.is_true(got == data, "the echoed bytes differ")
-  end)
-
-  it("a client that sends, then shuts down its write side, still receives every byte", function()
-    local c = client()
-    assert(c:setlimit(16 * MiB))
-    local data = helpers.payload(2 * MiB, 13)
-    c:write(data)
-    assert.is_true(c:shutdown("w"))
-    local got = helpers.read_to_eof(c, 30, "the echo and the end of the stream")
-    assert.equals(#data, #got)
-    assert.is_true(got == data, "the echoed bytes differ")
-    helpers.step_until(function()
-      return connections(server) == 0
-    end, nil, "the server to close the connection")
-  end)
-
-  it("a client that sends, shuts down, and only then reads, still receives every byte", function()
-    local c = client()
-    assert(c:setsockopt("rcvbuf", 65536))
-    -- Small kernel buffers on the server's side of the connection too, so that its echo
-    -- backs up: it then reads everything and the end of stream while output is still
-    -- buffered, and closes with it pending. close() must still deliver it.
-    local conn = helpers.step_until(function()
-      for fileobj in pairs(luahost.selector:get_map()) do
-        if fileobj ~= server then
-          return fileobj
-        end
-      end
-    end, nil, "the server to accept")
-    assert(conn:setsockopt("sndbuf", 65536))
-    local data = helpers.payload(400 * 1024, 17)
-    assert(c:setlimit(MiB))
-    c:write(data)
-    assert.is_true(c:shutdown("w"))
-    helpers.step_until(function()
-      return connections(server) == 0
-    end, nil, "the server to close the connection")
-    local got = helpers.read_to_eof(c, 20, "the echo and the end of the stream")
-    assert.equals(#data, #got)
-    assert.is_true(got == data, "the echoed bytes differ")
-  end)
-
-  it("a client that shuts down its write side at once gets the end of the stream", function()
-    local c = client()
-    helpers.wait_ready(c, luahost.EVENT_WRITE)
-    assert.is_true(c:shutdown("w"))
-    assert.equals("", helpers.read_to_eof(c))
-  end)
-
-  it("closes its end of a connection once the client has gone", function()
-    local c = client()
-    helpers.send_all(c, "x")
-    helpers.read_n(c, 1)
-    assert.equals(1, connections(server))
-    c:close()
-    helpers.step_until(function()
-      return connections(server) == 0
-    end, nil, "the server to close the connection")
-  end)
-
-  it("keeps serving others when a client disconnects abruptly", function()
-    local rude, polite = client(), client()
-    helpers.send_all(rude, helpers.payload(100000))
-    helpers.send_all(polite, "before")
-    assert.equals("before", helpers.read_n(polite, 6))
-    rude:abort()
-    helpers.send_all(polite, "after")
-    assert.equals("after", helpers.read_n(polite, 5))
-  end)
-
-  it("keeps serving others while a client never reads its echo", function()
-    local stuck, other = client(), client()
-    assert(stuck:setsockopt("rcvbuf", 65536))
-    assert(stuck:setlimit(64 * MiB))
-    -- far more than the kernel buffers on both sides and the server's output limit hold
-    stuck:write(helpers.payload(32 * MiB))
-    local deadline = luahost.now() + 0.3
-    local rounds = 0
-    while luahost.now() < deadline do
-      local msg = "ping " .. rounds
-      helpers.send_all(other, msg)
-      assert.equals(msg, helpers.read_n(other, #msg, 2, "the other client's echo"))
-      rounds = rounds + 1
-    end
-    assert.is_true(rounds > 10, "only " .. rounds .. " echoes in 0.3 s")
-    assert.is_true(stuck:pending() > 0, "the stuck client's output all went through")
-    stuck:abort()
+  it("sends every byte back to a client that shut down its write side, then closes", function()
+    local srv = T.start(ECHO)
+    local c, data = T.client(srv), payload(2 * MiB, 13)
+    c:send(data)
+    c:shutdown()
+    assert.is_true(c:closed(30), "no end of stream")
+    assert.is_true(c:received() == data, "the echoed bytes differ")
+    finish(srv)
   end)
 end)
 
-describe("when the echo specs are done", function()
-  it("nothing is left registered, listening or flushing", function()
-    assert.is_true(helpers.host_is_idle(), table.concat(helpers.registered(), ", "))
-    assert.is_nil(next(luahost.selector:get_map()))
-    assert.is_nil(next(luahost.listeners()))
+describe("scripts/echo.lua on sim", function()
+  local function start()
+    return T.start(ECHO, nil, {selector = "sim"})
+  end
+
+  it("echoes what a client sends", function()
+    local srv = start()
+    local c = T.client(srv)
+    c:send("hello, echo\n")
+    assert.equal("hello, echo\n", c:read(12))
+    c:send("again")
+    assert.equal("again", c:read(5))
+    finish(srv)
+  end)
+
+  it("serves several clients at once, each getting back only its own bytes", function()
+    local srv = start()
+    local cs, sent = {}, {}
+    for i = 1, 8 do cs[i], sent[i] = T.client(srv), "" end
+    for round = 1, 5 do
+      for i, c in ipairs(cs) do
+        local msg = ("client %d round %d;"):format(i, round)
+        c:send(msg)
+        sent[i] = sent[i] .. msg
+      end
+    end
+    for i, c in ipairs(cs) do assert.equal(sent[i], c:read(#sent[i])) end
+    finish(srv)
+  end)
+
+  it("loses no byte when its sends are short or would block", function()
+    local srv = start()
+    local c, data = T.client(srv), payload(300 * 1024, 7)
+    c:shape({max_write = 1000, would_block = 50})
+    c:send(data)
+    assert.is_true(c:read(#data) == data, "the echoed bytes differ")
+    finish(srv)
+  end)
+
+  it("gives the end of the stream to a client that shuts down at once", function()
+    local srv = start()
+    local c = T.client(srv)
+    c:shutdown()
+    assert.is_true(c:closed())
+    assert.equal("", c:received())
+    finish(srv)
+  end)
+
+  it("closes its end of a connection once the client has gone", function()
+    local srv = start()
+    local c = T.client(srv)
+    c:send("x")
+    c:read(1)
+    assert.equal(1, connections(srv))
+    c:close()
+    srv:run_until(function() return connections(srv) == 0 end, nil, "echo.lua to close")
+    finish(srv)
+  end)
+
+  it("delivers output still pending when the client's end of stream arrives", function()
+    local srv = start()
+    local c, data = T.client(srv), payload(200 * 1024, 17)
+    c:shape({would_block = 1e9}) -- nothing reaches the client while it sends
+    c:send(data)
+    c:shutdown()
+    srv:run_until(function() return srv.luahost.stats().registered == 1 end, nil,
+      "echo.lua to close the connection")
+    assert.equal(1, connections(srv), "closed at once, its output dropped")
+    c:shape({would_block = 0})
+    assert.is_true(c:closed(), "no end of stream")
+    assert.is_true(c:received() == data, "the echoed bytes differ")
+    finish(srv)
+  end)
+
+  it("keeps serving others when a client resets its connection", function()
+    local srv = start()
+    local rude, polite = T.client(srv), T.client(srv)
+    rude:send(payload(100000))
+    polite:send("before")
+    assert.equal("before", polite:read(6))
+    rude:reset()
+    srv:run_until(function() return connections(srv) == 1 end, nil, "the reset to be handled")
+    polite:send("after")
+    assert.equal("after", polite:read(5))
+    finish(srv)
+  end)
+
+  it("stops reading from a client that never reads, and serves the others", function()
+    local srv = start()
+    local stuck, other = T.client(srv), T.client(srv)
+    stuck:shape({would_block = 1e9}) -- its echo can only pile up
+    local chunk, refused, rounds = payload(65536), 0, 0
+    repeat -- until ten rounds of the server's loop in a row took nothing from it
+      rounds, refused = rounds + 1, stuck.sock:send(chunk) and 0 or refused + 1
+      srv:step()
+    until refused == 10 or rounds == 500
+    assert.equal(10, refused, "echo.lua kept reading from a client that never reads")
+    for i = 1, 20 do
+      other:send("ping " .. i)
+      assert.equal("ping " .. i, other:read(#("ping " .. i)))
+    end
+    stuck:shape({would_block = 0}) -- the host now finds the peer gone, as a real one would
+    finish(srv)
   end)
 end)
