@@ -24,10 +24,10 @@ cc=${CC:-clang}
 # shellcheck disable=SC2054 # the commas are -fsanitize's
 cflags=(-g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -D_GNU_SOURCE
     -DHAVE_EPOLL=1 -I"$src" -Wall -Wextra -Werror)
-backends="selector.c backend_epoll.c backend_poll.c backend_select.c"
+backends="selector.c net.c backend_epoll.c backend_poll.c backend_select.c backend_sim.c"
 declare -A core=(
     [fuzz_selector]="$backends"
-    [fuzz_buffer]="buffer.c conn.c net.c $backends"
+    [fuzz_buffer]="buffer.c conn.c $backends"
 )
 
 if [[ -n ${FUZZ_TARGETS:-} ]]; then
