@@ -12,16 +12,38 @@
 
 /* Message handler for lua_pcall: the error as a string with a traceback, as lua.c does,
  * so errors that are not strings (error({}), error(nil)) still say something useful. */
+/* Pushes "chunk:line: " for the nearest Lua function on the stack, or "" if there is none:
+ * error({}) or error(42) carries no position of its own, yet the operator needs one. */
+static void push_raise_position(lua_State *L)
+{
+    lua_Debug ar;
+    for (int level = 1; lua_getstack(L, level, &ar); level++) {
+        if (lua_getinfo(L, "Sl", &ar) && ar.currentline > 0) {
+            lua_pushfstring(L, "%s:%d: ", ar.short_src, ar.currentline);
+            return;
+        }
+    }
+    lua_pushliteral(L, "");
+}
+
 int lh_traceback(lua_State *L)
 {
-    const char *msg = lua_tostring(L, 1);
-    if (msg == NULL) {
-        if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
-            msg = lua_tostring(L, -1);
-        else
-            msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+    if (lua_type(L, 1) == LUA_TSTRING) {
+        luaL_traceback(L, L, lua_tostring(L, 1), 1);
+        return 1;
     }
-    luaL_traceback(L, L, msg, 1);
+    push_raise_position(L);
+    int base = lua_gettop(L);
+    /* An object with __tostring speaks for itself, as lua5.4 lets it. */
+    if (!luaL_callmeta(L, 1, "__tostring") || lua_type(L, -1) != LUA_TSTRING) {
+        lua_settop(L, base);
+        if (lua_type(L, 1) == LUA_TNUMBER)
+            lua_pushstring(L, lua_tostring(L, 1));
+        else
+            lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+    }
+    lua_concat(L, 2);
+    luaL_traceback(L, L, lua_tostring(L, -1), 1);
     return 1;
 }
 
@@ -274,6 +296,8 @@ static void withhold_if_finished(lua_State *L, lh_host *host, lh_selector *s, co
     lh_socket *sock = lhsock_test(L, -1);
     int seen_eof = sock && (sock->conn.flags & CONN_EOF_SEEN);
     lua_pop(L, 1);
+    if (!(f->mask & (SEL_HANGUP | SEL_PEER_CLOSED)) && !seen_eof)
+        return; /* unflagged (select): only the script's own reads can tell of an end */
     if (ioctl(f->fd, FIONREAD, &unread) < 0 ? errno != EBADF : !seen_eof || unread > 0)
         return; /* the script has yet to read what is there, or to see the end of it */
     sel_set_paused(s->core, f->fd, (f->mask & SEL_HANGUP) ? SEL_BOTH : slot->paused | SEL_READ);
@@ -311,7 +335,8 @@ static int dispatch(lua_State *L, lh_host *host, lh_selector *s, int n)
         if (host_pcall(L, host, 3, handler) != LUA_OK) {
             callback_failed(L, host, s, f);
         } else {
-            if (f->mask & (SEL_HANGUP | SEL_PEER_CLOSED))
+            if ((f->mask & (SEL_HANGUP | SEL_PEER_CLOSED)) ||
+                ((f->mask & SEL_READ) && !sel_flags_ends(s->core)))
                 withhold_if_finished(L, host, s, f);
             lua_pop(L, 1);
         }
