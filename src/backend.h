@@ -30,6 +30,9 @@ typedef struct sel_backend {
      * -EINTR included: the selector retries. */
     int (*poll)(void *state, int timeout_ms, sel_fired *out, int max);
     const sel_io *io; /* NULL: the socket calls go to the kernel */
+    /* 1 if poll flags a hang-up or the peer's shutdown (SEL_HANGUP, SEL_PEER_CLOSED);
+     * select(2) cannot, so the host must learn the end from the script's own reads. */
+    int flags_ends;
 } sel_backend;
 
 extern const sel_backend sel_backend_epoll;

@@ -92,6 +92,7 @@ static int epoll_poll(void *state, int timeout_ms, sel_fired *out, int max)
 
 const sel_backend sel_backend_epoll = {
     .name = "epoll",
+    .flags_ends = 1,
     .create = epoll_create_state,
     .destroy = epoll_destroy_state,
     .fd_limit = 0,

@@ -130,6 +130,7 @@ static int kq_poll(void *state, int timeout_ms, sel_fired *out, int max)
 
 const sel_backend sel_backend_kqueue = {
     .name = "kqueue",
+    .flags_ends = 1,
     .create = kq_create_state,
     .destroy = kq_destroy_state,
     .fd_limit = 0,

@@ -115,6 +115,7 @@ static int poll_poll(void *state, int timeout_ms, sel_fired *out, int max)
 
 const sel_backend sel_backend_poll = {
     .name = "poll",
+    .flags_ends = 1,
     .create = poll_create_state,
     .destroy = poll_destroy_state,
     .fd_limit = 0,

@@ -54,6 +54,18 @@ static int select_set(void *state, int fd, int old_mask, int new_mask)
     return 0;
 }
 
+/* select(2) fails the whole set with EBADF when a watched fd was closed behind the
+ * selector's back; each such fd is reported as a hang-up instead (as poll's POLLNVAL),
+ * so its owner hears of it once and the loop goes on. */
+static int select_report_closed(const select_state *st, sel_fired *out, int max)
+{
+    int n = 0;
+    for (int fd = 0; fd <= st->maxfd && n < max; fd++)
+        if ((FD_ISSET(fd, &st->rfds) || FD_ISSET(fd, &st->wfds)) && fcntl(fd, F_GETFD) < 0)
+            out[n++] = (sel_fired){.fd = fd, .mask = SEL_BOTH | SEL_HANGUP};
+    return n ? n : -EBADF;
+}
+
 static int select_poll(void *state, int timeout_ms, sel_fired *out, int max)
 {
     select_state *st = state;
@@ -62,7 +74,7 @@ static int select_poll(void *state, int timeout_ms, sel_fired *out, int max)
     memcpy(&st->_wfds, &st->wfds, sizeof(fd_set));
     int ready = select(st->maxfd + 1, &st->_rfds, &st->_wfds, NULL, timeout_ms < 0 ? NULL : &tv);
     if (ready < 0)
-        return -errno;
+        return errno == EBADF ? select_report_closed(st, out, max) : -errno;
     int n = 0;
     for (int fd = 0; fd <= st->maxfd && n < max; fd++) {
         int mask =

@@ -317,6 +317,7 @@ static const sel_io sim_io = {
 
 const sel_backend sel_backend_sim = {
     .name = "sim",
+    .flags_ends = 1,
     .create = sim_create,
     .destroy = sim_destroy,
     .fd_limit = 0,

@@ -143,6 +143,11 @@ const char *sel_backend_name(const selector *sel)
     return sel->be->name;
 }
 
+int sel_flags_ends(const selector *sel)
+{
+    return sel->be->flags_ends;
+}
+
 void *sel_backend_state(const selector *sel, const char *backend_name)
 {
     return strcmp(sel->be->name, backend_name) == 0 ? sel->state : NULL;

@@ -46,6 +46,8 @@ typedef struct selector selector;
 selector *sel_new(const char *backend_name, char *err, size_t errlen);
 void sel_free(selector *sel);
 const char *sel_backend_name(const selector *sel);
+/* 1 if events carry SEL_HANGUP / SEL_PEER_CLOSED when a peer is gone; 0 for select(2). */
+int sel_flags_ends(const selector *sel);
 
 /* The backends compiled into this build, best first, NULL-terminated. */
 const char *const *sel_backend_names(void);

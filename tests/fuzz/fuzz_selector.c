@@ -449,19 +449,32 @@ static int expect_epoll_batch(mfired *out)
     return n;
 }
 
+/* select(2) fails with EBADF when an armed fd number is closed; the backend then reports
+ * only the closed ones, each as a hang-up. Returns their count (0: none closed). */
+static int expect_select_closed(mfired *out)
+{
+    int n = 0;
+    for (int i = 0; i < M.nknown; i++) {
+        int fd = M.known[i], armed = slot_of(fd)->armed;
+        if (armed && file_of(fd) < 0)
+            out[n++] = (mfired){.fd = fd, .mask = (SEL_BOTH & armed) | SEL_HANGUP};
+    }
+    return n;
+}
+
 /* poll and select watch whatever each armed fd number refers to now. poll reports a
- * closed one (POLLNVAL) as a hang-up; select fails with EBADF. */
+ * closed one (POLLNVAL) as a hang-up; so does select, alone in its batch. */
 static int expect_batch(mfired *out)
 {
     int n = 0;
     if (M.is_epoll)
         return expect_epoll_batch(out);
+    if (M.is_select && (n = expect_select_closed(out)) > 0)
+        return n;
     for (int i = 0; i < M.nknown; i++) {
         int fd = M.known[i], f = file_of(fd), armed = slot_of(fd)->armed, mask;
         if (!armed)
             continue;
-        if (f < 0 && M.is_select)
-            return -EBADF;
         if (f < 0) /* POLLNVAL */
             mask = kept_mask(SEL_BOTH, 1, armed);
         else

@@ -148,6 +148,34 @@ static void test_closed_fd(void)
     sel_free(sel);
 }
 
+/* An fd closed behind the selector's back while registered never fails the wait: epoll
+ * forgets it, poll (POLLNVAL) and select (EBADF) report it as a hang-up, and once it is
+ * unregistered the other fds are served. */
+static void test_closed_while_registered(void)
+{
+    selector *sel = new_sel();
+    int sv[2], ready[2];
+    make_pair(sv);
+    make_pair(ready);
+    CHECK(write(ready[1], "x", 1) == 1);
+    CHECK(sel_register(sel, sv[0], SEL_READ) == 0);
+    CHECK(sel_register(sel, ready[0], SEL_READ) == 0);
+    close(sv[0]);
+    int n = sel_select(sel, 0), hangups = 0;
+    CHECK(n >= 0);
+    for (int i = 0; i < n; i++) {
+        const sel_fired *f = sel_fired_at(sel, i);
+        if (f->fd == sv[0])
+            hangups += (f->mask & SEL_HANGUP) != 0;
+    }
+    CHECK(hangups == (strcmp(backend, "epoll") == 0 ? 0 : 1));
+    CHECK(sel_unregister(sel, sv[0]) == 0);
+    CHECK(ready_mask(sel, ready[0]) == SEL_READ);
+    sel_free(sel);
+    close(sv[1]);
+    close_pair(ready);
+}
+
 static void test_readiness(void)
 {
     selector *sel = new_sel();
@@ -550,6 +578,7 @@ int main(void)
     static void (*const tests[])(void) = {
         test_errors,
         test_closed_fd,
+        test_closed_while_registered,
         test_readiness,
         test_modify,
         test_host_and_paused,
