@@ -14,6 +14,7 @@ void conn_init(conn *c, int fd, int kind, uint32_t limit)
     c->kind = (uint8_t)kind;
     c->flags = 0;
     c->limit = limit;
+    c->mark = 0;
     c->out = NULL;
 }
 

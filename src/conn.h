@@ -26,6 +26,7 @@ typedef struct conn {
     uint8_t kind;
     uint8_t flags;
     uint32_t limit; /* most bytes that may be pending; past it writes fail */
+    uint32_t mark;  /* not read here: the owner's tag for its objects (fits the padding) */
     buffer *out;    /* NULL while nothing is pending: an idle connection holds no buffer */
 } conn;
 

@@ -293,7 +293,7 @@ static void withhold_if_finished(lua_State *L, lh_host *host, lh_selector *s, co
     if (!slot || slot->gen != f->gen)
         return;
     lua_getiuservalue(L, -1, 1); /* the key's fileobj */
-    lh_socket *sock = lhsock_test(L, -1);
+    lh_socket *sock = lhsock_of(L, -1);
     int seen_eof = sock && (sock->conn.flags & CONN_EOF_SEEN);
     lua_pop(L, 1);
     if (!(f->mask & (SEL_HANGUP | SEL_PEER_CLOSED)) && !seen_eof)

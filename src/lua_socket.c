@@ -14,17 +14,31 @@
 /* The socket at index. Methods and metamethods hold the metatable as upvalue 1, so the
  * check is a pointer comparison, not luaL_checkudata's look-up of the type by name:
  * this runs for every recv and write. */
+/* A socket carries a mark computed from its own address, so the check run on every
+ * method call needs no metatable (luaL_checkudata's look-up by name and the stack work
+ * around it were a tenth of an echo's instructions). Only a full userdata of exactly a
+ * socket's size is read, and another userdata would pass only by holding, at that
+ * offset, the one 32-bit value its own address gives. */
+static uint32_t socket_mark(const lh_socket *s)
+{
+    uint64_t a = (uint64_t)(uintptr_t)s;
+    return (uint32_t)(a ^ (a >> 29)) ^ 0x6c68736bu;
+}
+
+static lh_socket *marked_socket(lua_State *L, int index)
+{
+    if (lua_rawlen(L, index) != sizeof(lh_socket)) /* 0 for anything but full userdata */
+        return NULL;
+    lh_socket *s = (lh_socket *)lua_touserdata(L, index);
+    return s->conn.mark == socket_mark(s) ? s : NULL;
+}
+
 static lh_socket *check_socket(lua_State *L, int index)
 {
-    lh_socket *s = (lh_socket *)lua_touserdata(L, index);
-    if (s && lua_getmetatable(L, index)) {
-        int same = lua_topointer(L, -1) == lua_topointer(L, lua_upvalueindex(1));
-        lua_pop(L, 1);
-        if (same)
-            return s;
-    }
-    luaL_typeerror(L, index, LH_SOCKET);
-    return NULL;
+    lh_socket *s = marked_socket(L, index);
+    if (!s)
+        luaL_typeerror(L, index, LH_SOCKET);
+    return s;
 }
 
 /* The socket at index, which must be open: using a closed one is the script's mistake. */
@@ -41,12 +55,19 @@ lh_socket *lhsock_test(lua_State *L, int index)
     return (lh_socket *)luaL_testudata(L, index, LH_SOCKET);
 }
 
+/* lhsock_test for paths run per message (write_all, dispatch), by the mark. */
+lh_socket *lhsock_of(lua_State *L, int index)
+{
+    return marked_socket(L, index);
+}
+
 /* Creates the userdata before any fd is attached (as liolib does), so a memory error
  * cannot leak a descriptor: callers set conn.fd once they own one. */
 lh_socket *lhsock_push(lua_State *L, lh_host *host, int fd, int family)
 {
     lh_socket *s = (lh_socket *)lua_newuserdatauv(L, sizeof *s, 0);
     conn_init(&s->conn, fd, CONN_SOCKET, host->max_output);
+    s->conn.mark = socket_mark(s);
     s->host = host;
     s->registrations = 0;
     s->family = (uint8_t)family;
@@ -317,14 +338,14 @@ static int l_write_all(lua_State *L)
     luaL_checktype(L, 1, LUA_TTABLE);
     size_t len;
     const char *data = luaL_checklstring(L, 2, &len);
-    const lh_socket *except = lhsock_test(L, 3);
+    const lh_socket *except = lhsock_of(L, 3);
     lua_settop(L, 3);
     lua_pushnil(L); /* 4: the failures, made at the first one */
     lua_Integer written = 0;
     lua_pushnil(L);
     while (lua_next(L, 1)) {
         lua_pop(L, 1);
-        lh_socket *s = lhsock_test(L, -1);
+        lh_socket *s = lhsock_of(L, -1);
         if (!s || s == except || s->conn.fd < 0)
             continue;
         ssize_t rc = write_or_close(L, s, data, len);
@@ -749,11 +770,8 @@ static const luaL_Reg module_functions[] = {
 void lhsock_open(lua_State *L, int module, int host)
 {
     if (luaL_newmetatable(L, LH_SOCKET)) {
-        lua_pushvalue(L, -1);
-        luaL_setfuncs(L, socket_metamethods, 1);
-        luaL_newlibtable(L, socket_methods);
-        lua_pushvalue(L, -2);
-        luaL_setfuncs(L, socket_methods, 1);
+        luaL_setfuncs(L, socket_metamethods, 0);
+        luaL_newlib(L, socket_methods);
         lua_setfield(L, -2, "__index");
     }
     lua_pop(L, 1);

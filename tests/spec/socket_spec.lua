@@ -40,6 +40,31 @@ local function in_list(list, value)
   return false
 end
 
+describe("socket methods called on something else", function()
+  it("raise 'luahost.socket expected' for other userdata (a key, a timer, a selector, a "
+    .. "file) and for plain values, and write_all skips them", function()
+    local client, conn = helpers.pair()
+    local key = luahost.selector:register(conn, READ, function() end)
+    local timer = luahost.after(60, function() end)
+    finally(function()
+      timer:cancel()
+      luahost.selector:unregister(conn)
+      close_all(client, conn)
+    end)
+    local others = {key, timer, luahost.selector, io.stdout, {}, "socket", 42, false}
+    for _, other in ipairs(others) do
+      for _, method in ipairs({"recv", "send", "write", "close", "fileno", "pending"}) do
+        local ok, err = pcall(conn[method], other, "x")
+        assert.is_false(ok, method .. " accepted a " .. type(other))
+        assert.matches("luahost.socket expected", err)
+      end
+    end
+    local sockets = {[key] = true, [timer] = true, [io.stdout] = true, [conn] = true, [7] = true}
+    assert.equals(1, luahost.write_all(sockets, "hi"))
+    assert.equals("hi", client:recv(10))
+  end)
+end)
+
 describe("luahost.listen", function()
   it("listens on 127.0.0.1 with port 0 and reports the port the kernel chose", function()
     local server = assert(luahost.listen("127.0.0.1", 0))
