@@ -49,10 +49,7 @@ local function slow_echo(c, data, per_read, pause, timeout)
 end
 
 describe("reliability: hostile clients", function()
-  after_each(function()
-    process.stop_all()
-    assert.equal(0, process.live_count(), "a process outlived its test")
-  end)
+  after_each(rel.stop_processes)
 
   for _, backend in ipairs(rel.BACKENDS) do
     describe("with --selector " .. backend, function()

@@ -63,10 +63,7 @@ local function without_prlimit()
 end
 
 describe("reliability: file descriptors", function()
-  after_each(function()
-    process.stop_all()
-    assert.equal(0, process.live_count(), "a process outlived its test")
-  end)
+  after_each(rel.stop_processes)
 
   for _, backend in ipairs(rel.BACKENDS) do
     describe("with --selector " .. backend .. " under prlimit --nofile=64:64", function()

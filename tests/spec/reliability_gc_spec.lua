@@ -56,10 +56,7 @@ sel:register(server, READ, on_accept)
 ]]
 
 describe("reliability: --debug-gc", function()
-  after_each(function()
-    process.stop_all()
-    assert.equal(0, process.live_count(), "a process outlived its test")
-  end)
+  after_each(rel.stop_processes)
 
   for _, backend in ipairs(rel.BACKENDS) do
     describe("with --selector " .. backend, function()

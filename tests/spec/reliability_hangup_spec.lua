@@ -88,10 +88,7 @@ local ENDINGS = {
 }
 
 describe("reliability: peers that are gone, scripts that ignore it", function()
-  after_each(function()
-    process.stop_all()
-    assert.equal(0, process.live_count(), "a process outlived its test")
-  end)
+  after_each(rel.stop_processes)
 
   for _, backend in ipairs(rel.BACKENDS) do
     describe("with --selector " .. backend, function()

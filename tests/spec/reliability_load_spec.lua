@@ -28,10 +28,7 @@ local function first_line(text)
 end
 
 describe("reliability: errors while the script loads", function()
-  after_each(function()
-    process.stop_all()
-    assert.equal(0, process.live_count(), "a process outlived its test")
-  end)
+  after_each(rel.stop_processes)
 
   for _, case in ipairs(CASES) do
     local what, chunk, message = case[1], case[2], case[3]

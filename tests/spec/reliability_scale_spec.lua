@@ -74,10 +74,7 @@ local function echo_unique(socks, timeout)
 end
 
 describe("reliability: scale", function()
-  after_each(function()
-    process.stop_all()
-    assert.equal(0, process.live_count(), "a process outlived its test")
-  end)
+  after_each(rel.stop_processes)
 
   for _, backend in ipairs({"epoll", "poll"}) do
     local cap = TIME_CAP[backend]

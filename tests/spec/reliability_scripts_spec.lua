@@ -64,10 +64,7 @@ local function provoke(server, probe, command, timeout)
 end
 
 describe("reliability: misbehaving scripts", function()
-  after_each(function()
-    process.stop_all()
-    assert.equal(0, process.live_count(), "a process outlived its test")
-  end)
+  after_each(rel.stop_processes)
 
   describe("errors that are not strings", function()
     it("in a callback are logged once, with the peer's address, and only that connection "

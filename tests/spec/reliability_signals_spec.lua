@@ -39,12 +39,9 @@ local function exit_within(p, timeout)
 end
 
 describe("reliability: stop signals", function()
-  after_each(function()
-    -- stop_all's SIGTERM cannot end a stuck host alone; the second one it sends after
-    -- its timeout is SIGKILL. Either way nothing outlives the test.
-    process.stop_all()
-    assert.equal(0, process.live_count(), "a process outlived its test")
-  end)
+  -- stop_all's SIGTERM cannot end a stuck host alone; the second one it sends after its
+  -- timeout is SIGKILL. Either way nothing outlives the test.
+  after_each(rel.stop_processes)
 
   for _, pair in ipairs({{"TERM", "TERM"}, {"INT", "INT"}, {"INT", "TERM"}}) do
     local first, second = pair[1], pair[2]

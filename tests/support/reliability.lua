@@ -27,6 +27,14 @@ luahost.every(0.1, function()
 end)
 ]]
 
+-- For after_each: stops every process the test started, and fails the test if one
+-- outlived it.
+function M.stop_processes()
+  process.stop_all()
+  local left = process.live_count()
+  assert(left == 0, left .. " process(es) outlived the test")
+end
+
 -- The wrapper as a temporary file (process.stop_all removes it, so it is made anew when
 -- it is gone).
 local wrapper_path
