@@ -211,8 +211,11 @@ static const char *default_backend(lua_State *L)
     lua_getfield(L, LUA_REGISTRYINDEX, "luahost.backend");
     const char *name = lua_tostring(L, -1);
     lua_pop(L, 1); /* the registry keeps the string alive */
-    if (!name || !*name)
+    if (!name || !*name) {
         name = getenv("LUAHOST_SELECTOR");
+        if (name && *name && !sel_backend_known(name))
+            luaL_error(L, "unknown selector backend \"%s\" in $LUAHOST_SELECTOR", name);
+    }
     return name && *name ? name : NULL;
 }
 

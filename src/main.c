@@ -195,7 +195,7 @@ static int parse_options(int argc, char **argv, options *o)
             if (!(v = option_value(argc, argv, &i, "--selector")))
                 return usage_error("option %s needs a value", a);
             if (!known_backend(v))
-                return usage_error("unknown selector backend '%s'", v);
+                return usage_error("unknown selector backend '%s' (sim is for tests only)", v);
             o->backend = v;
         } else if (matches(a, "--log-level")) {
             if (!(v = option_value(argc, argv, &i, "--log-level")))
@@ -212,6 +212,9 @@ static int parse_options(int argc, char **argv, options *o)
     }
     if (i >= argc)
         return usage_error("%s", "no SCRIPT given");
+    const char *env = getenv("LUAHOST_SELECTOR");
+    if (!o->backend && env && *env && !known_backend(env))
+        return usage_error("unknown selector backend '%s' in $LUAHOST_SELECTOR", env);
     o->script = i;
     return -1;
 }

@@ -99,6 +99,11 @@ static const sel_backend *sel_find_backend(const char *name)
     return NULL;
 }
 
+int sel_backend_known(const char *name)
+{
+    return name && sel_find_backend(name) != NULL;
+}
+
 /* Returns NULL with a message in err (when given) if the backend is unknown, not
  * compiled in, or cannot be created. */
 selector *sel_new(const char *backend_name, char *err, size_t errlen)

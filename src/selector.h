@@ -48,6 +48,8 @@ void sel_free(selector *sel);
 const char *sel_backend_name(const selector *sel);
 /* 1 if events carry SEL_HANGUP / SEL_PEER_CLOSED when a peer is gone; 0 for select(2). */
 int sel_flags_ends(const selector *sel);
+/* 1 if name is a backend sel_new knows ("sim" included, though never listed). */
+int sel_backend_known(const char *name);
 
 /* The backends compiled into this build, best first, NULL-terminated. */
 const char *const *sel_backend_names(void);

@@ -14,6 +14,19 @@ local function quote(s)
   return string.format("%q", s):gsub("\\\n", "\\n")
 end
 
+-- error() at the first Lua caller outside this file, so that a failed wait names the
+-- line of the spec, however the kit's functions called each other (tail calls included).
+local KIT_SOURCE = debug.getinfo(1, "S").source
+local function fail(message)
+  local level = 2
+  while true do
+    local info = debug.getinfo(level, "S")
+    if not info or (info.source ~= KIT_SOURCE and info.what ~= "C") then break end
+    level = level + 1
+  end
+  error(message, level)
+end
+
 -- Runs fn once the current busted test ends, pass or fail (after the test's own
 -- `finally`, before after_each), wherever the kit was called from: the test itself, a
 -- helper, or before_each. Returns false outside busted.
@@ -104,7 +117,7 @@ function T.start(script, args, opts)
   if ok then ok, err = xpcall(chunk, debug.traceback, table.unpack(args)) end
   if not ok then
     host.shutdown(0)
-    error("T.start: " .. script .. " failed to load: " .. tostring(err), 2)
+    fail("T.start: " .. script .. " failed to load: " .. tostring(err))
   end
   local srv = setmetatable({
     luahost = host, sim = host.sim, env = env, script = script,
@@ -141,8 +154,8 @@ function Server:run_until(pred, timeout, what)
     local value = pred()
     if value then return value end
     if now() >= deadline then
-      error(string.format("run_until: %s still false after %g s", what or "the condition",
-        timeout), 2)
+      fail(string.format("run_until: %s still false after %g s", what or "the condition",
+        timeout))
     end
     self:step(self.sim and 0 or 0.002)
   end
@@ -201,7 +214,7 @@ function T.assert_clean(srv)
     problems[#problems + 1] = string.format("fd %d open (%s)", fd, now_open[fd])
   end
   if #problems > 0 then
-    error(srv.script .. " left behind: " .. table.concat(problems, ", "), 2)
+    fail(srv.script .. " left behind: " .. table.concat(problems, ", "))
   end
 end
 
@@ -271,12 +284,12 @@ function Client:wait(take, what, timeout)
       return value
     end
     if self.closed_by_peer then
-      error(string.format("%s: the server closed the connection%s; received: %s", what,
-        self.error and " (" .. self.error .. ")" or "", quote(self.buffer)), 3)
+      fail(string.format("%s: the server closed the connection%s; received: %s", what,
+        self.error and " (" .. self.error .. ")" or "", quote(self.buffer)))
     end
     if now() >= deadline then
-      error(string.format("%s: nothing within %g s; received: %s", what, timeout,
-        quote(self.buffer)), 3)
+      fail(string.format("%s: nothing within %g s; received: %s", what, timeout,
+        quote(self.buffer)))
     end
     self:drive()
   end
@@ -291,10 +304,10 @@ function Client:send(s, timeout)
     if n then
       sent = sent + n
     elseif err ~= "wouldblock" then
-      error("send: " .. tostring(err), 2)
+      fail("send: " .. tostring(err))
     elseif now() >= deadline then
-      error(string.format("send: %d of %d bytes sent within %g s", sent, #s,
-        timeout or T.TIMEOUT), 2)
+      fail(string.format("send: %d of %d bytes sent within %g s", sent, #s,
+        timeout or T.TIMEOUT))
     else
       self:pump() -- a server that answers while we send must not block on us
       self:drive()
@@ -439,8 +452,8 @@ function T.spawn(script, args, opts)
     if not proc:alive() or now() >= deadline then
       local log = proc:stderr()
       proc:stop()
-      error(string.format("T.spawn: no \"listening on\" line from %s (it is logged at level "
-        .. "info: a --log-level above that hides it); its log:\n%s", script, log), 2)
+      fail(string.format("T.spawn: no \"listening on\" line from %s (it is logged at level "
+        .. "info: a --log-level above that hides it); its log:\n%s", script, log))
     end
     sleep(0.01)
   end

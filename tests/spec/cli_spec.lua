@@ -93,6 +93,18 @@ describe("the luahost command line", function()
       assert.matches("selector", r.stderr)
     end)
 
+    it("for an unknown backend in $LUAHOST_SELECTOR, naming the variable", function()
+      local r = process.run({"env", "LUAHOST_SELECTOR=bogus", process.bin, ECHO, "127.0.0.1:0"})
+      assert_one_line_error(r, USAGE, "bogus")
+      assert.matches("$LUAHOST_SELECTOR", r.stderr, 1, true)
+    end)
+
+    it("for --selector sim, which is for tests only", function()
+      local r = process.run_luahost({"--selector", "sim", ECHO, "127.0.0.1:0"})
+      assert_one_line_error(r, USAGE, "sim")
+      assert.matches("tests only", r.stderr, 1, true)
+    end)
+
     it("for a bad --log-level", function()
       local r = process.run_luahost({"--log-level", "loud", ECHO, "127.0.0.1:0"})
       assert_one_line_error(r, USAGE, "loud", "log level")
