@@ -177,6 +177,15 @@ describe("the luahost command line", function()
     end
   end)
 
+  it("README's command-line block is --help's list of options, word for word", function()
+    local r = process.run_luahost({"--help"})
+    local options = assert(r.stdout:match("\nOptions:\n(.*)$"), r.stdout)
+    local readme = process.read_file("README.md")
+    local block = assert(readme:match("\n```\nluahost %[options%] SCRIPT %[ARGS%.%.%.%]\n(.-)```"),
+      "no command-line block in README.md")
+    assert.equal(options, block)
+  end)
+
   it("--version prints the version and exits 0", function()
     local r = process.run_luahost({"--version"})
     assert.same({"exit", 0}, {r.how, r.code}, show(r))
