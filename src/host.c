@@ -10,8 +10,6 @@
 
 #include "lh.h"
 
-/* Message handler for lua_pcall: the error as a string with a traceback, as lua.c does,
- * so errors that are not strings (error({}), error(nil)) still say something useful. */
 /* Pushes "chunk:line: " for the nearest Lua function on the stack, or "" if there is none:
  * error({}) or error(42) carries no position of its own, yet the operator needs one. */
 static void push_raise_position(lua_State *L)
@@ -26,6 +24,8 @@ static void push_raise_position(lua_State *L)
     lua_pushliteral(L, "");
 }
 
+/* Message handler for lua_pcall: the error as a string with a traceback, as lua.c does,
+ * so errors that are not strings (error({}), error(nil)) still say something useful. */
 int lh_traceback(lua_State *L)
 {
     if (lua_type(L, 1) == LUA_TSTRING) {
@@ -293,7 +293,7 @@ static void withhold_if_finished(lua_State *L, lh_host *host, lh_selector *s, co
     if (!slot || slot->gen != f->gen)
         return;
     lua_getiuservalue(L, -1, 1); /* the key's fileobj */
-    lh_socket *sock = lhsock_of(L, -1);
+    lh_socket *sock = lhsock_test(L, -1);
     int seen_eof = sock && (sock->conn.flags & CONN_EOF_SEEN);
     lua_pop(L, 1);
     if (!(f->mask & (SEL_HANGUP | SEL_PEER_CLOSED)) && !seen_eof)

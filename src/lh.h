@@ -159,7 +159,6 @@ void lhsel_release_all(lua_State *L, lh_host *host);
 void lhsock_open(lua_State *L, int module, int host);
 lh_socket *lhsock_push(lua_State *L, lh_host *host, int fd, int family);
 lh_socket *lhsock_test(lua_State *L, int index);
-lh_socket *lhsock_of(lua_State *L, int index);
 void lhsock_close_listeners(lua_State *L, lh_host *host);
 void lhsock_close(lua_State *L, lh_host *host, lh_socket *sock, int graceful);
 int lhsock_describe(lh_socket *sock, char *out, size_t outlen);

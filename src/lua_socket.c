@@ -11,9 +11,6 @@
 
 #include "lh.h"
 
-/* The socket at index. Methods and metamethods hold the metatable as upvalue 1, so the
- * check is a pointer comparison, not luaL_checkudata's look-up of the type by name:
- * this runs for every recv and write. */
 /* A socket carries a mark computed from its own address, so the check run on every
  * method call needs no metatable (luaL_checkudata's look-up by name and the stack work
  * around it were a tenth of an echo's instructions). Only a full userdata of exactly a
@@ -25,17 +22,20 @@ static uint32_t socket_mark(const lh_socket *s)
     return (uint32_t)(a ^ (a >> 29)) ^ 0x6c68736bu;
 }
 
-static lh_socket *marked_socket(lua_State *L, int index)
+/* The socket at index, or NULL. */
+lh_socket *lhsock_test(lua_State *L, int index)
 {
-    if (lua_rawlen(L, index) != sizeof(lh_socket)) /* 0 for anything but full userdata */
-        return NULL;
+    /* rawlen is a string's or table's length too, and 0 for light userdata; touserdata
+     * is NULL for all but userdata: together, a full userdata of a socket's size. */
     lh_socket *s = (lh_socket *)lua_touserdata(L, index);
+    if (!s || lua_rawlen(L, index) != sizeof(lh_socket))
+        return NULL;
     return s->conn.mark == socket_mark(s) ? s : NULL;
 }
 
 static lh_socket *check_socket(lua_State *L, int index)
 {
-    lh_socket *s = marked_socket(L, index);
+    lh_socket *s = lhsock_test(L, index);
     if (!s)
         luaL_typeerror(L, index, LH_SOCKET);
     return s;
@@ -48,17 +48,6 @@ static lh_socket *check_open(lua_State *L, int index)
     if (s->conn.fd < 0)
         luaL_error(L, "attempt to use a closed socket");
     return s;
-}
-
-lh_socket *lhsock_test(lua_State *L, int index)
-{
-    return (lh_socket *)luaL_testudata(L, index, LH_SOCKET);
-}
-
-/* lhsock_test for paths run per message (write_all, dispatch), by the mark. */
-lh_socket *lhsock_of(lua_State *L, int index)
-{
-    return marked_socket(L, index);
 }
 
 /* Creates the userdata before any fd is attached (as liolib does), so a memory error
@@ -338,14 +327,14 @@ static int l_write_all(lua_State *L)
     luaL_checktype(L, 1, LUA_TTABLE);
     size_t len;
     const char *data = luaL_checklstring(L, 2, &len);
-    const lh_socket *except = lhsock_of(L, 3);
+    const lh_socket *except = lhsock_test(L, 3);
     lua_settop(L, 3);
     lua_pushnil(L); /* 4: the failures, made at the first one */
     lua_Integer written = 0;
     lua_pushnil(L);
     while (lua_next(L, 1)) {
         lua_pop(L, 1);
-        lh_socket *s = lhsock_of(L, -1);
+        lh_socket *s = lhsock_test(L, -1);
         if (!s || s == except || s->conn.fd < 0)
             continue;
         ssize_t rc = write_or_close(L, s, data, len);

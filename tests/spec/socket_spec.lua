@@ -51,7 +51,14 @@ describe("socket methods called on something else", function()
       luahost.selector:unregister(conn)
       close_all(client, conn)
     end)
+    -- (a string and a table as long as a socket's userdata is large, too)
+    local long_table = {}
+    for i = 1, 64 do long_table[i] = i end
     local others = {key, timer, luahost.selector, io.stdout, {}, "socket", 42, false}
+    for size = 1, 64 do
+      others[#others + 1] = ("x"):rep(size)
+      others[#others + 1] = {table.unpack(long_table, 1, size)}
+    end
     for _, other in ipairs(others) do
       for _, method in ipairs({"recv", "send", "write", "close", "fileno", "pending"}) do
         local ok, err = pcall(conn[method], other, "x")
