@@ -3,7 +3,7 @@
 # CI passes WERROR=ON (.ci/run).
 WERROR ?= OFF
 PREFIX ?= /usr/local
-C_FILES := $(wildcard src/*.[ch] tests/unit/*.c tests/bench/*.c tests/fuzz/*.c tests/oom/*.c)
+C_FILES := $(wildcard src/*.[ch] tests/unit/*.[ch] tests/bench/*.c tests/fuzz/*.c tests/oom/*.c)
 # Configure build dir $(1) once, again only for another WERROR. A failed configure drops
 # its cache, so the next make configures anew instead of building a half-made tree.
 configure = grep -qx 'LUAHOST_WERROR:[A-Z]*=$(WERROR)' $(1)/CMakeCache.txt 2>/dev/null \

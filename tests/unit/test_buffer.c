@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static unsigned long checks, failures;
+#include "check.h"
 
 /* Under AddressSanitizer a huge malloc aborts by default; the overflow test needs it to
  * fail the way the C library's would. Unused without the sanitizer. */
@@ -18,17 +18,6 @@ const char *__asan_default_options(void)
 {
     return "allocator_may_return_null=1";
 }
-
-/* Counts every evaluation; a failure is reported with its place but does not stop the
- * run, so one bug shows all its symptoms at once. */
-#define CHECK(cond)                                                                  \
-    do {                                                                             \
-        checks++;                                                                    \
-        if (!(cond)) {                                                               \
-            failures++;                                                              \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-        }                                                                            \
-    } while (0)
 
 /* xorshift64*: deterministic, so a failure reproduces exactly. */
 static uint64_t rng_state = 0x9e3779b97f4a7c15u;

@@ -22,17 +22,7 @@
 #include <unistd.h>
 
 #include "net.h"
-
-static int checks, failures;
-
-#define CHECK(cond)                                                                  \
-    do {                                                                             \
-        checks++;                                                                    \
-        if (!(cond)) {                                                               \
-            failures++;                                                              \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-        }                                                                            \
-    } while (0)
+#include "check.h"
 
 /* What to inject into one call: the next `fails` calls fail with `err`. */
 typedef struct fault {
@@ -274,6 +264,6 @@ int main(void)
     test_no_sigpipe();
     test_reset_peer();
     CHECK(f_accept4.calls > 0 && f_send.calls > 0 && f_recv.calls > 0); /* interposed */
-    printf("test_net_faults: %d passed, %d failed\n", checks - failures, failures);
+    printf("test_net_faults: %lu passed, %lu failed\n", checks - failures, failures);
     return failures ? 1 : 0;
 }

@@ -11,18 +11,7 @@
 #include <string.h>
 #include <time.h>
 
-static unsigned long checks, failures;
-
-/* Counts every evaluation; a failure is reported with its place but does not stop the
- * run, so one bug shows all its symptoms at once. */
-#define CHECK(cond)                                                                  \
-    do {                                                                             \
-        checks++;                                                                    \
-        if (!(cond)) {                                                               \
-            failures++;                                                              \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-        }                                                                            \
-    } while (0)
+#include "check.h"
 
 /* xorshift64*: deterministic, so a failure reproduces exactly. */
 static uint64_t rng_state = 0x2545f4914f6cdd1du;
