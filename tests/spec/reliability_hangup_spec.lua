@@ -75,6 +75,20 @@ local function watch(server, seconds)
   return ends, calls, used, process.now() - t0
 end
 
+-- The ignoring script on backend, a probe client that got its echo, and a victim client;
+-- both clients are closed when the test ends.
+local function start_ignoring(backend)
+  local server = rel.start(process.temp_file(IGNORING, ".lua"), {selector = backend, args = {}})
+  local probe = assert(client.connect("127.0.0.1", server.port))
+  local victim = assert(client.connect("127.0.0.1", server.port))
+  finally(function()
+    probe:close()
+    victim:close()
+  end)
+  rel.timed_echo(probe, "hello")
+  return server, probe, victim
+end
+
 -- The peer ends its connection c (a client.lua Conn, echoed "hi" already read) as `how`.
 local ENDINGS = {
   fin = function(c) c:close() end,
@@ -95,15 +109,7 @@ describe("reliability: peers that are gone, scripts that ignore it", function()
       for _, how in ipairs({"fin", "rst", "half"}) do
         it("delivers the end once after a " .. how:upper() .. ", does not spin, and serves "
           .. "a probe", function()
-          local script = process.temp_file(IGNORING, ".lua")
-          local server = rel.start(script, {selector = backend, args = {}})
-          local probe = assert(client.connect("127.0.0.1", server.port))
-          local victim = assert(client.connect("127.0.0.1", server.port))
-          finally(function()
-            probe:close()
-            victim:close()
-          end)
-          rel.timed_echo(probe, "hello")
+          local server, probe, victim = start_ignoring(backend)
           rel.timed_echo(victim, "hi")
           local port = victim:local_port()
           ENDINGS[how](victim)
@@ -126,15 +132,7 @@ describe("reliability: peers that are gone, scripts that ignore it", function()
 
       it("an fd closed behind the host's back is reported at most once and neither spins "
         .. "nor stops the loop", function()
-        local script = process.temp_file(IGNORING, ".lua")
-        local server = rel.start(script, {selector = backend, args = {}})
-        local probe = assert(client.connect("127.0.0.1", server.port))
-        local victim = assert(client.connect("127.0.0.1", server.port))
-        finally(function()
-          probe:close()
-          victim:close()
-        end)
-        rel.timed_echo(probe, "hello")
+        local server, probe, victim = start_ignoring(backend)
         assert(victim:send_all("drop-fd"))
         assert(server:wait_for_log("dropped fd %d+", 3))
         local _, calls, used, elapsed = watch(server, 1)
