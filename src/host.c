@@ -257,12 +257,12 @@ void host_dispatch_host_event(lua_State *L, lh_host *host, void *host_data)
 
 /* After a callback raised: log it with the peer's address, then close its socket (which
  * unregisters it everywhere), or for another kind of fileobj unregister the key if it is
- * still the registration that raised. The key and the error message are on the stack;
+ * still the registration that raised. The entry and the error message are on the stack;
  * both are popped. */
 static void callback_failed(lua_State *L, lh_host *host, lh_selector *s, const sel_fired *f)
 {
     char where[NET_ADDRSTRLEN + 16];
-    lua_getiuservalue(L, -2, 1);
+    lhsel_push_fileobj(L, -2);
     lh_socket *sock = lhsock_test(L, -1);
     if (sock && sock->conn.fd >= 0)
         lhsock_describe(sock, where, sizeof where);
@@ -292,7 +292,7 @@ static void withhold_if_finished(lua_State *L, lh_host *host, lh_selector *s, co
     int unread = 0;
     if (!slot || slot->gen != f->gen)
         return;
-    lua_getiuservalue(L, -1, 1); /* the key's fileobj */
+    lhsel_push_fileobj(L, -1);
     lh_socket *sock = lhsock_test(L, -1);
     int seen_eof = sock && (sock->conn.flags & CONN_EOF_SEEN);
     lua_pop(L, 1);
@@ -305,7 +305,8 @@ static void withhold_if_finished(lua_State *L, lh_host *host, lh_selector *s, co
            f->fd);
 }
 
-/* Calls key.data(key.fileobj, mask, key) for every deliverable event of the batch. An
+/* Calls key.data(key.fileobj, mask, key) for every deliverable event of the batch (with
+ * no key for a socket holding its registration, whose callback takes none). An
  * event is re-checked before each call, since an earlier callback may have unregistered
  * or replaced its key. Returns the number of callbacks run. */
 static int dispatch(lua_State *L, lh_host *host, lh_selector *s, int n)
@@ -328,11 +329,19 @@ static int dispatch(lua_State *L, lh_host *host, lh_selector *s, int n)
         if (!mask)
             continue;
         lua_rawgeti(L, keys, f->fd);
-        lua_getiuservalue(L, -1, 2);
-        lua_getiuservalue(L, -2, 1);
-        lua_pushinteger(L, mask);
-        lua_pushvalue(L, -4);
-        if (host_pcall(L, host, 3, handler) != LUA_OK) {
+        int nargs = 2;
+        if (lhsock_test(L, -1)) { /* a socket holding its registration: no key to pass */
+            lua_getiuservalue(L, -1, 1);
+            lua_pushvalue(L, -2);
+            lua_pushinteger(L, mask);
+        } else {
+            lua_getiuservalue(L, -1, 2);
+            lua_getiuservalue(L, -2, 1);
+            lua_pushinteger(L, mask);
+            lua_pushvalue(L, -4);
+            nargs = 3;
+        }
+        if (host_pcall(L, host, nargs, handler) != LUA_OK) {
             callback_failed(L, host, s, f);
         } else {
             if ((f->mask & (SEL_HANGUP | SEL_PEER_CLOSED)) ||
@@ -446,7 +455,7 @@ void host_shutdown(lua_State *L, lh_host *host, double grace_seconds)
         if (!sel_get(core, fd))
             continue;
         lua_rawgeti(L, -1, fd);
-        lua_getiuservalue(L, -1, 1);
+        lhsel_push_fileobj(L, -1);
         lh_socket *sock = lhsock_test(L, -1);
         if (sock)
             lhsock_close(L, host, sock, !sock->listening);

@@ -102,14 +102,15 @@ typedef struct lh_host {
 struct lh_selector {
     selector *core;
     lh_host *host;
-    int keys_ref; /* table fd -> key userdata */
+    int keys_ref; /* table fd -> the registration's entry (see lua_selector.c) */
     int cursor;   /* next entry of the batch select() is iterating */
     int batch;    /* entries in that batch */
     int busy;     /* inside select() or dispatch: a nested select would clobber the batch */
     lh_selector *next;
 };
 
-/* A key's userdata; its user values are 1: fileobj, 2: data. */
+/* A key's userdata; its user values are 1: fileobj, 2: data. Keys are snapshots, as in
+ * Python: modify makes a new one. */
 typedef struct lh_key {
     int fd;
     int events;
@@ -123,6 +124,10 @@ typedef struct lh_socket {
     uint8_t family;
     uint8_t listening; /* LISTENING, or LISTENING_ANY_PORT when port 0 was asked */
     int generation;    /* for a listener: the script load that last asked for it */
+    /* A socket registered on its own host's selector with a callback that takes no key
+     * holds that registration itself, its data as user value 1 (see lua_selector.c). */
+    uint8_t own_events; /* that registration's events; 0 when it holds none */
+    int own_generation; /* the script load that last registered or modified it */
 } lh_socket;
 
 enum { LISTENING = 1, LISTENING_ANY_PORT = 2 };
@@ -149,10 +154,17 @@ int lh_log_level_from_name(const char *name);
 void lhsel_open(lua_State *L, int module, int host);
 lh_selector *lhsel_push_new(lua_State *L, lh_host *host, const char *backend);
 void lhsel_push_keys(lua_State *L, lh_selector *s);
+int lhsel_entry_fd(lua_State *L, int entry);
+int lhsel_entry_events(lua_State *L, int entry);
+int lhsel_entry_generation(lua_State *L, int entry);
+void lhsel_push_fileobj(lua_State *L, int entry);
+void lhsel_push_data(lua_State *L, int entry);
+void lhsel_push_key(lua_State *L, int entry);
+void lhsel_set_entry(lua_State *L, int entry, int events, int generation, int data);
 void lhsel_forget_socket(lua_State *L, lh_host *host, lh_socket *sock);
 int lhsel_fileobj_fd(lua_State *L, int index);
 int lhsel_unregister_fd(lua_State *L, lh_selector *s, int fd);
-int lhsel_restore_key(lua_State *L, lh_selector *s, int key_index);
+int lhsel_restore_entry(lua_State *L, lh_selector *s, int entry);
 void lhsel_release_all(lua_State *L, lh_host *host);
 
 /* lua_socket.c */

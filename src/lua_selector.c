@@ -25,6 +25,122 @@ void lhsel_push_keys(lua_State *L, lh_selector *s)
     lua_rawgeti(L, LUA_REGISTRYINDEX, s->keys_ref);
 }
 
+/* A selector's keys table holds, at each registered fd, the registration's entry: a key
+ * (user values fileobj and data), or the socket itself when the socket holds its own
+ * registration. A socket may when it is registered on its own host's selector with a
+ * callback that cannot take the key (a Lua function of at most two parameters): the
+ * host never needs the key then, and makes one only when the script asks (register's
+ * result, get_key, get_map, select, adopt). An idle connection is thus one object, not
+ * two. Any entry that is a socket is one holding its registration. */
+int lhsel_entry_fd(lua_State *L, int entry)
+{
+    lh_socket *own = lhsock_test(L, entry);
+    return own ? own->conn.fd : ((lh_key *)lua_touserdata(L, entry))->fd;
+}
+
+int lhsel_entry_events(lua_State *L, int entry)
+{
+    lh_socket *own = lhsock_test(L, entry);
+    return own ? own->own_events : ((lh_key *)lua_touserdata(L, entry))->events;
+}
+
+int lhsel_entry_generation(lua_State *L, int entry)
+{
+    lh_socket *own = lhsock_test(L, entry);
+    return own ? own->own_generation : ((lh_key *)lua_touserdata(L, entry))->generation;
+}
+
+void lhsel_push_fileobj(lua_State *L, int entry)
+{
+    if (lhsock_test(L, entry))
+        lua_pushvalue(L, entry);
+    else
+        lua_getiuservalue(L, entry, 1);
+}
+
+void lhsel_push_data(lua_State *L, int entry)
+{
+    lua_getiuservalue(L, entry, lhsock_test(L, entry) ? 1 : 2);
+}
+
+/* Sets what an entry holds (events, generation, data from index data); allocates
+ * nothing, so a reload's rollback can use it. */
+void lhsel_set_entry(lua_State *L, int entry, int events, int generation, int data)
+{
+    entry = lua_absindex(L, entry);
+    lua_pushvalue(L, data);
+    lh_socket *own = lhsock_test(L, entry);
+    if (own) {
+        own->own_events = (uint8_t)events;
+        own->own_generation = generation;
+        lua_setiuservalue(L, entry, 1);
+    } else {
+        lh_key *key = (lh_key *)lua_touserdata(L, entry);
+        key->events = events;
+        key->generation = generation;
+        lua_setiuservalue(L, entry, 2);
+    }
+}
+
+/* A socket that stops holding its registration lets go of the callback too. */
+static void clear_own(lua_State *L, lh_socket *own, int entry)
+{
+    own->own_events = 0;
+    lua_pushnil(L);
+    lua_setiuservalue(L, entry, 1);
+}
+
+static void push_new_key(lua_State *L, int fd, int events, int generation, int fileobj, int data)
+{
+    fileobj = lua_absindex(L, fileobj);
+    data = lua_absindex(L, data);
+    lh_key *key = (lh_key *)lua_newuserdatauv(L, sizeof *key, 2);
+    key->fd = fd;
+    key->events = events;
+    key->generation = generation;
+    luaL_setmetatable(L, LH_KEY);
+    lua_pushvalue(L, fileobj);
+    lua_setiuservalue(L, -2, 1);
+    lua_pushvalue(L, data);
+    lua_setiuservalue(L, -2, 2);
+}
+
+/* Pushes the key of an entry: the entry itself, or a new key for a socket holding its
+ * registration (this allocates). */
+void lhsel_push_key(lua_State *L, int entry)
+{
+    entry = lua_absindex(L, entry);
+    lh_socket *own = lhsock_test(L, entry);
+    if (!own) {
+        lua_pushvalue(L, entry);
+        return;
+    }
+    lua_getiuservalue(L, entry, 1);
+    push_new_key(L, own->conn.fd, own->own_events, own->own_generation, entry, -1);
+    lua_remove(L, -2);
+}
+
+/* Whether the callback at index could see a third argument, the key: anything but a Lua
+ * function of at most two fixed parameters. */
+static int callback_takes_key(lua_State *L, int index)
+{
+    lua_Debug ar;
+    if (lua_type(L, index) != LUA_TFUNCTION || lua_iscfunction(L, index))
+        return 1;
+    lua_pushvalue(L, index);
+    lua_getinfo(L, ">u", &ar);
+    return ar.isvararg || ar.nparams > 2;
+}
+
+/* The socket at fileobj if it may hold its registration with the callback at data. */
+static lh_socket *may_hold_own(lua_State *L, lh_selector *s, int fileobj, int data)
+{
+    lh_socket *sock = lhsock_test(L, fileobj);
+    if (!sock || sock->host != s->host || s->host->sel != s || callback_takes_key(L, data))
+        return NULL;
+    return sock;
+}
+
 /* The fd of a fileobj: a luahost socket, an integer fd, or anything with :fileno(). */
 int lhsel_fileobj_fd(lua_State *L, int index)
 {
@@ -62,9 +178,9 @@ static int check_events(lua_State *L, int index)
     return (int)events;
 }
 
-static void count_registration(lua_State *L, int key_index, int delta)
+static void count_registration(lua_State *L, int entry, int delta)
 {
-    lua_getiuservalue(L, key_index, 1);
+    lhsel_push_fileobj(L, entry);
     lh_socket *sock = lhsock_test(L, -1);
     if (sock)
         sock->registrations = (uint16_t)(sock->registrations + delta);
@@ -84,21 +200,14 @@ static int sel_register_l(lua_State *L)
         return sel_modify_l(L);
     reload_journal_key(L, s->host, 1, fd);
     /* Everything that allocates comes before the core registration, so a memory error
-     * cannot leave fd registered in the core with no key (and the fd then reused). */
-    lh_key *key = (lh_key *)lua_newuserdatauv(L, sizeof *key, 2);
-    key->fd = fd;
-    key->events = events;
-    key->generation = s->host->generation;
-    luaL_setmetatable(L, LH_KEY);
-    lua_pushvalue(L, 2);
-    lua_setiuservalue(L, 5, 1);
-    lua_pushvalue(L, 4);
-    lua_setiuservalue(L, 5, 2);
+     * cannot leave fd registered in the core with no entry (and the fd then reused). */
+    lh_socket *own = may_hold_own(L, s, 2, 4);
+    push_new_key(L, fd, events, s->host->generation, 2, 4); /* 5: the result */
     lhsel_push_keys(L, s);
     int already_keyed = lua_rawgeti(L, -1, fd) != LUA_TNIL;
     lua_pop(L, 1);
     if (!already_keyed) {
-        lua_pushvalue(L, 5);
+        lua_pushvalue(L, own ? 2 : 5);
         lua_rawseti(L, -2, fd);
     }
     if (sel_register(s->core, fd, events) < 0) {
@@ -109,32 +218,44 @@ static int sel_register_l(lua_State *L)
         return luaL_error(L, "%s", sel_error(s->core));
     }
     lua_pop(L, 1);
+    if (own)
+        lhsel_set_entry(L, 2, events, s->host->generation, 4);
     count_registration(L, 5, 1);
     return 1;
 }
 
+/* Replaces fd's entry by a new key, or by its socket when that may hold the
+ * registration; the new key is the result either way. */
 static int sel_modify_l(lua_State *L)
 {
     lh_selector *s = check_selector(L, 1);
     int fd = lhsel_fileobj_fd(L, 2);
     int events = check_events(L, 3);
     lua_settop(L, 4);
-    if (sel_get(s->core, fd))
-        reload_journal_key(L, s->host, 1, fd);
+    if (!sel_get(s->core, fd)) {
+        sel_modify(s->core, fd, events); /* fails, and says why */
+        return luaL_error(L, "%s", sel_error(s->core));
+    }
+    reload_journal_key(L, s->host, 1, fd);
+    lhsel_push_keys(L, s);    /* 5 */
+    lua_rawgeti(L, 5, fd);    /* 6: the entry now */
+    lhsel_push_fileobj(L, 6); /* 7: the object registered, which stays */
+    lh_socket *own = may_hold_own(L, s, 7, 4);
+    push_new_key(L, fd, events, s->host->generation, 7, 4); /* 8: the result */
     if (sel_modify(s->core, fd, events) < 0)
         return luaL_error(L, "%s", sel_error(s->core));
-    lhsel_push_keys(L, s);
-    lua_rawgeti(L, -1, fd);
-    lh_key *key = check_key(L, -1);
-    key->events = events;
-    key->generation = s->host->generation;
-    lua_pushvalue(L, 4);
-    lua_setiuservalue(L, -2, 2);
+    lh_socket *was_own = lhsock_test(L, 6);
+    if (was_own)
+        clear_own(L, was_own, 6);
+    if (own)
+        lhsel_set_entry(L, 7, events, s->host->generation, 4);
+    lua_pushvalue(L, own ? 7 : 8);
+    lua_rawseti(L, 5, fd); /* the fd's slot exists: no allocation */
     return 1;
 }
 
-/* Unregisters fd and leaves its key on the stack; returns 0 or the negative errno
- * (with nothing pushed). */
+/* Unregisters fd and leaves its entry on the stack; returns 0 or the negative errno
+ * (with nothing pushed). Allocates nothing. */
 int lhsel_unregister_fd(lua_State *L, lh_selector *s, int fd)
 {
     int rc = sel_unregister(s->core, fd);
@@ -145,29 +266,37 @@ int lhsel_unregister_fd(lua_State *L, lh_selector *s, int fd)
     lua_pushnil(L);
     lua_rawseti(L, -3, fd);
     lua_remove(L, -2);
-    count_registration(L, lua_gettop(L), -1);
+    int entry = lua_gettop(L);
+    count_registration(L, entry, -1);
+    lh_socket *own = lhsock_test(L, entry);
+    if (own)
+        clear_own(L, own, entry);
     return 0;
 }
 
-/* Registers again the key at key_index, one this selector made and has since
- * unregistered, with the events it holds. For a failed reload's rollback, which may run
- * because memory ran out: the fd's entry in the keys table was only cleared, so putting
- * the key back needs no memory. 0, or -1 when the core refuses (sel_error says why). */
-int lhsel_restore_key(lua_State *L, lh_selector *s, int key_index)
+/* Registers again an entry this selector had and has since unregistered, with the
+ * events it holds (set them first: lhsel_set_entry). For a failed reload's rollback,
+ * which may run because memory ran out: the fd's slot in the keys table was only
+ * cleared, so putting the entry back needs no memory. 0, or -1 when the core refuses
+ * (sel_error says why). */
+int lhsel_restore_entry(lua_State *L, lh_selector *s, int entry)
 {
-    key_index = lua_absindex(L, key_index);
-    lh_key *key = check_key(L, key_index);
+    entry = lua_absindex(L, entry);
+    int fd = lhsel_entry_fd(L, entry);
     lhsel_push_keys(L, s);
-    lua_pushvalue(L, key_index);
-    lua_rawseti(L, -2, key->fd);
-    if (sel_register(s->core, key->fd, key->events) < 0) {
+    lua_pushvalue(L, entry);
+    lua_rawseti(L, -2, fd);
+    if (sel_register(s->core, fd, lhsel_entry_events(L, entry)) < 0) {
         lua_pushnil(L);
-        lua_rawseti(L, -2, key->fd);
+        lua_rawseti(L, -2, fd);
         lua_pop(L, 1);
+        lh_socket *own = lhsock_test(L, entry);
+        if (own)
+            clear_own(L, own, entry);
         return -1;
     }
     lua_pop(L, 1);
-    count_registration(L, key_index, 1);
+    count_registration(L, entry, 1);
     return 0;
 }
 
@@ -175,10 +304,15 @@ static int sel_unregister_l(lua_State *L)
 {
     lh_selector *s = check_selector(L, 1);
     int fd = lhsel_fileobj_fd(L, 2);
-    if (sel_get(s->core, fd))
+    if (sel_get(s->core, fd)) {
         reload_journal_key(L, s->host, 1, fd);
+        lhsel_push_keys(L, s);
+        lua_rawgeti(L, -1, fd);
+        lhsel_push_key(L, -1); /* the result, made before anything changes */
+    }
     if (lhsel_unregister_fd(L, s, fd) < 0)
         return luaL_error(L, "%s", sel_error(s->core));
+    lua_pop(L, 1);
     return 1;
 }
 
@@ -193,6 +327,7 @@ static int sel_get_key_l(lua_State *L)
         return 0;
     lhsel_push_keys(L, s);
     lua_rawgeti(L, -1, fd);
+    lhsel_push_key(L, -1);
     return 1;
 }
 
@@ -200,12 +335,13 @@ static int sel_get_map_l(lua_State *L)
 {
     lh_selector *s = check_selector(L, 1);
     lua_createtable(L, 0, (int)sel_count(s->core));
+    int map = lua_gettop(L);
     lhsel_push_keys(L, s);
     lua_pushnil(L);
     while (lua_next(L, -2)) {
-        lua_getiuservalue(L, -1, 1);
-        lua_pushvalue(L, -2);
-        lua_rawset(L, -6);
+        lhsel_push_fileobj(L, -1);
+        lhsel_push_key(L, -2);
+        lua_rawset(L, map);
         lua_pop(L, 1);
     }
     lua_pop(L, 1);
@@ -246,6 +382,7 @@ static int sel_iterate(lua_State *L)
             continue;
         lhsel_push_keys(L, s);
         lua_rawgeti(L, -1, f->fd);
+        lhsel_push_key(L, -1);
         lua_pushinteger(L, mask);
         return 2;
     }
@@ -277,7 +414,11 @@ static void selector_release(lua_State *L, lh_selector *s)
         lhsel_push_keys(L, s);
         lua_pushnil(L);
         while (lua_next(L, -2)) {
-            count_registration(L, lua_gettop(L), -1);
+            int entry = lua_gettop(L);
+            count_registration(L, entry, -1);
+            lh_socket *own = lhsock_test(L, entry);
+            if (own)
+                clear_own(L, own, entry);
             lua_pop(L, 1);
         }
         lua_pop(L, 1);
@@ -383,6 +524,23 @@ static int key_tostring(lua_State *L)
     return 1;
 }
 
+/* Keys made at different times for the same registration are equal, as Python's (named
+ * tuples) are: same fileobj, fd, events and data. */
+static int key_eq(lua_State *L)
+{
+    lh_key *a = (lh_key *)luaL_testudata(L, 1, LH_KEY);
+    lh_key *b = (lh_key *)luaL_testudata(L, 2, LH_KEY);
+    int equal = a && b && a->fd == b->fd && a->events == b->events;
+    for (int uv = 1; equal && uv <= 2; uv++) {
+        lua_getiuservalue(L, 1, uv);
+        lua_getiuservalue(L, 2, uv);
+        equal = lua_rawequal(L, -1, -2);
+        lua_pop(L, 2);
+    }
+    lua_pushboolean(L, equal);
+    return 1;
+}
+
 lh_selector *lhsel_push_new(lua_State *L, lh_host *host, const char *backend)
 {
     char err[160];
@@ -410,7 +568,7 @@ void lhsel_forget_socket(lua_State *L, lh_host *host, lh_socket *sock)
             continue;
         lhsel_push_keys(L, s);
         lua_rawgeti(L, -1, sock->conn.fd);
-        lua_getiuservalue(L, -1, 1);
+        lhsel_push_fileobj(L, -1);
         int same = lua_touserdata(L, -1) == sock;
         lua_pop(L, 3);
         if (same && lhsel_unregister_fd(L, s, sock->conn.fd) == 0)
@@ -454,6 +612,8 @@ void lhsel_open(lua_State *L, int module, int host)
         lua_setfield(L, -2, "__newindex");
         lua_pushcfunction(L, key_tostring);
         lua_setfield(L, -2, "__tostring");
+        lua_pushcfunction(L, key_eq);
+        lua_setfield(L, -2, "__eq");
     }
     lua_pop(L, 2);
     lh_setfuncs(L, module_functions, module, host);

@@ -54,7 +54,7 @@ static lh_socket *check_open(lua_State *L, int index)
  * cannot leak a descriptor: callers set conn.fd once they own one. */
 lh_socket *lhsock_push(lua_State *L, lh_host *host, int fd, int family)
 {
-    lh_socket *s = (lh_socket *)lua_newuserdatauv(L, sizeof *s, 0);
+    lh_socket *s = (lh_socket *)lua_newuserdatauv(L, sizeof *s, 1); /* 1: callback, if own */
     conn_init(&s->conn, fd, CONN_SOCKET, host->max_output);
     s->conn.mark = socket_mark(s);
     s->host = host;
@@ -62,6 +62,8 @@ lh_socket *lhsock_push(lua_State *L, lh_host *host, int fd, int family)
     s->family = (uint8_t)family;
     s->listening = 0;
     s->generation = 0;
+    s->own_events = 0;
+    s->own_generation = 0;
     luaL_setmetatable(L, LH_SOCKET);
     reload_journal_object(L, host, "sockets", -1); /* closed if the reload fails */
     return s;

@@ -61,7 +61,7 @@ void reload_journal_key(lua_State *L, lh_host *host, int selector_index, int fd)
     lua_pushboolean(L, 1);
     lua_rawset(L, -4);
     lua_pop(L, 2);
-    /* The key itself is kept, so that restoring it needs no new one. */
+    /* The entry itself is kept, so that restoring it needs no new one. */
     lua_createtable(L, 0, 6);
     lua_pushvalue(L, selector_index);
     lua_setfield(L, -2, "sel");
@@ -70,14 +70,13 @@ void reload_journal_key(lua_State *L, lh_host *host, int selector_index, int fd)
     if (sel_get(s->core, fd)) {
         lhsel_push_keys(L, s);
         lua_rawgeti(L, -1, fd);
-        lh_key *key = (lh_key *)lua_touserdata(L, -1);
-        lua_getiuservalue(L, -1, 2);
+        lhsel_push_data(L, -1);
         lua_setfield(L, -4, "data");
-        lua_pushinteger(L, key->events);
+        lua_pushinteger(L, lhsel_entry_events(L, -1));
         lua_setfield(L, -4, "events");
-        lua_pushinteger(L, key->generation);
+        lua_pushinteger(L, lhsel_entry_generation(L, -1));
         lua_setfield(L, -4, "generation");
-        lua_setfield(L, -3, "key");
+        lua_setfield(L, -3, "entry");
         lua_pop(L, 1);
     }
     push_journal_list(L, host, "keys");
@@ -112,8 +111,8 @@ void reload_journal_listener(lua_State *L, lh_host *host, int index, int old_gen
     lua_pop(L, 1);
 }
 
-/* Puts one journaled registration back the way it was, the old key object with its
- * old events and data, allocating no Lua memory. The record is on the top. */
+/* Puts one journaled registration back the way it was, the old entry with its old
+ * events and data, allocating no Lua memory. The record is on the top. */
 static void restore_key(lua_State *L, lh_host *host)
 {
     int rec = lua_gettop(L);
@@ -122,7 +121,7 @@ static void restore_key(lua_State *L, lh_host *host)
     lua_getfield(L, rec, "fd");
     int fd = (int)lua_tointeger(L, -1);
     int old = rec + 3;
-    if (lua_getfield(L, rec, "key") == LUA_TNIL || !s->core) {
+    if (lua_getfield(L, rec, "entry") == LUA_TNIL || !s->core) {
         if (s->core && sel_get(s->core, fd) && lhsel_unregister_fd(L, s, fd) == 0)
             lua_pop(L, 1);
         lua_settop(L, rec);
@@ -132,17 +131,14 @@ static void restore_key(lua_State *L, lh_host *host)
      * closed when collected, and one the running script had may still be in use. */
     if (sel_get(s->core, fd) && lhsel_unregister_fd(L, s, fd) == 0)
         lua_pop(L, 1);
-    lua_getiuservalue(L, old, 1);
+    lhsel_push_fileobj(L, old);
     lh_socket *sock = lhsock_test(L, -1);
     if (!sock || sock->conn.fd == fd) { /* not closed meanwhile */
-        lh_key *key = (lh_key *)lua_touserdata(L, old);
         lua_getfield(L, rec, "events");
-        key->events = (int)lua_tointeger(L, -1);
         lua_getfield(L, rec, "generation");
-        key->generation = (int)lua_tointeger(L, -1);
         lua_getfield(L, rec, "data");
-        lua_setiuservalue(L, old, 2);
-        if (lhsel_restore_key(L, s, old) < 0)
+        lhsel_set_entry(L, old, (int)lua_tointeger(L, -3), (int)lua_tointeger(L, -2), -1);
+        if (lhsel_restore_entry(L, s, old) < 0)
             lh_log(host, LH_ERROR, "rolling back a reload: fd %d: %s", fd, sel_error(s->core));
     }
     lua_settop(L, rec);
@@ -227,38 +223,51 @@ static void close_unwanted_listeners(lua_State *L, lh_host *host)
     lua_pop(L, 1);
 }
 
-/* Hands adopt(key) every key of the default selector that the new script did not
- * register or modify itself; listeners are not handed over (they were asked for again,
- * or closed). adopt is on the stack top; keys is a table made before the reload with
- * room for every key then registered, as only those can be handed over. */
-static void adopt_keys(lua_State *L, lh_host *host, int keys)
+/* Calls adopt(key) for an entry (arguments: adopt, entry), in protected mode: making
+ * the key of a socket holding its registration allocates. */
+static int call_adopt(lua_State *L)
+{
+    lhsel_push_key(L, 2);
+    lua_replace(L, 2);
+    lua_call(L, 1, 0);
+    return 0;
+}
+
+/* Hands adopt(key) every registration of the default selector that the new script did
+ * not register or modify itself; listeners are not handed over (they were asked for
+ * again, or closed). adopt is on the stack top; entries is a table made before the
+ * reload with room for every registration then, as only those can be handed over. */
+static void adopt_keys(lua_State *L, lh_host *host, int entries)
 {
     int adopt = lua_gettop(L);
     selector *core = host->sel->core;
-    lua_Integer n = 0; /* the keys to hand over, gathered before adopt changes any */
+    lua_Integer n = 0; /* the entries to hand over, gathered before adopt changes any */
     lhsel_push_keys(L, host->sel);
+    int keys = lua_gettop(L);
     lua_pushnil(L);
-    while (lua_next(L, -2)) {
-        lh_key *key = (lh_key *)lua_touserdata(L, -1);
-        lua_getiuservalue(L, -1, 1);
+    while (lua_next(L, keys)) {
+        lhsel_push_fileobj(L, -1);
         lh_socket *sock = lhsock_test(L, -1);
         lua_pop(L, 1);
-        if (key->generation < host->generation && !(sock && sock->listening))
-            lua_rawseti(L, keys, ++n);
+        if (lhsel_entry_generation(L, -1) < host->generation && !(sock && sock->listening))
+            lua_rawseti(L, entries, ++n);
         else
             lua_pop(L, 1);
     }
-    lua_pop(L, 1);
-    for (lua_Integer i = 1; i <= n && lua_rawgeti(L, keys, i) != LUA_TNIL; i++) {
-        lh_key *key = (lh_key *)lua_touserdata(L, -1);
-        if (!sel_get(core, key->fd)) { /* an earlier adopt closed it */
+    for (lua_Integer i = 1; i <= n && lua_rawgeti(L, entries, i) != LUA_TNIL; i++) {
+        int fd = lhsel_entry_fd(L, -1);
+        lua_rawgeti(L, keys, fd);
+        int current = sel_get(core, fd) && lua_rawequal(L, -1, -2);
+        lua_pop(L, 1);
+        if (!current) { /* an earlier adopt closed or unregistered it */
             lua_pop(L, 1);
             continue;
         }
         lua_pushcfunction(L, lh_traceback);
+        lua_pushcfunction(L, call_adopt);
         lua_pushvalue(L, adopt);
-        lua_pushvalue(L, -3);
-        if (lua_pcall(L, 1, 0, -3) != LUA_OK)
+        lua_pushvalue(L, -4);
+        if (lua_pcall(L, 2, 0, -4) != LUA_OK)
             host_report_error(L, host, "error in adopt");
         lua_pop(L, 2);
     }

@@ -80,6 +80,98 @@ describe("luahost.step", function()
     assert.same(expect, seen)
   end)
 
+  -- A socket whose callback cannot take a key (a Lua function of at most two
+  -- parameters) holds its own registration, and keys are made when asked for.
+  describe("for a socket whose callback takes no key", function()
+    it("hands out keys that are equal snapshots, as Python's", function()
+      local client, conn = helpers.pair()
+      finally(function()
+        close_all({client, conn})
+      end)
+      local function old(_, _) end
+      local function new(_) end
+      local k1 = sel:register(conn, READ, old)
+      assert.equals(k1, sel:get_key(conn))
+      assert.equals(k1, sel:get_map()[conn])
+      local k2 = sel:modify(conn, READ | WRITE, new)
+      assert.equals(new, k2.data)
+      assert.equals(READ | WRITE, sel:get_key(conn).events)
+      assert.equals(old, k1.data, "a key kept from before shows the registration then")
+      assert.are_not.equal(k1, k2)
+      local removed = sel:unregister(conn)
+      assert.equals(k2, removed)
+      assert.equals(conn, removed.fileobj)
+      assert.is_nil(sel:get_key(conn))
+    end)
+
+    it("is called with fileobj and mask; a callback that can take the key gets it", function()
+      local client, conn = helpers.pair()
+      finally(function()
+        close_all({client, conn})
+      end)
+      local got
+      local function two(fileobj, mask)
+        got = {kind = "two", fileobj = fileobj, mask = mask}
+      end
+      local function vararg(...)
+        got = {kind = "vararg", n = select("#", ...), key = select(3, ...)}
+      end
+      local function three(_, _, key)
+        got = {kind = "three", key = key}
+      end
+      assert(client:send("x")) -- stays unread: every step reports it
+      local function step_once(what)
+        got = nil
+        helpers.step_until(function() return got end, nil, what)
+        return got
+      end
+      sel:register(conn, READ, two)
+      assert.same({kind = "two", fileobj = conn, mask = READ}, step_once("two"))
+      sel:modify(conn, READ, vararg)
+      local seen = step_once("vararg")
+      assert.equals(3, seen.n)
+      assert.equals(vararg, seen.key.data)
+      assert.equals(conn, seen.key.fileobj)
+      sel:modify(conn, READ, two)
+      assert.equals("two", step_once("two again").kind)
+      sel:modify(conn, READ, three)
+      seen = step_once("three")
+      assert.equals(three, seen.key.data)
+      assert.equals(sel:get_key(conn), seen.key)
+      sel:unregister(conn)
+      sel:register(conn, READ, two)
+      assert.equals("two", step_once("two after register").kind)
+    end)
+
+    it("keeps no key while registered: about a key's size less Lua memory per socket", function()
+      local server = helpers.listen()
+      local pairs_ = {}
+      finally(function()
+        for _, p in ipairs(pairs_) do close_all(p) end
+        server:close()
+      end)
+      local n = 200
+      for i = 1, n do
+        pairs_[i] = {helpers.pair(server)}
+      end
+      local function held_per_socket(callback)
+        for i = 1, n do sel:register(pairs_[i][2], READ, callback) end
+        collectgarbage("collect")
+        collectgarbage("collect")
+        local with = collectgarbage("count")
+        for i = 1, n do sel:unregister(pairs_[i][2]) end
+        collectgarbage("collect")
+        collectgarbage("collect")
+        return (with - collectgarbage("count")) * 1024 / n
+      end
+      held_per_socket(function(_, _, _) end) -- sizes the keys table once
+      local with_key = held_per_socket(function(_, _, _) end)
+      local without = held_per_socket(function(_, _) end)
+      assert.is_true(with_key > 64, ("a key per socket: %.1f bytes each"):format(with_key))
+      assert.is_true(without < 8, ("no key per socket: %.1f bytes each"):format(without))
+    end)
+  end)
+
   it("still delivers the script's WRITE events to a socket with output buffered", function()
     local client, conn = helpers.pair()
     finally(function()

@@ -252,16 +252,20 @@ sel:register(T.conn, READ, function(s) T.new_got = s:recv(100) end)
       sel:register(a, READ, fa)
       sel:register(b, READ | WRITE, fb)
       sel:register(c, READ, noop)
+      local _, d = pair()
+      local fd_ = function(_, _, key) shared.d_key = key end -- takes the key
+      sel:register(d, READ, fd_)
       local other_data = {}
       other:register(a, WRITE, other_data)
       other:register(c, READ, "c's data")
-      shared.a, shared.b, shared.c, shared.other = a, b, c, other
+      shared.a, shared.b, shared.c, shared.d, shared.other = a, b, c, d, other
       local before, before_other = snapshot(sel), snapshot(other)
       local err = reload_refused(script([[
 sel:modify(T.a, WRITE)
 sel:unregister(T.b)
 sel:register(T.b, READ, function() end)
 sel:register(T.c, READ | WRITE, function() end)
+sel:modify(T.d, WRITE, function(_, _) end)
 T.other:modify(T.a, READ, "changed")
 T.other:unregister(T.c)
 T.own = luahost.socket("inet", "stream")
@@ -445,7 +449,7 @@ end
 T.key = sel:register(T.conn, READ | WRITE, T.new)
 ]]))
       local key = sel:get_key(conn)
-      assert(rawequal(shared.key, key), "register returned the key")
+      assert.equal(shared.key, key, "register returned the key")
       assert(rawequal(shared.new, key.data), "the callback is the new one")
       assert.equal(READ | WRITE, key.events)
       local n = 0
