@@ -107,6 +107,8 @@ static int new_ref_table(lua_State *L, const char *mode)
     return luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
+static int new_batch_runner(lua_State *L);
+
 /* A new host as a full userdata on the stack. Hosts stay referenced from the registry
  * until the state closes, so every object that points at one can rely on it. */
 lh_host *host_push_new(lua_State *L)
@@ -136,6 +138,7 @@ lh_host *host_push_new(lua_State *L)
     host->timers_ref = new_ref_table(L, NULL);
     host->drain_ref = new_ref_table(L, NULL);
     host->handles_ref = new_ref_table(L, "v");
+    host->batch_ref = new_batch_runner(L);
     if (lua_getfield(L, LUA_REGISTRYINDEX, "luahost.hosts") != LUA_TTABLE) {
         lua_pop(L, 1);
         lua_newtable(L);
@@ -305,54 +308,111 @@ static void withhold_if_finished(lua_State *L, lh_host *host, lh_selector *s, co
            f->fd);
 }
 
-/* Calls key.data(key.fileobj, mask, key) for every deliverable event of the batch (with
- * no key for a socket holding its registration, whose callback takes none). An
- * event is re-checked before each call, since an earlier callback may have unregistered
- * or replaced its key. Returns the number of callbacks run. */
-static int dispatch(lua_State *L, lh_host *host, lh_selector *s, int n)
+/* A batch being dispatched: the selector's fired entries from `next` on are still to
+ * be looked at; `calling` is set while a script's callback runs. */
+typedef struct lh_batch {
+    lh_host *host;
+    lh_selector *s;
+    int n, next, calls;
+    int calling;
+} lh_batch;
+
+/* Pushes the callback, its fileobj and mask, and the key when the callback may take it
+ * (not for a socket holding its registration). The entry is on the top; returns nargs. */
+static int push_call(lua_State *L, int mask)
 {
-    int calls = 0;
-    lua_pushcfunction(L, lh_traceback);
-    int handler = lua_gettop(L);
-    lhsel_push_keys(L, s);
-    int keys = lua_gettop(L);
-    for (int i = 0; i < n; i++) {
-        const sel_fired *f = sel_fired_at(s->core, i);
-        int mask = sel_deliverable(s->core, f);
-        const sel_key *slot = sel_slot(s->core, f->fd);
+    if (lhsock_test(L, -1)) {
+        lua_getiuservalue(L, -1, 1);
+        lua_pushvalue(L, -2);
+        lua_pushinteger(L, mask);
+        return 2;
+    }
+    lua_getiuservalue(L, -1, 2);
+    lua_getiuservalue(L, -2, 1);
+    lua_pushinteger(L, mask);
+    lua_pushvalue(L, -4);
+    return 3;
+}
+
+/* Calls key.data(key.fileobj, mask, key) for the batch's deliverable events from
+ * b->next on (the key left out where the callback cannot take it). An event is
+ * re-checked before each call, since an earlier callback may have unregistered or
+ * replaced its key. Runs in one protected call for the whole batch, not one per
+ * callback (lua_pcall and its setjmp were ~200 instructions per echoed message); the
+ * entry being called is kept in upvalue 1, so that after an error the host knows whose
+ * callback raised. Arguments: the batch (light userdata) and the keys table. */
+static int run_batch(lua_State *L)
+{
+    lh_batch *b = (lh_batch *)lua_touserdata(L, 1);
+    selector *core = b->s->core;
+    while (b->next < b->n) {
+        const sel_fired *f = sel_fired_at(core, b->next++);
+        int mask = sel_deliverable(core, f);
+        const sel_key *slot = sel_slot(core, f->fd);
         if (mask & (slot ? slot->host_events : 0)) {
-            host_dispatch_host_event(L, host, slot->host_data);
-            mask = sel_deliverable(s->core, f);
-            slot = sel_slot(s->core, f->fd);
+            host_dispatch_host_event(L, b->host, slot->host_data);
+            mask = sel_deliverable(core, f);
+            slot = sel_slot(core, f->fd);
         }
         mask &= (slot && slot->registered) ? slot->events : 0;
         if (!mask)
             continue;
-        lua_rawgeti(L, keys, f->fd);
-        int nargs = 2;
-        if (lhsock_test(L, -1)) { /* a socket holding its registration: no key to pass */
-            lua_getiuservalue(L, -1, 1);
-            lua_pushvalue(L, -2);
-            lua_pushinteger(L, mask);
-        } else {
-            lua_getiuservalue(L, -1, 2);
-            lua_getiuservalue(L, -2, 1);
-            lua_pushinteger(L, mask);
-            lua_pushvalue(L, -4);
-            nargs = 3;
-        }
-        if (host_pcall(L, host, nargs, handler) != LUA_OK) {
-            callback_failed(L, host, s, f);
-        } else {
-            if ((f->mask & (SEL_HANGUP | SEL_PEER_CLOSED)) ||
-                ((f->mask & SEL_READ) && !sel_flags_ends(s->core)))
-                withhold_if_finished(L, host, s, f);
-            lua_pop(L, 1);
-        }
-        calls++;
+        lua_rawgeti(L, 2, f->fd);
+        lua_pushvalue(L, -1);
+        lua_replace(L, lua_upvalueindex(1));
+        int nargs = push_call(L, mask);
+        b->calls++;
+        b->calling = 1;
+        host_callback_begin(L, b->host);
+        lua_call(L, nargs, 0);
+        host_callback_end(L, b->host);
+        b->calling = 0;
+        if ((f->mask & (SEL_HANGUP | SEL_PEER_CLOSED)) ||
+            ((f->mask & SEL_READ) && !sel_flags_ends(core)))
+            withhold_if_finished(L, b->host, b->s, f);
+        lua_settop(L, 2);
     }
+    return 0;
+}
+
+/* Makes the closure run_batch runs as, once per host. */
+static int new_batch_runner(lua_State *L)
+{
+    lua_pushnil(L);
+    lua_pushcclosure(L, run_batch, 1);
+    return luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+/* Dispatches the n events select() returned. Returns the number of callbacks run. */
+static int dispatch(lua_State *L, lh_host *host, lh_selector *s, int n)
+{
+    lh_batch b = {host, s, n, 0, 0, 0};
+    lua_pushcfunction(L, lh_traceback);
+    int handler = lua_gettop(L);
+    lhsel_push_keys(L, s);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, host->batch_ref);
+    int runner = lua_gettop(L);
+    while (b.next < b.n) {
+        lua_pushvalue(L, runner);
+        lua_pushlightuserdata(L, &b);
+        lua_pushvalue(L, handler + 1);
+        if (lua_pcall(L, 2, 0, handler) == LUA_OK)
+            break;
+        if (!b.calling) { /* the host's own: memory ran out between callbacks */
+            lh_log(host, LH_ERROR, "dispatching events: %s (the rest wait for the next round)",
+                   lua_tostring(L, -1));
+            break; /* readiness is level-triggered: what was not delivered is reported again */
+        }
+        host_callback_end(L, host);
+        b.calling = 0;
+        lua_getupvalue(L, runner, 1);
+        lua_insert(L, -2);
+        callback_failed(L, host, s, sel_fired_at(s->core, b.next - 1));
+    }
+    lua_pushnil(L);
+    lua_setupvalue(L, runner, 1); /* lets go of the last entry called */
     lua_settop(L, handler - 1);
-    return calls;
+    return b.calls;
 }
 
 static int linger_timeout_ms(lh_host *host, double now)

@@ -96,6 +96,7 @@ typedef struct lh_host {
     int virtual_clock; /* the "sim" backend's: time moves only when a test advances it */
     double virtual_now;
     int handles_ref; /* socket pointer -> socket, weak: finds the socket to call on_drain */
+    int batch_ref;   /* the C closure that runs a batch's callbacks (host.c) */
     char scratch[LH_SCRATCH_SIZE];
 } lh_host;
 
@@ -207,6 +208,8 @@ void host_resume_accepting(lua_State *L, lh_host *host);
 void host_pause_accepting(lua_State *L, lh_host *host);
 int host_refuse(lh_host *host, int fd, const char *why);
 int host_pcall(lua_State *L, lh_host *host, int nargs, int handler);
+void host_callback_begin(lua_State *L, lh_host *host);
+void host_callback_end(lua_State *L, lh_host *host);
 int host_start_watchdog(lh_host *host);
 void host_guard_coroutines(lua_State *L, lh_host *host);
 void host_stop_watchdog(lh_host *host);

@@ -179,29 +179,41 @@ void host_stop_watchdog(lh_host *host)
     watchdog.host = NULL;
 }
 
-/* Calls the function below nargs arguments in protected mode, with the message handler
- * at index handler, within the host's instruction budget. Pops the function and its
- * arguments; leaves the error message on failure. Under the watchdog the budget is
- * counted once a callback has run for a tick; without it (luahost.so in another
- * program) every instruction is counted, which is exact but slower. */
-int host_pcall(lua_State *L, lh_host *host, int nargs, int handler)
+/* Starts the host's bookkeeping for one callback about to run on L: its instruction
+ * budget, and what the watchdog looks at. Under the watchdog the budget is counted once
+ * a callback has run for a tick; without it (luahost.so in another program) every
+ * instruction is counted, which is exact but slower. */
+void host_callback_begin(lua_State *L, lh_host *host)
 {
-    int guarded = host->max_instructions > 0;
     host->budget_used = 0;
     host->running = L;
     *(lh_host **)lua_getextraspace(L) = host; /* for the hook, which has only L */
     host->callback_epoch++;
     host->in_callback = 1;
-    if (guarded && watchdog.host != host) {
+    if (host->max_instructions > 0 && watchdog.host != host) {
         host->budget_armed = 1;
         lua_sethook(L, budget_hook, LUA_MASKCOUNT, LH_BUDGET_STEP);
     }
-    int status = lua_pcall(L, nargs, 0, handler);
+}
+
+/* Ends it, whether the callback returned or raised. */
+void host_callback_end(lua_State *L, lh_host *host)
+{
     host->in_callback = 0;
     if (host->budget_armed) {
         lua_sethook(L, NULL, 0, 0);
         host->budget_armed = 0;
     }
+}
+
+/* Calls the function below nargs arguments in protected mode, with the message handler
+ * at index handler, within the host's instruction budget. Pops the function and its
+ * arguments; leaves the error message on failure. */
+int host_pcall(lua_State *L, lh_host *host, int nargs, int handler)
+{
+    host_callback_begin(L, host);
+    int status = lua_pcall(L, nargs, 0, handler);
+    host_callback_end(L, host);
     return status;
 }
 
