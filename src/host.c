@@ -107,7 +107,7 @@ static int new_ref_table(lua_State *L, const char *mode)
     return luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
-static int new_batch_runner(lua_State *L);
+static int new_batch_handler(lua_State *L);
 
 /* A new host as a full userdata on the stack. Hosts stay referenced from the registry
  * until the state closes, so every object that points at one can rely on it. */
@@ -138,7 +138,7 @@ lh_host *host_push_new(lua_State *L)
     host->timers_ref = new_ref_table(L, NULL);
     host->drain_ref = new_ref_table(L, NULL);
     host->handles_ref = new_ref_table(L, "v");
-    host->batch_ref = new_batch_runner(L);
+    host->batch_handler_ref = new_batch_handler(L);
     if (lua_getfield(L, LUA_REGISTRYINDEX, "luahost.hosts") != LUA_TTABLE) {
         lua_pop(L, 1);
         lua_newtable(L);
@@ -338,9 +338,10 @@ static int push_call(lua_State *L, int mask)
  * b->next on (the key left out where the callback cannot take it). An event is
  * re-checked before each call, since an earlier callback may have unregistered or
  * replaced its key. Runs in one protected call for the whole batch, not one per
- * callback (lua_pcall and its setjmp were ~200 instructions per echoed message); the
- * entry being called is kept in upvalue 1, so that after an error the host knows whose
- * callback raised. Arguments: the batch (light userdata) and the keys table. */
+ * callback (lua_pcall and its setjmp were ~200 instructions per echoed message).
+ * Arguments: the batch (light userdata) and the keys table; the entry being called is
+ * kept in slot ENTRY_SLOT, where batch_handler finds it if the callback raises. */
+#define ENTRY_SLOT 3
 static int run_batch(lua_State *L)
 {
     lh_batch *b = (lh_batch *)lua_touserdata(L, 1);
@@ -357,9 +358,7 @@ static int run_batch(lua_State *L)
         mask &= (slot && slot->registered) ? slot->events : 0;
         if (!mask)
             continue;
-        lua_rawgeti(L, 2, f->fd);
-        lua_pushvalue(L, -1);
-        lua_replace(L, lua_upvalueindex(1));
+        lua_rawgeti(L, 2, f->fd); /* ENTRY_SLOT */
         int nargs = push_call(L, mask);
         b->calls++;
         b->calling = 1;
@@ -375,11 +374,36 @@ static int run_batch(lua_State *L)
     return 0;
 }
 
-/* Makes the closure run_batch runs as, once per host. */
-static int new_batch_runner(lua_State *L)
+/* The message handler of a batch. It runs before the error unwinds the stack, so it
+ * can still read the entry run_batch was calling and keep it in upvalue 1 for the
+ * host, which closes that socket: nothing is spent on this until a callback raises.
+ * Then it does what lh_traceback does. */
+static int batch_handler(lua_State *L)
+{
+    lua_Debug ar;
+    for (int level = 1; lua_getstack(L, level, &ar); level++) {
+        lua_getinfo(L, "f", &ar);
+        int found = lua_tocfunction(L, -1) == run_batch;
+        lua_pop(L, 1);
+        if (found) {
+            if (lua_getlocal(L, &ar, ENTRY_SLOT))
+                lua_replace(L, lua_upvalueindex(1));
+            break;
+        }
+    }
+    return lh_traceback(L);
+}
+
+int lh_is_message_handler(lua_CFunction f)
+{
+    return f == lh_traceback || f == batch_handler;
+}
+
+/* Makes the batches' message handler, once per host. */
+static int new_batch_handler(lua_State *L)
 {
     lua_pushnil(L);
-    lua_pushcclosure(L, run_batch, 1);
+    lua_pushcclosure(L, batch_handler, 1);
     return luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
@@ -387,30 +411,40 @@ static int new_batch_runner(lua_State *L)
 static int dispatch(lua_State *L, lh_host *host, lh_selector *s, int n)
 {
     lh_batch b = {host, s, n, 0, 0, 0};
-    lua_pushcfunction(L, lh_traceback);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, host->batch_handler_ref);
     int handler = lua_gettop(L);
     lhsel_push_keys(L, s);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, host->batch_ref);
-    int runner = lua_gettop(L);
     while (b.next < b.n) {
-        lua_pushvalue(L, runner);
+        lua_pushcfunction(L, run_batch);
         lua_pushlightuserdata(L, &b);
         lua_pushvalue(L, handler + 1);
         if (lua_pcall(L, 2, 0, handler) == LUA_OK)
             break;
+        lua_getupvalue(L, handler, 1); /* the entry batch_handler kept, or nil */
+        lua_pushnil(L);
+        lua_setupvalue(L, handler, 1);
         if (!b.calling) { /* the host's own: memory ran out between callbacks */
             lh_log(host, LH_ERROR, "dispatching events: %s (the rest wait for the next round)",
-                   lua_tostring(L, -1));
+                   lua_tostring(L, -2));
             break; /* readiness is level-triggered: what was not delivered is reported again */
         }
         host_callback_end(L, host);
         b.calling = 0;
-        lua_getupvalue(L, runner, 1);
+        const sel_fired *f = sel_fired_at(s->core, b.next - 1);
+        /* No handler runs for a memory error: then the entry is what the fd has now, if
+         * that is still the registration whose callback failed. */
+        if (lua_isnil(L, -1)) {
+            const sel_key *slot = sel_get(s->core, f->fd);
+            lua_pop(L, 1);
+            if (!slot || slot->gen != f->gen) {
+                host_report_error(L, host, "error in callback");
+                continue;
+            }
+            lua_rawgeti(L, handler + 1, f->fd);
+        }
         lua_insert(L, -2);
-        callback_failed(L, host, s, sel_fired_at(s->core, b.next - 1));
+        callback_failed(L, host, s, f);
     }
-    lua_pushnil(L);
-    lua_setupvalue(L, runner, 1); /* lets go of the last entry called */
     lua_settop(L, handler - 1);
     return b.calls;
 }

@@ -95,8 +95,8 @@ typedef struct lh_host {
     int debug_gc;                         /* --debug-gc: a full collection after every round */
     int virtual_clock; /* the "sim" backend's: time moves only when a test advances it */
     double virtual_now;
-    int handles_ref; /* socket pointer -> socket, weak: finds the socket to call on_drain */
-    int batch_ref;   /* the C closure that runs a batch's callbacks (host.c) */
+    int handles_ref;       /* socket pointer -> socket, weak: finds the socket to call on_drain */
+    int batch_handler_ref; /* the message handler of dispatch (host.c) */
     char scratch[LH_SCRATCH_SIZE];
 } lh_host;
 
@@ -214,6 +214,7 @@ int host_start_watchdog(lh_host *host);
 void host_guard_coroutines(lua_State *L, lh_host *host);
 void host_stop_watchdog(lh_host *host);
 int lh_traceback(lua_State *L);
+int lh_is_message_handler(lua_CFunction f);
 void host_report_error(lua_State *L, lh_host *host, const char *where);
 
 #endif

@@ -130,7 +130,7 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
         return;
     if (ar->event == LUA_HOOKCALL) { /* let the host's own message handler run */
         lua_getinfo(L, "f", ar);
-        int handler = lua_tocfunction(L, -1) == lh_traceback;
+        int handler = lh_is_message_handler(lua_tocfunction(L, -1));
         lua_pop(L, 1);
         if (handler)
             return;
