@@ -321,7 +321,8 @@ typedef struct lh_batch {
  * (not for a socket holding its registration). The entry is on the top; returns nargs. */
 static int push_call(lua_State *L, int mask)
 {
-    if (lhsock_test(L, -1)) {
+    /* An entry is a key or a socket, which differ in size: no need for the mark. */
+    if (lua_rawlen(L, -1) == sizeof(lh_socket)) {
         lua_getiuservalue(L, -1, 1);
         lua_pushvalue(L, -2);
         lua_pushinteger(L, mask);

@@ -32,6 +32,8 @@ void lhsel_push_keys(lua_State *L, lh_selector *s)
  * host never needs the key then, and makes one only when the script asks (register's
  * result, get_key, get_map, select, adopt). An idle connection is thus one object, not
  * two. Any entry that is a socket is one holding its registration. */
+_Static_assert(sizeof(lh_key) != sizeof(lh_socket), "dispatch tells entries apart by size");
+
 int lhsel_entry_fd(lua_State *L, int entry)
 {
     lh_socket *own = lhsock_test(L, entry);
