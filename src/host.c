@@ -107,7 +107,7 @@ static int new_ref_table(lua_State *L, const char *mode)
     return luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
-static int new_batch_handler(lua_State *L);
+static int new_batch_handler(lua_State *L, lh_host *host);
 
 /* A new host as a full userdata on the stack. Hosts stay referenced from the registry
  * until the state closes, so every object that points at one can rely on it. */
@@ -138,7 +138,7 @@ lh_host *host_push_new(lua_State *L)
     host->timers_ref = new_ref_table(L, NULL);
     host->drain_ref = new_ref_table(L, NULL);
     host->handles_ref = new_ref_table(L, "v");
-    host->batch_handler_ref = new_batch_handler(L);
+    host->batch_handler_ref = new_batch_handler(L, host);
     if (lua_getfield(L, LUA_REGISTRYINDEX, "luahost.hosts") != LUA_TTABLE) {
         lua_pop(L, 1);
         lua_newtable(L);
@@ -335,6 +335,26 @@ static int push_call(lua_State *L, int mask)
     return 3;
 }
 
+/* The highest level on L's stack, in O(log n) calls of lua_getstack (each walks the
+ * levels above it), as luaL_traceback finds it: a stack overflow leaves ~200,000. */
+static int top_level(lua_State *L)
+{
+    lua_Debug ar;
+    int below = 0, above = 1;
+    while (lua_getstack(L, above, &ar)) {
+        below = above;
+        above *= 2;
+    }
+    while (below + 1 < above) {
+        int mid = below + (above - below) / 2;
+        if (lua_getstack(L, mid, &ar))
+            below = mid;
+        else
+            above = mid;
+    }
+    return below;
+}
+
 /* Calls key.data(key.fileobj, mask, key) for the batch's deliverable events from
  * b->next on (the key left out where the callback cannot take it). An event is
  * re-checked before each call, since an earlier callback may have unregistered or
@@ -347,6 +367,7 @@ static int run_batch(lua_State *L)
 {
     lh_batch *b = (lh_batch *)lua_touserdata(L, 1);
     selector *core = b->s->core;
+    b->host->batch_depth = top_level(L);
     while (b->next < b->n) {
         const sel_fired *f = sel_fired_at(core, b->next++);
         int mask = sel_deliverable(core, f);
@@ -378,19 +399,20 @@ static int run_batch(lua_State *L)
 /* The message handler of a batch. It runs before the error unwinds the stack, so it
  * can still read the entry run_batch was calling and keep it in upvalue 1 for the
  * host, which closes that socket: nothing is spent on this until a callback raises.
- * Then it does what lh_traceback does. */
+ * run_batch's level is found from the depth it recorded (upvalue 2 is the host), so a
+ * stack overflow does not make this walk 200,000 levels one by one. Then it does what
+ * lh_traceback does. */
 static int batch_handler(lua_State *L)
 {
     lua_Debug ar;
-    for (int level = 1; lua_getstack(L, level, &ar); level++) {
+    lh_host *host = (lh_host *)lua_touserdata(L, lua_upvalueindex(2));
+    int level = top_level(L) - host->batch_depth;
+    if (level > 0 && lua_getstack(L, level, &ar)) {
         lua_getinfo(L, "f", &ar);
         int found = lua_tocfunction(L, -1) == run_batch;
         lua_pop(L, 1);
-        if (found) {
-            if (lua_getlocal(L, &ar, ENTRY_SLOT))
-                lua_replace(L, lua_upvalueindex(1));
-            break;
-        }
+        if (found && lua_getlocal(L, &ar, ENTRY_SLOT))
+            lua_replace(L, lua_upvalueindex(1));
     }
     return lh_traceback(L);
 }
@@ -401,10 +423,11 @@ int lh_is_message_handler(lua_CFunction f)
 }
 
 /* Makes the batches' message handler, once per host. */
-static int new_batch_handler(lua_State *L)
+static int new_batch_handler(lua_State *L, lh_host *host)
 {
     lua_pushnil(L);
-    lua_pushcclosure(L, batch_handler, 1);
+    lua_pushlightuserdata(L, host);
+    lua_pushcclosure(L, batch_handler, 2);
     return luaL_ref(L, LUA_REGISTRYINDEX);
 }
 

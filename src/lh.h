@@ -97,6 +97,7 @@ typedef struct lh_host {
     double virtual_now;
     int handles_ref;       /* socket pointer -> socket, weak: finds the socket to call on_drain */
     int batch_handler_ref; /* the message handler of dispatch (host.c) */
+    int batch_depth;       /* the stack level below run_batch's, for that handler */
     char scratch[LH_SCRATCH_SIZE];
 } lh_host;
 

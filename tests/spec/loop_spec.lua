@@ -280,6 +280,12 @@ local error_kinds = {
     end}))
   end, logged = "custom error object",
    code = [[error(setmetatable({}, {__tostring = function() return "custom error object" end}))]]},
+  -- The deepest stack a callback can leave: the host must still find whose it was.
+  {name = "a stack overflow", raise = function()
+    local function deeper(n) return 1 + deeper(n + 1) end
+    deeper(1)
+  end, logged = "stack overflow",
+   code = [[local function deeper(n) return 1 + deeper(n + 1) end; deeper(1)]]},
 }
 
 describe("a callback that raises", function()
