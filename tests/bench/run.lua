@@ -120,6 +120,7 @@ local function fd_limit()
 end
 
 local FD_LIMIT
+local BUILD -- git describe of the tree measured, taken before the run writes anything
 
 -- Running one measurement ----------------------------------------------------------------
 
@@ -559,7 +560,7 @@ local function report(results, elapsed)
                     .. " of warm-up, per server and scenario.", machine(), elapsed, ROUNDS,
                   DURATION, WARMUP),
     "",
-    "luahost " .. capture("git describe --always --dirty 2>/dev/null") .. "; packages: "
+    "luahost " .. BUILD .. "; packages: "
       .. versions() .. ".",
     "",
   }
@@ -587,6 +588,8 @@ end
 -- Main -----------------------------------------------------------------------------------
 
 setup()
+-- Before the run writes its own output (which would make the tree look dirty).
+BUILD = capture("git describe --always --dirty 2>/dev/null")
 FD_LIMIT = fd_limit()
 if FD_LIMIT < IDLE_CONNS + 64 then
   IDLE_CONNS = FD_LIMIT - 64
