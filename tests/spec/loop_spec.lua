@@ -14,6 +14,15 @@ local function close_all(list)
   end
 end
 
+-- A connected pair (client end, server end), both closed when the test ends.
+local function pair()
+  local client, conn = helpers.pair()
+  finally(function()
+    close_all({client, conn})
+  end)
+  return client, conn
+end
+
 -- Steps the loop for about `seconds`, for checks that something does NOT happen.
 local function step_for(seconds)
   local deadline = luahost.now() + seconds
@@ -84,10 +93,7 @@ describe("luahost.step", function()
   -- parameters) holds its own registration, and keys are made when asked for.
   describe("for a socket whose callback takes no key", function()
     it("hands out keys that are equal snapshots, as Python's", function()
-      local client, conn = helpers.pair()
-      finally(function()
-        close_all({client, conn})
-      end)
+      local _, conn = pair()
       local function old(_, _) end
       local function new(_) end
       local k1 = sel:register(conn, READ, old)
@@ -105,10 +111,7 @@ describe("luahost.step", function()
     end)
 
     it("is called with fileobj and mask; a callback that can take the key gets it", function()
-      local client, conn = helpers.pair()
-      finally(function()
-        close_all({client, conn})
-      end)
+      local client, conn = pair()
       local got
       local function two(fileobj, mask)
         got = {kind = "two", fileobj = fileobj, mask = mask}
@@ -173,10 +176,7 @@ describe("luahost.step", function()
   end)
 
   it("still delivers the script's WRITE events to a socket with output buffered", function()
-    local client, conn = helpers.pair()
-    finally(function()
-      close_all({client, conn})
-    end)
+    local client, conn = pair()
     assert(conn:setsockopt("sndbuf", 65536))
     assert(client:setsockopt("rcvbuf", 65536))
     assert(conn:setlimit(8 * 1024 * 1024))
@@ -236,10 +236,7 @@ describe("luahost.run", function()
   end)
 
   it("returns \"stopped\" when a socket callback calls luahost.stop()", function()
-    local client, conn = helpers.pair()
-    finally(function()
-      close_all({client, conn})
-    end)
+    local client, conn = pair()
     sel:register(conn, READ, function(s)
       s:recv(10)
       luahost.stop()
@@ -249,10 +246,7 @@ describe("luahost.run", function()
   end)
 
   it("returns \"idle\" once the last registration goes away", function()
-    local client, conn = helpers.pair()
-    finally(function()
-      close_all({client, conn})
-    end)
+    local client, conn = pair()
     sel:register(conn, READ, function(s)
       if s:recv(10) == "" then
         s:close()
@@ -355,10 +349,7 @@ describe("a callback that raises", function()
   end
 
   it("registered by integer fd is unregistered, and the fd is left open", function()
-    local client, conn = helpers.pair()
-    finally(function()
-      close_all({client, conn})
-    end)
+    local client, conn = pair()
     local fd = conn:fileno()
     sel:register(fd, READ, function()
       error("raw fd callback failed on purpose")
