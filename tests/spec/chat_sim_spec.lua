@@ -169,6 +169,53 @@ describe("chat.lua on sim", function()
     end
   end)
 
+  describe("leaving", function()
+    -- chat keeps its connections in a sequence for write_all and fills a leaver's
+    -- place with the last one: leaving first, last and in the middle must not lose
+    -- anyone.
+    it("reaches exactly the clients still there after leaves from every position",
+      function()
+        local srv = start()
+        local list = {connect(srv, 6)}
+        local gone = {}
+        for _, i in ipairs({1, 6, 3, 2}) do
+          list[i]:close()
+          gone[i] = true
+          for j, o in ipairs(list) do
+            if not gone[j] then assert.equal(list[i].name, o:json().name) end
+          end
+        end
+        local left = {list[4], list[5]}
+        local late = join(srv, left)
+        left[1]:send("still here\n")
+        local say = {type = "say", from = left[1].name, text = "still here"}
+        assert.same(say, left[2]:json())
+        assert.same(say, late:json())
+        for _, o in ipairs({left[1], left[2], late}) do quiet(o) end
+        srv:stop()
+        T.assert_clean(srv)
+      end)
+  end)
+
+  describe("a reload from a version that kept no member sequence", function()
+    it("builds the sequence from its clients, and every one of them still hears", function()
+      local srv = start()
+      local a, b, c = connect(srv, 3)
+      srv.env.CHAT.members = nil -- as the older chat.lua left it
+      for _, client in pairs(srv.env.CHAT.clients) do client.slot = nil end
+      assert.is_true(srv:reload())
+      a:send("after the reload\n")
+      local say = {type = "say", from = a.name, text = "after the reload"}
+      assert.same(say, b:json())
+      assert.same(say, c:json())
+      b:close()
+      assert.equal(b.name, a:json().name)
+      assert.equal(b.name, c:json().name)
+      srv:stop()
+      T.assert_clean(srv)
+    end)
+  end)
+
   describe("a peer reset in the middle of a broadcast", function()
     -- After a reset: the others heard the leave, the host serves them and new clients,
     -- and its stats no longer count the reset connection.

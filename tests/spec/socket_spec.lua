@@ -528,35 +528,51 @@ describe("a socket's setlimit", function()
 end)
 
 describe("luahost.write_all", function()
-  it("writes to every socket key but the one excepted, and skips closed sockets and "
-    .. "other keys", function()
-    local pairs_ = {}
-    for i = 1, 4 do pairs_[i] = {tight_pair()} end
-    local set = {plain = true}
-    for _, p in ipairs(pairs_) do set[p[2]] = "a client" end
-    pairs_[4][2]:close()
-    local written, failed = luahost.write_all(set, "hello\n", pairs_[1][2])
-    assert.equal(2, written)
-    assert.is_nil(failed)
-    assert.equal("hello\n", helpers.read_n(pairs_[2][1], 6))
-    assert.equal("hello\n", helpers.read_n(pairs_[3][1], 6))
-    assert.same({nil, "wouldblock"}, {pairs_[1][1]:recv()})
-    for _, p in ipairs(pairs_) do close_all(p[1], p[2]) end
-  end)
+  -- The same sockets as a table keyed by socket, or as a sequence.
+  local forms = {
+    {name = "keys of a table", make = function(list)
+      local set = {plain = true}
+      for _, s in ipairs(list) do set[s] = "a client" end
+      return set
+    end},
+    {name = "a sequence", make = function(list)
+      local seq = {}
+      for i, s in ipairs(list) do seq[i] = s end
+      seq[#seq + 1] = "not a socket"
+      return seq
+    end},
+  }
+  for _, form in ipairs(forms) do
+    it(("writes to every socket (%s) but the one excepted, and skips closed sockets and "
+      .. "other values"):format(form.name), function()
+      local pairs_ = {}
+      for i = 1, 4 do pairs_[i] = {tight_pair()} end
+      local servers = {}
+      for i, p in ipairs(pairs_) do servers[i] = p[2] end
+      pairs_[4][2]:close()
+      local written, failed = luahost.write_all(form.make(servers), "hello\n", pairs_[1][2])
+      assert.equal(2, written)
+      assert.is_nil(failed)
+      assert.equal("hello\n", helpers.read_n(pairs_[2][1], 6))
+      assert.equal("hello\n", helpers.read_n(pairs_[3][1], 6))
+      assert.same({nil, "wouldblock"}, {pairs_[1][1]:recv()})
+      for _, p in ipairs(pairs_) do close_all(p[1], p[2]) end
+    end)
 
-  it("reports the sockets past their limit as 'buffer full', closed as write closes them",
-    function()
-    local c1, s1 = tight_pair()
-    local c2, s2 = tight_pair()
-    assert(s1:setlimit(1000))
-    local big = ("x"):rep(MiB)
-    local written, failed = luahost.write_all({[s1] = true, [s2] = true}, big)
-    assert.equal(1, written)
-    assert.same({[s1] = "buffer full"}, failed)
-    assert.equal(-1, s1:fileno())
-    assert.is_true(s2:pending() > 0)
-    close_all(c1, c2, s2)
-  end)
+    it(("reports the sockets (%s) past their limit as 'buffer full', closed as write "
+      .. "closes them"):format(form.name), function()
+      local c1, s1 = tight_pair()
+      local c2, s2 = tight_pair()
+      assert(s1:setlimit(1000))
+      local big = ("x"):rep(MiB)
+      local written, failed = luahost.write_all(form.make({s1, s2}), big)
+      assert.equal(1, written)
+      assert.same({[s1] = "buffer full"}, failed)
+      assert.equal(-1, s1:fileno())
+      assert.is_true(s2:pending() > 0)
+      close_all(c1, c2, s2)
+    end)
+  end
 
   it("raises on a first argument that is not a table", function()
     assert.error_matches(function() luahost.write_all(nil, "x") end, "table expected")
