@@ -172,7 +172,8 @@ local function feed(client, data)
   while not client.gone do
     local nl = buf:find("\n", start, true)
     if not nl then break end
-    local line = buf:sub(start, nl - 1):gsub("\r$", "")
+    -- A CR before the LF is dropped (gsub("\r$", "") would try the pattern at every byte).
+    local line = buf:sub(start, buf:byte(nl - 1) == 13 and nl - 2 or nl - 1)
     start = nl + 1
     if client.discarding then
       client.discarding = false
