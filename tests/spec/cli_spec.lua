@@ -44,12 +44,25 @@ local function fd_count(pid)
   return n
 end
 
-local function wait_until(what, timeout, check)
+-- detail, if given, adds what to look at to the failure.
+local function wait_until(what, timeout, check, detail)
   local deadline = process.now() + timeout
   while not check() do
-    assert(process.now() < deadline, "timed out after " .. timeout .. " s waiting for " .. what)
+    if process.now() >= deadline then
+      error("timed out after " .. timeout .. " s waiting for " .. what
+        .. (detail and ":\n" .. detail() or ""), 2)
+    end
     process.sleep(0.02)
   end
+end
+
+-- What a server's fds are, and what it logged: for a failure about its fds.
+local function fd_detail(server)
+  local ls = io.popen("ls -l /proc/" .. server.pid .. "/fd 2>&1; ss -tan 2>&1 | grep -c ."
+    .. " | sed 's/^/tcp sockets on the machine: /'")
+  local fds = ls:read("a")
+  ls:close()
+  return fds .. "\nits stderr:\n" .. server:stderr()
 end
 
 describe("the luahost command line", function()
@@ -363,7 +376,8 @@ print("finished the whole loop")
     c:close()
     -- Every reset connection is closed by the server, none leaks.
     wait_until("the reset connections' fds to be closed (baseline " .. baseline .. ")", 5,
-      function() return fd_count(server.pid) <= baseline end)
+      function() return fd_count(server.pid) <= baseline end,
+      function() return fd_detail(server) end)
     assert.same({how = "exit", code = 0}, (server:stop("TERM")), server:stderr())
   end)
 
