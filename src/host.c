@@ -236,7 +236,7 @@ static void drain_signals(lh_host *host)
 }
 
 /* Handles readiness the host asked for itself: output to flush, or a signal. */
-void host_dispatch_host_event(lua_State *L, lh_host *host, void *host_data)
+static void dispatch_host_event(lua_State *L, lh_host *host, void *host_data)
 {
     conn *c = (conn *)host_data;
     if (c->kind == CONN_SIGNAL) {
@@ -256,6 +256,27 @@ void host_dispatch_host_event(lua_State *L, lh_host *host, void *host_data)
     } else if (rc < 0) {
         lh_log(host, LH_DEBUG, "fd %d: output dropped: %s", c->fd, strerror((int)-rc));
     }
+}
+
+/* The part of a fired event the script may be told of, once the host has taken its own
+ * part (flushing output, the signal pipe, a lingering close), which may unregister or
+ * replace the script's registration: 0 when nothing is left for the script. */
+static inline int script_mask(lua_State *L, lh_host *host, selector *core, const sel_fired *f)
+{
+    int mask = sel_deliverable(core, f);
+    const sel_key *slot = sel_slot(core, f->fd);
+    if (mask & (slot ? slot->host_events : 0)) {
+        dispatch_host_event(L, host, slot->host_data);
+        mask = sel_deliverable(core, f);
+        slot = sel_slot(core, f->fd);
+    }
+    return mask & ((slot && slot->registered) ? slot->events : 0);
+}
+
+/* script_mask for the select() iterator; dispatch has its own copy inlined. */
+int host_script_mask(lua_State *L, lh_host *host, selector *core, const sel_fired *f)
+{
+    return script_mask(L, host, core, f);
 }
 
 /* After a callback raised: log it with the peer's address, then close its socket (which
@@ -370,14 +391,7 @@ static int run_batch(lua_State *L)
     b->host->batch_depth = top_level(L);
     while (b->next < b->n) {
         const sel_fired *f = sel_fired_at(core, b->next++);
-        int mask = sel_deliverable(core, f);
-        const sel_key *slot = sel_slot(core, f->fd);
-        if (mask & (slot ? slot->host_events : 0)) {
-            host_dispatch_host_event(L, b->host, slot->host_data);
-            mask = sel_deliverable(core, f);
-            slot = sel_slot(core, f->fd);
-        }
-        mask &= (slot && slot->registered) ? slot->events : 0;
+        int mask = script_mask(L, b->host, core, f);
         if (!mask)
             continue;
         lua_rawgeti(L, 2, f->fd); /* ENTRY_SLOT */

@@ -198,7 +198,7 @@ lh_host *host_push_new(lua_State *L);
 double host_now(const lh_host *host);
 int host_step(lua_State *L, lh_host *host, int timeout_ms);
 int host_is_idle(lh_host *host);
-void host_dispatch_host_event(lua_State *L, lh_host *host, void *host_data);
+int host_script_mask(lua_State *L, lh_host *host, selector *core, const sel_fired *f);
 void host_linger(lh_host *host, conn *c);
 void host_shutdown(lua_State *L, lh_host *host, double grace_seconds);
 void host_close(lua_State *L, lh_host *host, double grace_seconds);

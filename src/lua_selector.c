@@ -372,14 +372,7 @@ static int sel_iterate(lua_State *L)
         const sel_fired *f = sel_fired_at(s->core, s->cursor++);
         if (!f)
             break;
-        int mask = sel_deliverable(s->core, f);
-        const sel_key *slot = sel_slot(s->core, f->fd);
-        if (mask & (slot ? slot->host_events : 0)) {
-            host_dispatch_host_event(L, s->host, slot->host_data);
-            mask = sel_deliverable(s->core, f);
-            slot = sel_slot(s->core, f->fd);
-        }
-        mask &= (slot && slot->registered) ? slot->events : 0;
+        int mask = host_script_mask(L, s->host, s->core, f);
         if (!mask)
             continue;
         lhsel_push_keys(L, s);
