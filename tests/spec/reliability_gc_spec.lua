@@ -55,6 +55,12 @@ end
 sel:register(server, READ, on_accept)
 ]]
 
+-- GC_SCRIPT under --debug-gc on backend.
+local function start_gc_script(backend)
+  return rel.start(process.temp_file(GC_SCRIPT, ".lua"), {selector = backend,
+    options = {"--debug-gc"}, args = {}})
+end
+
 describe("reliability: --debug-gc", function()
   after_each(rel.stop_processes)
 
@@ -83,9 +89,7 @@ describe("reliability: --debug-gc", function()
 
       it("collecting a socket its callback closed never closes the fd a waiting connection "
         .. "took in that callback", function()
-        local script = process.temp_file(GC_SCRIPT, ".lua")
-        local server = rel.start(script, {selector = backend, options = {"--debug-gc"},
-          args = {}})
+        local server = start_gc_script(backend)
         local victim = assert(client.connect("127.0.0.1", server.port))
         local waiting
         finally(function()
@@ -112,9 +116,7 @@ describe("reliability: --debug-gc", function()
 
       it("collecting a socket whose close is still flushing delivers every byte, then the "
         .. "end", function()
-        local script = process.temp_file(GC_SCRIPT, ".lua")
-        local server = rel.start(script, {selector = backend, options = {"--debug-gc"},
-          args = {}})
+        local server = start_gc_script(backend)
         local c = assert(client.connect("127.0.0.1", server.port, 5, {rcvbuf = 4096}))
         finally(function() c:close() end)
         local size = 8 * MiB
