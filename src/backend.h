@@ -6,15 +6,6 @@
 #include "net.h"
 #include "selector.h"
 
-/* I/O a backend may take over (only "sim" does): each returns what the net_* call it
- * replaces would. NULL members fall through to the real call. */
-typedef struct sel_io {
-    ssize_t (*send)(void *state, int fd, const void *data, size_t len);
-    ssize_t (*recv)(void *state, int fd, void *data, size_t len);
-    int (*accept)(void *state, int listen_fd, net_addr *peer);
-    int (*peername)(void *state, int fd, net_addr *out);
-} sel_io;
-
 typedef struct sel_backend {
     const char *name;
     /* Returns the backend's state, or NULL with errno set. */
@@ -29,16 +20,22 @@ typedef struct sel_backend {
      * error/hang-up as SEL_READ|SEL_WRITE). Returns the count or a negative errno,
      * -EINTR included: the selector retries. */
     int (*poll)(void *state, int timeout_ms, sel_fired *out, int max);
-    const sel_io *io; /* NULL: the socket calls go to the kernel */
+    /* The socket calls for fds this backend watches, or NULL for the kernel's: a backend
+     * that simulates its own world ("sim") answers them itself. */
+    const net_io *(*io)(void *state);
     /* 1 if poll flags a hang-up or the peer's shutdown (SEL_HANGUP, SEL_PEER_CLOSED);
      * select(2) cannot, so the host must learn the end from the script's own reads. */
     int flags_ends;
 } sel_backend;
 
+/* The backend called name (NULL: the best one), or NULL when this build has none. */
+const sel_backend *sel_find_backend(const char *name);
+/* The names of the backends a server may use, as "epoll, poll, select". */
+void sel_backend_names_list(char *buf, size_t len);
+
 extern const sel_backend sel_backend_epoll;
 extern const sel_backend sel_backend_poll;
 extern const sel_backend sel_backend_select;
-extern const sel_backend sel_backend_kqueue;
 extern const sel_backend sel_backend_sim;
 
 #endif

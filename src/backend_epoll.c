@@ -1,6 +1,5 @@
 /* backend_epoll.c: the Linux epoll readiness backend, level-triggered; it only
  * translates epoll events into sel_fired entries. */
-#ifdef HAVE_EPOLL
 #include <errno.h>
 #include <stdlib.h>
 #include <sys/epoll.h>
@@ -99,4 +98,3 @@ const sel_backend sel_backend_epoll = {
     .set = epoll_set,
     .poll = epoll_poll,
 };
-#endif

@@ -28,6 +28,7 @@ typedef struct sim_fd {
 } sim_fd;
 
 struct sim_state {
+    net_io io;    /* first: the host's socket calls on sim fds come here (sim_io) */
     void *poller; /* a poll backend state: the kernel still says what is ready */
     sim_fd *fds;
     int nfds;
@@ -98,9 +99,13 @@ static sim_fd *sim_current(sim_state *st, int fd)
     return NULL;
 }
 
+static const net_io sim_io;
+
 static void *sim_create(void)
 {
     sim_state *st = calloc(1, sizeof *st);
+    if (st)
+        st->io = sim_io;
     if (st && !(st->poller = sel_backend_poll.create())) {
         free(st);
         return NULL;
@@ -175,9 +180,9 @@ static void fake_peer(const sim_fd *rec, net_addr *out)
     out->len = sizeof *in;
 }
 
-static int sim_accept(void *state, int listen_fd, net_addr *peer)
+static int sim_accept(const net_io *io, int listen_fd, net_addr *peer)
 {
-    sim_state *st = state;
+    sim_state *st = (sim_state *)io;
     sim_fd *lrec = sim_current(st, listen_fd);
     if (lrec && lrec->accept_fails > 0) {
         lrec->accept_fails--;
@@ -194,9 +199,9 @@ static int sim_accept(void *state, int listen_fd, net_addr *peer)
     return fd;
 }
 
-static int sim_peername(void *state, int fd, net_addr *out)
+static int sim_peername(const net_io *io, int fd, net_addr *out)
 {
-    const sim_fd *rec = sim_current(state, fd);
+    const sim_fd *rec = sim_current((sim_state *)io, fd);
     if (rec && rec->port) {
         fake_peer(rec, out);
         return 0;
@@ -212,9 +217,9 @@ static int peer_gone(int fd)
     return poll(&p, 1, 0) > 0 && (p.revents & (POLLHUP | POLLERR));
 }
 
-static ssize_t sim_send(void *state, int fd, const void *data, size_t len)
+static ssize_t sim_send(const net_io *io, int fd, const void *data, size_t len)
 {
-    sim_fd *rec = sim_current(state, fd);
+    sim_fd *rec = sim_current((sim_state *)io, fd);
     if (rec && rec->reset)
         return -ECONNRESET;
     if (rec && rec->would_block > 0 && !peer_gone(fd)) {
@@ -226,9 +231,9 @@ static ssize_t sim_send(void *state, int fd, const void *data, size_t len)
     return net_send(fd, data, len);
 }
 
-static ssize_t sim_recv(void *state, int fd, void *data, size_t len)
+static ssize_t sim_recv(const net_io *io, int fd, void *data, size_t len)
 {
-    const sim_fd *rec = sim_current(state, fd);
+    const sim_fd *rec = sim_current((sim_state *)io, fd);
     if (rec && rec->reset)
         return -ECONNRESET;
     return net_recv(fd, data, len);
@@ -308,12 +313,27 @@ int sim_waiting(sim_state *st, int listen_fd)
     return n;
 }
 
-static const sel_io sim_io = {
+/* A sim connection is a socketpair, which has no TCP options: setting one (nodelay, say)
+ * succeeds and does nothing, so a script runs on sim as it does over TCP. */
+static int sim_setsockopt(const net_io *io, int fd, int level, int name, int value)
+{
+    if (level == IPPROTO_TCP && host_end_of((sim_state *)io, fd))
+        return 0;
+    return net_io_kernel.setsockopt(io, fd, level, name, value);
+}
+
+static const net_io sim_io = {
     .send = sim_send,
     .recv = sim_recv,
     .accept = sim_accept,
     .peername = sim_peername,
+    .setsockopt = sim_setsockopt,
 };
+
+static const net_io *sim_io_of(void *state)
+{
+    return &((sim_state *)state)->io;
+}
 
 const sel_backend sel_backend_sim = {
     .name = "sim",
@@ -323,5 +343,5 @@ const sel_backend sel_backend_sim = {
     .fd_limit = 0,
     .set = sim_set,
     .poll = sim_poll,
-    .io = &sim_io,
+    .io = sim_io_of,
 };

@@ -14,7 +14,6 @@ void conn_init(conn *c, int fd, int kind, uint32_t limit)
     c->kind = (uint8_t)kind;
     c->flags = 0;
     c->limit = limit;
-    c->mark = 0;
     c->out = NULL;
 }
 
@@ -67,13 +66,13 @@ static int finish_drain(conn *c, selector *sel)
     return 0;
 }
 
-ssize_t conn_write(conn *c, selector *sel, const char *data, size_t len)
+ssize_t conn_write(conn *c, selector *sel, const net_io *io, const char *data, size_t len)
 {
     size_t pending = conn_pending(c);
     if (c->flags & CONN_WRITE_CLOSED)
         return -EPIPE;
     if (pending == 0) {
-        ssize_t sent = sel_send(sel, c->fd, data, len);
+        ssize_t sent = io->send(io, c->fd, data, len);
         if (sent < 0 && sent != -EAGAIN)
             return sent;
         sent = sent < 0 ? 0 : sent;
@@ -99,12 +98,12 @@ ssize_t conn_write(conn *c, selector *sel, const char *data, size_t len)
     return (ssize_t)buf_len(c->out);
 }
 
-ssize_t conn_flush(conn *c, selector *sel)
+ssize_t conn_flush(conn *c, selector *sel, const net_io *io)
 {
     size_t len;
     while (conn_pending(c) > 0) {
         const char *data = buf_peek(c->out, &len);
-        ssize_t sent = sel_send(sel, c->fd, data, len);
+        ssize_t sent = io->send(io, c->fd, data, len);
         if (sent == -EAGAIN)
             break;
         if (sent < 0) {

@@ -26,22 +26,21 @@ typedef struct conn {
     uint8_t kind;
     uint8_t flags;
     uint32_t limit; /* most bytes that may be pending; past it writes fail */
-    uint32_t mark;  /* not read here: the owner's tag for its objects (fits the padding) */
     buffer *out;    /* NULL while nothing is pending: an idle connection holds no buffer */
 } conn;
 
 void conn_init(conn *c, int fd, int kind, uint32_t limit);
 
-/* Sends what the kernel takes now and keeps the rest, asking sel to report the fd
- * writable to the host. Returns the bytes still pending, -ENOBUFS when they would pass
+/* Sends through io what the kernel takes now and keeps the rest, asking sel to report the
+ * fd writable to the host. Returns the bytes still pending, -ENOBUFS when they would pass
  * the limit (then nothing is queued, though what the kernel took at once was sent),
  * -ENOMEM, or the send error. */
-ssize_t conn_write(conn *c, selector *sel, const char *data, size_t len);
+ssize_t conn_write(conn *c, selector *sel, const net_io *io, const char *data, size_t len);
 
 /* Sends buffered bytes; called when sel reported the fd writable. Returns the bytes still
  * pending (0 once drained and the host interest withdrawn), or the send error, in which
  * case the buffer is dropped. */
-ssize_t conn_flush(conn *c, selector *sel);
+ssize_t conn_flush(conn *c, selector *sel, const net_io *io);
 
 /* Discards pending output and withdraws the host's interest and any pause. */
 void conn_drop(conn *c, selector *sel);

@@ -1,11 +1,11 @@
 /* lua_selector.c: the luahost.selector and luahost.key types: register, modify,
  * unregister, get_key, get_map, select (an iterator) and close, as in Python. */
+#include "lua_selector.h"
+
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include "lh.h"
 
 static lh_selector *check_selector(lua_State *L, int index)
 {
@@ -20,131 +20,35 @@ static lh_key *check_key(lua_State *L, int index)
     return (lh_key *)luaL_checkudata(L, index, LH_KEY);
 }
 
-void lhsel_push_keys(lua_State *L, lh_selector *s)
+lh_key *lhsel_test_key(lua_State *L, int index)
+{
+    return (lh_key *)luaL_testudata(L, index, LH_KEY);
+}
+
+void lhsel_push_keys(lua_State *L, const lh_selector *s)
 {
     lua_rawgeti(L, LUA_REGISTRYINDEX, s->keys_ref);
 }
 
-/* A selector's keys table holds, at each registered fd, the registration's entry: a key
- * (user values fileobj and data), or the socket itself when the socket holds its own
- * registration. A socket may when it is registered on its own host's selector with a
- * callback that cannot take the key (a Lua function of at most two parameters): the
- * host never needs the key then, and makes one only when the script asks (register's
- * result, get_key, get_map, select, adopt). An idle connection is thus one object, not
- * two. Any entry that is a socket is one holding its registration. */
-_Static_assert(sizeof(lh_key) != sizeof(lh_socket), "dispatch tells entries apart by size");
-
-int lhsel_entry_fd(lua_State *L, int entry)
-{
-    lh_socket *own = lhsock_test(L, entry);
-    return own ? own->conn.fd : ((lh_key *)lua_touserdata(L, entry))->fd;
-}
-
-int lhsel_entry_events(lua_State *L, int entry)
-{
-    lh_socket *own = lhsock_test(L, entry);
-    return own ? own->own_events : ((lh_key *)lua_touserdata(L, entry))->events;
-}
-
-int lhsel_entry_generation(lua_State *L, int entry)
-{
-    lh_socket *own = lhsock_test(L, entry);
-    return own ? own->own_generation : ((lh_key *)lua_touserdata(L, entry))->generation;
-}
-
-void lhsel_push_fileobj(lua_State *L, int entry)
-{
-    if (lhsock_test(L, entry))
-        lua_pushvalue(L, entry);
-    else
-        lua_getiuservalue(L, entry, 1);
-}
-
-void lhsel_push_data(lua_State *L, int entry)
-{
-    lua_getiuservalue(L, entry, lhsock_test(L, entry) ? 1 : 2);
-}
-
-/* Sets what an entry holds (events, generation, data from index data); allocates
- * nothing, so a reload's rollback can use it. */
-void lhsel_set_entry(lua_State *L, int entry, int events, int generation, int data)
-{
-    entry = lua_absindex(L, entry);
-    lua_pushvalue(L, data);
-    lh_socket *own = lhsock_test(L, entry);
-    if (own) {
-        own->own_events = (uint8_t)events;
-        own->own_generation = generation;
-        lua_setiuservalue(L, entry, 1);
-    } else {
-        lh_key *key = (lh_key *)lua_touserdata(L, entry);
-        key->events = events;
-        key->generation = generation;
-        lua_setiuservalue(L, entry, 2);
-    }
-}
-
-/* A socket that stops holding its registration lets go of the callback too. */
-static void clear_own(lua_State *L, lh_socket *own, int entry)
-{
-    own->own_events = 0;
-    lua_pushnil(L);
-    lua_setiuservalue(L, entry, 1);
-}
-
-static void push_new_key(lua_State *L, int fd, int events, int generation, int fileobj, int data)
+/* Pushes a new key: fd, events, the running load, fileobj and data from their indices. */
+static lh_key *push_new_key(lua_State *L, lh_selector *s, int fd, int events, int fileobj, int data)
 {
     fileobj = lua_absindex(L, fileobj);
     data = lua_absindex(L, data);
     lh_key *key = (lh_key *)lua_newuserdatauv(L, sizeof *key, 2);
     key->fd = fd;
     key->events = events;
-    key->generation = generation;
+    key->generation = s->ctx->journal->generation;
     luaL_setmetatable(L, LH_KEY);
     lua_pushvalue(L, fileobj);
     lua_setiuservalue(L, -2, 1);
     lua_pushvalue(L, data);
     lua_setiuservalue(L, -2, 2);
-}
-
-/* Pushes the key of an entry: the entry itself, or a new key for a socket holding its
- * registration (this allocates). */
-void lhsel_push_key(lua_State *L, int entry)
-{
-    entry = lua_absindex(L, entry);
-    lh_socket *own = lhsock_test(L, entry);
-    if (!own) {
-        lua_pushvalue(L, entry);
-        return;
-    }
-    lua_getiuservalue(L, entry, 1);
-    push_new_key(L, own->conn.fd, own->own_events, own->own_generation, entry, -1);
-    lua_remove(L, -2);
-}
-
-/* Whether the callback at index could see a third argument, the key: anything but a Lua
- * function of at most two fixed parameters. */
-static int callback_takes_key(lua_State *L, int index)
-{
-    lua_Debug ar;
-    if (lua_type(L, index) != LUA_TFUNCTION || lua_iscfunction(L, index))
-        return 1;
-    lua_pushvalue(L, index);
-    lua_getinfo(L, ">u", &ar);
-    return ar.isvararg || ar.nparams > 2;
-}
-
-/* The socket at fileobj if it may hold its registration with the callback at data. */
-static lh_socket *may_hold_own(lua_State *L, lh_selector *s, int fileobj, int data)
-{
-    lh_socket *sock = lhsock_test(L, fileobj);
-    if (!sock || sock->host != s->host || s->host->sel != s || callback_takes_key(L, data))
-        return NULL;
-    return sock;
+    return key;
 }
 
 /* The fd of a fileobj: a luahost socket, an integer fd, or anything with :fileno(). */
-int lhsel_fileobj_fd(lua_State *L, int index)
+static int fileobj_fd(lua_State *L, int index)
 {
     lh_socket *sock = lhsock_test(L, index);
     lua_Integer fd;
@@ -180,9 +84,11 @@ static int check_events(lua_State *L, int index)
     return (int)events;
 }
 
-static void count_registration(lua_State *L, int entry, int delta)
+/* A socket counts the selectors it is registered with, so closing it can skip the
+ * search when there are none. */
+static void count_registration(lua_State *L, int key, int delta)
 {
-    lhsel_push_fileobj(L, entry);
+    lua_getiuservalue(L, key, 1);
     lh_socket *sock = lhsock_test(L, -1);
     if (sock)
         sock->registrations = (uint16_t)(sock->registrations + delta);
@@ -194,70 +100,57 @@ static int sel_modify_l(lua_State *L);
 static int sel_register_l(lua_State *L)
 {
     lh_selector *s = check_selector(L, 1);
-    int fd = lhsel_fileobj_fd(L, 2);
+    int fd = fileobj_fd(L, 2);
     int events = check_events(L, 3);
     lua_settop(L, 4);
     /* A reloading script registers what the old one had: that replaces the callback. */
-    if (s->host->reloading && sel_get(s->core, fd))
-        return sel_modify_l(L);
-    reload_journal_key(L, s->host, 1, fd);
-    /* Everything that allocates comes before the core registration, so a memory error
-     * cannot leave fd registered in the core with no entry (and the fd then reused). */
-    lh_socket *own = may_hold_own(L, s, 2, 4);
-    push_new_key(L, fd, events, s->host->generation, 2, 4); /* 5: the result */
-    lhsel_push_keys(L, s);
-    int already_keyed = lua_rawgeti(L, -1, fd) != LUA_TNIL;
-    lua_pop(L, 1);
-    if (!already_keyed) {
-        lua_pushvalue(L, own ? 2 : 5);
-        lua_rawseti(L, -2, fd);
-    }
-    if (sel_register(s->core, fd, events) < 0) {
-        if (!already_keyed) {
-            lua_pushnil(L);
-            lua_rawseti(L, -2, fd);
-        }
+    if (sel_get(s->core, fd)) {
+        if (s->ctx->journal->reloading)
+            return sel_modify_l(L);
+        sel_register(s->core, fd, events); /* fails, and says why */
         return luaL_error(L, "%s", sel_error(s->core));
     }
-    lua_pop(L, 1);
-    if (own)
-        lhsel_set_entry(L, 2, events, s->host->generation, 4);
+    lh_journal_note(s->ctx->journal, L, LH_CHANGED_KEY, 1, fd);
+    /* Everything that allocates comes before the core registration, so a memory error
+     * cannot leave fd registered in the core with no key (and the fd then reused). */
+    push_new_key(L, s, fd, events, 2, 4); /* 5: the result */
+    lhsel_push_keys(L, s);                /* 6 */
+    lua_pushvalue(L, 5);
+    lua_rawseti(L, 6, fd);
+    if (sel_register(s->core, fd, events) < 0) {
+        lua_pushnil(L);
+        lua_rawseti(L, 6, fd);
+        return luaL_error(L, "%s", sel_error(s->core));
+    }
     count_registration(L, 5, 1);
+    lua_settop(L, 5);
     return 1;
 }
 
-/* Replaces fd's entry by a new key, or by its socket when that may hold the
- * registration; the new key is the result either way. */
+/* Replaces fd's key by a new one with the events and data given (the fileobj
+ * registered stays), as Python's modify does; the new key is the result. */
 static int sel_modify_l(lua_State *L)
 {
     lh_selector *s = check_selector(L, 1);
-    int fd = lhsel_fileobj_fd(L, 2);
+    int fd = fileobj_fd(L, 2);
     int events = check_events(L, 3);
     lua_settop(L, 4);
     if (!sel_get(s->core, fd)) {
         sel_modify(s->core, fd, events); /* fails, and says why */
         return luaL_error(L, "%s", sel_error(s->core));
     }
-    reload_journal_key(L, s->host, 1, fd);
-    lhsel_push_keys(L, s);    /* 5 */
-    lua_rawgeti(L, 5, fd);    /* 6: the entry now */
-    lhsel_push_fileobj(L, 6); /* 7: the object registered, which stays */
-    lh_socket *own = may_hold_own(L, s, 7, 4);
-    push_new_key(L, fd, events, s->host->generation, 7, 4); /* 8: the result */
+    lh_journal_note(s->ctx->journal, L, LH_CHANGED_KEY, 1, fd);
+    lhsel_push_keys(L, s);                /* 5 */
+    lua_rawgeti(L, 5, fd);                /* 6: the key now */
+    lua_getiuservalue(L, 6, 1);           /* 7: the object registered, which stays */
+    push_new_key(L, s, fd, events, 7, 4); /* 8: the result */
     if (sel_modify(s->core, fd, events) < 0)
         return luaL_error(L, "%s", sel_error(s->core));
-    lh_socket *was_own = lhsock_test(L, 6);
-    if (was_own)
-        clear_own(L, was_own, 6);
-    if (own)
-        lhsel_set_entry(L, 7, events, s->host->generation, 4);
-    lua_pushvalue(L, own ? 7 : 8);
+    lua_pushvalue(L, 8);
     lua_rawseti(L, 5, fd); /* the fd's slot exists: no allocation */
     return 1;
 }
 
-/* Unregisters fd and leaves its entry on the stack; returns 0 or the negative errno
- * (with nothing pushed). Allocates nothing. */
 int lhsel_unregister_fd(lua_State *L, lh_selector *s, int fd)
 {
     int rc = sel_unregister(s->core, fd);
@@ -268,53 +161,40 @@ int lhsel_unregister_fd(lua_State *L, lh_selector *s, int fd)
     lua_pushnil(L);
     lua_rawseti(L, -3, fd);
     lua_remove(L, -2);
-    int entry = lua_gettop(L);
-    count_registration(L, entry, -1);
-    lh_socket *own = lhsock_test(L, entry);
-    if (own)
-        clear_own(L, own, entry);
+    count_registration(L, lua_gettop(L), -1);
     return 0;
 }
 
-/* Registers again an entry this selector had and has since unregistered, with the
- * events it holds (set them first: lhsel_set_entry). For a failed reload's rollback,
- * which may run because memory ran out: the fd's slot in the keys table was only
- * cleared, so putting the entry back needs no memory. 0, or -1 when the core refuses
- * (sel_error says why). */
-int lhsel_restore_entry(lua_State *L, lh_selector *s, int entry)
+int lhsel_restore(lua_State *L, lh_selector *s, int fd, int index)
 {
-    entry = lua_absindex(L, entry);
-    int fd = lhsel_entry_fd(L, entry);
+    index = lua_absindex(L, index);
+    if (sel_get(s->core, fd) && lhsel_unregister_fd(L, s, fd) == 0)
+        lua_pop(L, 1);
+    lh_key *key = lhsel_test_key(L, index);
+    if (!key)
+        return 0;
     lhsel_push_keys(L, s);
-    lua_pushvalue(L, entry);
+    lua_pushvalue(L, index);
     lua_rawseti(L, -2, fd);
-    if (sel_register(s->core, fd, lhsel_entry_events(L, entry)) < 0) {
+    if (sel_register(s->core, fd, key->events) < 0) {
         lua_pushnil(L);
         lua_rawseti(L, -2, fd);
         lua_pop(L, 1);
-        lh_socket *own = lhsock_test(L, entry);
-        if (own)
-            clear_own(L, own, entry);
         return -1;
     }
     lua_pop(L, 1);
-    count_registration(L, entry, 1);
+    count_registration(L, index, 1);
     return 0;
 }
 
 static int sel_unregister_l(lua_State *L)
 {
     lh_selector *s = check_selector(L, 1);
-    int fd = lhsel_fileobj_fd(L, 2);
-    if (sel_get(s->core, fd)) {
-        reload_journal_key(L, s->host, 1, fd);
-        lhsel_push_keys(L, s);
-        lua_rawgeti(L, -1, fd);
-        lhsel_push_key(L, -1); /* the result, made before anything changes */
-    }
+    int fd = fileobj_fd(L, 2);
+    if (sel_get(s->core, fd))
+        lh_journal_note(s->ctx->journal, L, LH_CHANGED_KEY, 1, fd);
     if (lhsel_unregister_fd(L, s, fd) < 0)
         return luaL_error(L, "%s", sel_error(s->core));
-    lua_pop(L, 1);
     return 1;
 }
 
@@ -324,12 +204,11 @@ static int sel_get_key_l(lua_State *L)
     lh_socket *sock = lhsock_test(L, 2);
     if (sock && sock->conn.fd < 0)
         return 0;
-    int fd = lhsel_fileobj_fd(L, 2);
+    int fd = fileobj_fd(L, 2);
     if (!sel_get(s->core, fd))
         return 0;
     lhsel_push_keys(L, s);
     lua_rawgeti(L, -1, fd);
-    lhsel_push_key(L, -1);
     return 1;
 }
 
@@ -341,8 +220,8 @@ static int sel_get_map_l(lua_State *L)
     lhsel_push_keys(L, s);
     lua_pushnil(L);
     while (lua_next(L, -2)) {
-        lhsel_push_fileobj(L, -1);
-        lhsel_push_key(L, -2);
+        lua_getiuservalue(L, -1, 1);
+        lua_pushvalue(L, -2);
         lua_rawset(L, map);
         lua_pop(L, 1);
     }
@@ -372,12 +251,11 @@ static int sel_iterate(lua_State *L)
         const sel_fired *f = sel_fired_at(s->core, s->cursor++);
         if (!f)
             break;
-        int mask = host_script_mask(L, s->host, s->core, f);
+        int mask = lhsel_script_mask(L, s, f);
         if (!mask)
             continue;
         lhsel_push_keys(L, s);
         lua_rawgeti(L, -1, f->fd);
-        lhsel_push_key(L, -1);
         lua_pushinteger(L, mask);
         return 2;
     }
@@ -409,39 +287,35 @@ static void selector_release(lua_State *L, lh_selector *s)
         lhsel_push_keys(L, s);
         lua_pushnil(L);
         while (lua_next(L, -2)) {
-            int entry = lua_gettop(L);
-            count_registration(L, entry, -1);
-            lh_socket *own = lhsock_test(L, entry);
-            if (own)
-                clear_own(L, own, entry);
+            count_registration(L, lua_gettop(L), -1);
             lua_pop(L, 1);
         }
         lua_pop(L, 1);
     }
     luaL_unref(L, LUA_REGISTRYINDEX, s->keys_ref);
     s->keys_ref = LUA_NOREF;
-    sel_free(s->core);
+    if (s->owns_core)
+        sel_free(s->core);
     s->core = NULL;
-    lh_selector **link = &s->host->selectors;
+    lh_selector **link = &s->ctx->all;
     while (*link && *link != s)
         link = &(*link)->next;
     if (*link)
         *link = s->next;
-    if (s->host->sel == s)
-        s->host->sel = NULL;
+    if (s->ctx->main == s)
+        s->ctx->main = NULL;
 }
 
-/* Closes every selector of the host, its own included (the host is being closed). */
-void lhsel_release_all(lua_State *L, lh_host *host)
+void lhsel_release_all(lua_State *L, lh_selectors *ctx)
 {
-    while (host->selectors)
-        selector_release(L, host->selectors);
+    while (ctx->all)
+        selector_release(L, ctx->all);
 }
 
 static int sel_close_l(lua_State *L)
 {
     lh_selector *s = (lh_selector *)luaL_checkudata(L, 1, LH_SELECTOR);
-    if (s->core && s->host->sel == s)
+    if (s->core && s->ctx->main == s)
         return luaL_error(L, "luahost.selector belongs to the host and cannot be closed");
     if (s->core)
         selector_release(L, s);
@@ -453,6 +327,8 @@ static int sel_gc(lua_State *L)
     lh_selector *s = (lh_selector *)luaL_checkudata(L, 1, LH_SELECTOR);
     if (s->core)
         selector_release(L, s);
+    if (s->ctx)
+        lh_anchor_release(L, s->ctx->anchor);
     return 0;
 }
 
@@ -519,51 +395,60 @@ static int key_tostring(lua_State *L)
     return 1;
 }
 
-/* Keys made at different times for the same registration are equal, as Python's (named
- * tuples) are: same fileobj, fd, events and data. */
-static int key_eq(lua_State *L)
+/* Pushes a closed selector, to which a core is then given: the userdata comes first, so
+ * a memory error cannot leak the core. */
+static lh_selector *push_selector(lua_State *L)
 {
-    lh_key *a = (lh_key *)luaL_testudata(L, 1, LH_KEY);
-    lh_key *b = (lh_key *)luaL_testudata(L, 2, LH_KEY);
-    int equal = a && b && a->fd == b->fd && a->events == b->events;
-    for (int uv = 1; equal && uv <= 2; uv++) {
-        lua_getiuservalue(L, 1, uv);
-        lua_getiuservalue(L, 2, uv);
-        equal = lua_rawequal(L, -1, -2);
-        lua_pop(L, 2);
-    }
-    lua_pushboolean(L, equal);
-    return 1;
-}
-
-lh_selector *lhsel_push_new(lua_State *L, lh_host *host, const char *backend)
-{
-    char err[160];
     lh_selector *s = (lh_selector *)lua_newuserdatauv(L, sizeof *s, 0);
     memset(s, 0, sizeof *s);
     s->keys_ref = LUA_NOREF;
     luaL_setmetatable(L, LH_SELECTOR);
-    s->core = sel_new(backend, err, sizeof err);
-    if (!s->core)
-        luaL_error(L, "%s", err);
-    s->host = host;
-    lua_newtable(L);
-    s->keys_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    s->next = host->selectors;
-    host->selectors = s;
     return s;
 }
 
-/* Unregisters sock from every selector that has it, before its fd is closed, so no
- * event for a reused fd number can reach the old key. */
-void lhsel_forget_socket(lua_State *L, lh_host *host, lh_socket *sock)
+/* Makes the selector with its core one of ctx's. */
+static void attach(lua_State *L, lh_selectors *ctx, lh_selector *s)
 {
-    for (lh_selector *s = host->selectors; s && sock->registrations > 0; s = s->next) {
+    s->ctx = ctx;
+    lh_anchor_hold(ctx->anchor);
+    lua_newtable(L);
+    s->keys_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    s->next = ctx->all;
+    ctx->all = s;
+}
+
+lh_selector *lhsel_push_new(lua_State *L, lh_selectors *ctx, const char *backend)
+{
+    char err[160];
+    lh_selector *s = push_selector(L);
+    s->core = sel_new(backend, err, sizeof err);
+    if (!s->core)
+        luaL_error(L, "%s", err);
+    s->owns_core = 1;
+    attach(L, ctx, s);
+    return s;
+}
+
+lh_selector *lhsel_push_main(lua_State *L, lh_selectors *ctx, selector *core)
+{
+    lh_selector *s = push_selector(L);
+    s->core = core;
+    attach(L, ctx, s);
+    ctx->main = s;
+    return s;
+}
+
+/* The sockets' closing hook: unregisters sock from every selector that has it, before its
+ * fd is closed, so no event for a reused fd number can reach the old key. */
+static void forget_socket(void *ud, lua_State *L, lh_socket *sock)
+{
+    lh_selectors *ctx = (lh_selectors *)ud;
+    for (lh_selector *s = ctx->all; s && sock->registrations > 0; s = s->next) {
         if (!s->core || !sel_get(s->core, sock->conn.fd))
             continue;
         lhsel_push_keys(L, s);
         lua_rawgeti(L, -1, sock->conn.fd);
-        lhsel_push_fileobj(L, -1);
+        lua_getiuservalue(L, -1, 1);
         int same = lua_touserdata(L, -1) == sock;
         lua_pop(L, 3);
         if (same && lhsel_unregister_fd(L, s, sock->conn.fd) == 0)
@@ -573,7 +458,7 @@ void lhsel_forget_socket(lua_State *L, lh_host *host, lh_socket *sock)
 
 static int l_new_selector(lua_State *L)
 {
-    lhsel_push_new(L, LH_HOST(L), luaL_optstring(L, 1, NULL));
+    lhsel_push_new(L, (lh_selectors *)LH_CTX(L), luaL_optstring(L, 1, NULL));
     return 1;
 }
 
@@ -589,7 +474,14 @@ static const luaL_Reg module_functions[] = {
     {NULL, NULL},
 };
 
-void lhsel_open(lua_State *L, int module, int host)
+void lhsel_init(lh_selectors *ctx, lh_journal *journal, lh_anchor *anchor)
+{
+    memset(ctx, 0, sizeof *ctx);
+    ctx->journal = journal;
+    ctx->anchor = anchor;
+}
+
+void lhsel_open(lua_State *L, int module, int host, lh_selectors *ctx, lh_sockets *sockets)
 {
     if (luaL_newmetatable(L, LH_SELECTOR)) {
         luaL_newlib(L, selector_methods);
@@ -607,9 +499,9 @@ void lhsel_open(lua_State *L, int module, int host)
         lua_setfield(L, -2, "__newindex");
         lua_pushcfunction(L, key_tostring);
         lua_setfield(L, -2, "__tostring");
-        lua_pushcfunction(L, key_eq);
-        lua_setfield(L, -2, "__eq");
     }
     lua_pop(L, 2);
-    lh_setfuncs(L, module_functions, module, host);
+    sockets->closing = forget_socket;
+    sockets->closing_ud = ctx;
+    lh_setfuncs(L, module_functions, module, host, ctx);
 }

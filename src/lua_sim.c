@@ -1,21 +1,32 @@
 /* lua_sim.c: luahost.sim, the controls of a host on the "sim" backend (luahost.open
- * {selector = "sim"}): in-memory clients, shaped sends, resets, failed accepts, time. */
+ * {selector = "sim"}): in-memory clients, shaped sends, resets, failed accepts, and the
+ * virtual clock, which moves only when the test advances it. */
+#include "lua_sim.h"
+
 #include <errno.h>
 #include <string.h>
 #include <sys/socket.h>
 
-#include "lh.h"
+#include "backend.h"
 #include "sim.h"
 
 /* Past this many rounds in one advance, a script is re-arming timers for "now" forever. */
 #define SIM_MAX_ROUNDS 1000000
+/* The time a sim host's clock starts at: far from 0, which some fields read as "none". */
+#define SIM_EPOCH 1000.0
+
+/* The sim state of the host's selector, or NULL on another backend. */
+static sim_state *sim_of(const lh_host *host)
+{
+    return (sim_state *)sel_backend_state(host->sel, &sel_backend_sim);
+}
 
 static sim_state *check_sim(lua_State *L, lh_host *host)
 {
-    sim_state *st = host->sel ? sel_backend_state(host->sel->core, "sim") : NULL;
+    sim_state *st = host->closed ? NULL : sim_of(host);
     if (!st)
-        luaL_error(L, "the host is closed or not on the sim backend");
-    return (sim_state *)st;
+        luaL_error(L, "the host is closed");
+    return st;
 }
 
 static lh_socket *check_open_socket(lua_State *L, int index)
@@ -29,11 +40,11 @@ static lh_socket *check_open_socket(lua_State *L, int index)
  * accepts the other end as it would a real client. */
 static int sim_connect_l(lua_State *L)
 {
-    lh_host *host = LH_HOST(L);
+    lh_host *host = (lh_host *)LH_CTX(L);
     sim_state *st = check_sim(L, host);
     lh_socket *listener = check_open_socket(L, 1);
-    luaL_argcheck(L, listener->listening, 1, "not a listening socket");
-    lh_socket *client = lhsock_push(L, host, -1, AF_UNIX);
+    luaL_argcheck(L, listener->flags & LH_LISTENING, 1, "not a listening socket");
+    lh_socket *client = lhsock_push(L, &host->sockets, -1, AF_UNIX);
     int fd = sim_connect(st, listener->conn.fd);
     if (fd < 0)
         return lh_push_error(L, fd, "sim connect");
@@ -46,7 +57,7 @@ static int sim_connect_l(lua_State *L)
  * EAGAIN. */
 static int sim_shape_l(lua_State *L)
 {
-    sim_state *st = check_sim(L, LH_HOST(L));
+    sim_state *st = check_sim(L, (lh_host *)LH_CTX(L));
     lh_socket *s = check_open_socket(L, 1);
     luaL_checktype(L, 2, LUA_TTABLE);
     lua_getfield(L, 2, "max_write");
@@ -65,12 +76,11 @@ static int sim_shape_l(lua_State *L)
  * host's end fails every recv and send with ECONNRESET. */
 static int sim_reset_l(lua_State *L)
 {
-    lh_host *host = LH_HOST(L);
-    sim_state *st = check_sim(L, host);
+    sim_state *st = check_sim(L, (lh_host *)LH_CTX(L));
     lh_socket *s = check_open_socket(L, 1);
     if (sim_reset(st, s->conn.fd) < 0)
         return luaL_argerror(L, 1, "not a sim connection");
-    lhsock_close(L, host, s, 0);
+    lhsock_close(L, s, 0);
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -85,7 +95,7 @@ static int errno_named(lua_State *L, int index)
 /* sim.fail_accept(listener, [err = "EMFILE"], [count = 1]). */
 static int sim_fail_accept_l(lua_State *L)
 {
-    sim_state *st = check_sim(L, LH_HOST(L));
+    sim_state *st = check_sim(L, (lh_host *)LH_CTX(L));
     lh_socket *listener = check_open_socket(L, 1);
     int err = errno_named(L, 2);
     lua_Integer count = luaL_optinteger(L, 3, 1);
@@ -100,27 +110,26 @@ static int sim_fail_accept_l(lua_State *L)
 /* sim.waiting(listener): clients connected and not yet accepted. */
 static int sim_waiting_l(lua_State *L)
 {
-    sim_state *st = check_sim(L, LH_HOST(L));
+    sim_state *st = check_sim(L, (lh_host *)LH_CTX(L));
     lua_pushinteger(L, sim_waiting(st, check_open_socket(L, 1)->conn.fd));
     return 1;
 }
 
 /* The next moment something is due (a timer, or the end of an accept pause), but no
  * later than target. */
-static double next_due(lh_host *host, double target)
+static double next_due(const lh_host *host, double target)
 {
-    timer *t = theap_peek(&host->timers);
+    timer *t = theap_peek(&host->timers.heap);
     double next = t && t->deadline < target ? t->deadline : target;
-    if (host->accept_resume_at > 0 && host->accept_resume_at < next)
-        next = host->accept_resume_at;
+    if (host->adm.resume_at > 0 && host->adm.resume_at < next)
+        next = host->adm.resume_at;
     return next;
 }
 
-static int due_by(lh_host *host, double when)
+static int due_by(const lh_host *host, double when)
 {
-    timer *t = theap_peek(&host->timers);
-    return (t && t->deadline <= when) ||
-           (host->accept_resume_at > 0 && host->accept_resume_at <= when);
+    timer *t = theap_peek(&host->timers.heap);
+    return (t && t->deadline <= when) || (host->adm.resume_at > 0 && host->adm.resume_at <= when);
 }
 
 /* sim.advance(seconds): moves the clock forward, stopping at every moment something is
@@ -128,23 +137,24 @@ static int due_by(lh_host *host, double when)
  * callbacks run. */
 static int sim_advance_l(lua_State *L)
 {
-    lh_host *host = LH_HOST(L);
+    lh_host *host = (lh_host *)LH_CTX(L);
     check_sim(L, host);
     lua_Number seconds = luaL_checknumber(L, 1);
     luaL_argcheck(L, seconds >= 0, 1, "time only moves forward");
-    double target = host->virtual_now + seconds;
+    timer_clock *clock = &host->clock;
+    double target = clock->virtual_now + seconds;
     lua_Integer calls = 0;
     for (long round = 0;; round++) {
         if (round == SIM_MAX_ROUNDS)
             return luaL_error(L, "sim.advance: timers keep coming due at the same moment");
         double next = next_due(host, target);
-        if (next > host->virtual_now)
-            host->virtual_now = next;
-        int rc = host_step(L, host, 0);
+        if (next > clock->virtual_now)
+            clock->virtual_now = next;
+        int rc = loop_step(L, &host->loop, 0);
         if (rc < 0)
             return lh_push_error(L, rc, "select");
         calls += rc;
-        if (host->virtual_now >= target && !due_by(host, host->virtual_now))
+        if (clock->virtual_now >= target && !due_by(host, clock->virtual_now))
             break;
     }
     lua_pushinteger(L, calls);
@@ -161,9 +171,13 @@ static const luaL_Reg sim_functions[] = {
     {NULL, NULL},
 };
 
-void lhsim_open(lua_State *L, int module, int host)
+void lhsim_attach(lua_State *L, int module, int host_index, lh_host *host)
 {
+    if (!sim_of(host))
+        return;
+    host->clock.is_virtual = 1;
+    host->clock.virtual_now = SIM_EPOCH;
     lua_newtable(L);
-    lh_setfuncs(L, sim_functions, lua_gettop(L), host);
+    lh_setfuncs(L, sim_functions, -1, host_index, host);
     lua_setfield(L, module, "sim");
 }

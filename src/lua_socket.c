@@ -1,103 +1,78 @@
-/* lua_socket.c: the luahost.socket type (accept, recv, send, buffered write, close, ...)
- * and luahost.listen / connect / socket. System failures return nil, message, errno. */
+/* lua_socket.c: the luahost.socket type: its I/O methods, buffered writes and their
+ * on_drain callback, closing, write_all, and the host's table of listeners. A socket is
+ * recognised by its metatable, as liolib recognises files. */
+#include "lua_socket.h"
+
 #include <errno.h>
-#include <stddef.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <sys/un.h>
-#include <unistd.h>
 
-#include "lh.h"
-
-/* A socket carries a mark computed from its own address, so the check run on every
- * method call needs no metatable (luaL_checkudata's look-up by name and the stack work
- * around it were a tenth of an echo's instructions). Only a full userdata of exactly a
- * socket's size is read, and another userdata would pass only by holding, at that
- * offset, the one 32-bit value its own address gives. */
-static uint32_t socket_mark(const lh_socket *s)
+static int new_table_ref(lua_State *L, const char *mode)
 {
-    uint64_t a = (uint64_t)(uintptr_t)s;
-    return (uint32_t)(a ^ (a >> 29)) ^ 0x6c68736bu;
+    lua_newtable(L);
+    if (mode) {
+        lua_createtable(L, 0, 1);
+        lua_pushstring(L, mode);
+        lua_setfield(L, -2, "__mode");
+        lua_setmetatable(L, -2);
+    }
+    return luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
-/* The socket at index, or NULL. */
+void lhsock_init(lua_State *L, lh_sockets *ctx, selector *sel, uint32_t max_output, admission *adm,
+                 linger_list *linger, lh_budget *budget, lh_logger *log, lh_journal *journal,
+                 lh_anchor *anchor)
+{
+    memset(ctx, 0, sizeof *ctx);
+    ctx->sel = sel;
+    ctx->io = sel_io(sel);
+    ctx->max_output = max_output;
+    ctx->adm = adm;
+    ctx->linger = linger;
+    ctx->budget = budget;
+    ctx->log = log;
+    ctx->journal = journal;
+    ctx->anchor = anchor;
+    ctx->listeners_ref = ctx->drain_ref = ctx->handles_ref = LUA_NOREF;
+    if (!(ctx->scratch = (char *)malloc(LH_SCRATCH_SIZE)))
+        luaL_error(L, "not enough memory");
+    ctx->listeners_ref = new_table_ref(L, NULL);
+    ctx->drain_ref = new_table_ref(L, "k");
+    ctx->handles_ref = new_table_ref(L, "v");
+}
+
 lh_socket *lhsock_test(lua_State *L, int index)
 {
-    /* rawlen is a string's or table's length too, and 0 for light userdata; touserdata
-     * is NULL for all but userdata: together, a full userdata of a socket's size. */
-    lh_socket *s = (lh_socket *)lua_touserdata(L, index);
-    if (!s || lua_rawlen(L, index) != sizeof(lh_socket))
-        return NULL;
-    return s->conn.mark == socket_mark(s) ? s : NULL;
+    return (lh_socket *)luaL_testudata(L, index, LH_SOCKET);
 }
 
-static lh_socket *check_socket(lua_State *L, int index)
+lh_socket *lhsock_push(lua_State *L, lh_sockets *ctx, int fd, int family)
 {
-    lh_socket *s = lhsock_test(L, index);
-    if (!s)
-        luaL_typeerror(L, index, LH_SOCKET);
-    return s;
-}
-
-/* The socket at index, which must be open: using a closed one is the script's mistake. */
-static lh_socket *check_open(lua_State *L, int index)
-{
-    lh_socket *s = check_socket(L, index);
-    if (s->conn.fd < 0)
-        luaL_error(L, "attempt to use a closed socket");
-    return s;
-}
-
-/* Creates the userdata before any fd is attached (as liolib does), so a memory error
- * cannot leak a descriptor: callers set conn.fd once they own one. */
-lh_socket *lhsock_push(lua_State *L, lh_host *host, int fd, int family)
-{
-    lh_socket *s = (lh_socket *)lua_newuserdatauv(L, sizeof *s, 1); /* 1: callback, if own */
-    conn_init(&s->conn, fd, CONN_SOCKET, host->max_output);
-    s->conn.mark = socket_mark(s);
-    s->host = host;
+    if (ctx->closed)
+        luaL_error(L, "the host is closed");
+    lh_socket *s = (lh_socket *)lua_newuserdatauv(L, sizeof *s, 0);
+    conn_init(&s->conn, fd, CONN_SOCKET, ctx->max_output);
+    s->ctx = ctx;
+    s->generation = 0;
     s->registrations = 0;
     s->family = (uint8_t)family;
-    s->listening = 0;
-    s->generation = 0;
-    s->own_events = 0;
-    s->own_generation = 0;
+    s->flags = 0;
     luaL_setmetatable(L, LH_SOCKET);
-    reload_journal_object(L, host, "sockets", -1); /* closed if the reload fails */
+    lh_anchor_hold(ctx->anchor);
+    lh_journal_note(ctx->journal, L, LH_MADE_SOCKET, -1, 0); /* closed if the reload fails */
     return s;
 }
 
-/* Closes every listener the host has. Closing one only clears its own entry, which a
- * traversal allows, so this needs no memory (and a shutdown cannot stop halfway). */
-void lhsock_close_listeners(lua_State *L, lh_host *host)
-{
-    lua_rawgeti(L, LUA_REGISTRYINDEX, host->listeners_ref);
-    lua_pushnil(L);
-    while (lua_next(L, -2)) {
-        lhsock_close(L, host, (lh_socket *)lua_touserdata(L, -1), 0);
-        lua_pop(L, 1);
-    }
-    lua_pop(L, 1);
-}
-
-/* The selector whose backend does s's I/O (only "sim" changes it), or NULL. */
-static selector *io_of(const lh_socket *s)
-{
-    return s->host->sel && !s->host->closed ? s->host->sel->core : NULL;
-}
-
-/* The peer's address (a listener's own), else "fd N"; returns whether it had one. */
-int lhsock_describe(lh_socket *s, char *out, size_t outlen)
+int lhsock_describe(const lh_socket *s, char *out, size_t outlen)
 {
     net_addr addr;
     if (s->conn.fd < 0) {
         snprintf(out, outlen, "closed socket");
         return 0;
     }
-    int rc =
-        s->listening ? net_sockname(s->conn.fd, &addr) : sel_peername(io_of(s), s->conn.fd, &addr);
+    int rc = (s->flags & LH_LISTENING) ? net_sockname(s->conn.fd, &addr)
+                                       : s->ctx->io->peername(s->ctx->io, s->conn.fd, &addr);
     if (rc == 0) {
         net_addr_format(&addr, out, outlen);
         return 1;
@@ -106,8 +81,7 @@ int lhsock_describe(lh_socket *s, char *out, size_t outlen)
     return 0;
 }
 
-/* Pushes an address as two results, host and port. */
-static int push_addr(lua_State *L, const net_addr *addr)
+int lhsock_push_addr(lua_State *L, const net_addr *addr)
 {
     char host[NET_ADDRSTRLEN];
     int port;
@@ -117,72 +91,87 @@ static int push_addr(lua_State *L, const net_addr *addr)
     return 2;
 }
 
-static void table_set_socket(lua_State *L, int ref, lh_socket *s, int value_index)
+/* table[pointer] = the value at index, in the registry table ref. */
+static void set_by_pointer(lua_State *L, int ref, const void *pointer, int index)
 {
-    value_index = lua_absindex(L, value_index);
+    index = lua_absindex(L, index);
     lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
-    lua_pushvalue(L, value_index);
-    lua_rawsetp(L, -2, s);
+    lua_pushvalue(L, index);
+    lua_rawsetp(L, -2, pointer);
     lua_pop(L, 1);
 }
 
-static void table_clear_socket(lua_State *L, int ref, lh_socket *s)
+static void clear_by_pointer(lua_State *L, int ref, const void *pointer)
 {
     lua_pushnil(L);
-    table_set_socket(L, ref, s, -1);
+    set_by_pointer(L, ref, pointer, -1);
     lua_pop(L, 1);
 }
 
-/* Closes sock: unregisters it everywhere, then either hands its pending output to the
- * host to finish sending (graceful) or drops it. The socket is closed to Lua at once. */
-void lhsock_close(lua_State *L, lh_host *host, lh_socket *s, int graceful)
+/* Lets go of s's on_drain callback: the callback may hold the socket, and must not
+ * outlive it. */
+static void forget_drain(lua_State *L, lh_socket *s)
 {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->ctx->handles_ref);
+    if (lua_rawgetp(L, -1, s) != LUA_TNIL) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, s->ctx->drain_ref);
+        lua_pushvalue(L, -2);
+        lua_pushnil(L);
+        lua_rawset(L, -3);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 2);
+}
+
+void lhsock_close(lua_State *L, lh_socket *s, int graceful)
+{
+    lh_sockets *ctx = s->ctx;
     if (s->conn.fd < 0)
         return;
-    if (!host->closed) {
-        lhsel_forget_socket(L, host, s);
-        if (s->listening)
-            table_clear_socket(L, host->listeners_ref, s);
-        table_clear_socket(L, host->drain_ref, s);
-    }
-    selector *core = host->sel && !host->closed ? host->sel->core : NULL;
-    if (core && graceful && conn_pending(&s->conn) > 0) {
-        host_linger(host, &s->conn);
-    } else {
-        if (core)
-            conn_drop(&s->conn, core);
+    if (ctx->closed) {
         conn_free(&s->conn);
-        host_close_fd(host, &s->conn);
+        adm_close(ctx->adm, &s->conn);
+        return;
     }
-    s->conn.fd = -1;
+    if (s->registrations > 0)
+        ctx->closing(ctx->closing_ud, L, s);
+    lhsock_remove_listener(L, s);
+    if (s->flags & LH_HAS_DRAIN)
+        forget_drain(L, s);
+    if (graceful && conn_pending(&s->conn) > 0) {
+        linger_add(ctx->linger, &s->conn);
+        return;
+    }
+    conn_drop(&s->conn, ctx->sel);
+    conn_free(&s->conn);
+    adm_close(ctx->adm, &s->conn);
 }
 
 static int sock_close(lua_State *L)
 {
-    lh_socket *s = check_socket(L, 1);
-    lhsock_close(L, s->host, s, 1);
+    lhsock_close(L, lhsock_check(L, 1), 1);
     lua_pushboolean(L, 1);
     return 1;
 }
 
 static int sock_abort(lua_State *L)
 {
-    lh_socket *s = check_socket(L, 1);
-    lhsock_close(L, s->host, s, 0);
+    lhsock_close(L, lhsock_check(L, 1), 0);
     lua_pushboolean(L, 1);
     return 1;
 }
 
 static int sock_gc(lua_State *L)
 {
-    lh_socket *s = check_socket(L, 1);
-    lhsock_close(L, s->host, s, 1);
+    lh_socket *s = lhsock_check(L, 1);
+    lhsock_close(L, s, 1);
+    lh_anchor_release(L, s->ctx->anchor);
     return 0;
 }
 
 static int sock_tostring(lua_State *L)
 {
-    lh_socket *s = check_socket(L, 1);
+    lh_socket *s = lhsock_check(L, 1);
     char where[NET_ADDRSTRLEN];
     if (s->conn.fd < 0)
         lua_pushstring(L, "luahost.socket (closed)");
@@ -190,81 +179,68 @@ static int sock_tostring(lua_State *L)
         lua_pushfstring(L, "luahost.socket (fd %d)", s->conn.fd);
     else
         lua_pushfstring(L, "luahost.socket (fd %d, %s%s)", s->conn.fd, where,
-                        s->listening ? ", listening" : "");
+                        (s->flags & LH_LISTENING) ? ", listening" : "");
     return 1;
 }
 
 static int sock_fileno(lua_State *L)
 {
-    lua_pushinteger(L, check_socket(L, 1)->conn.fd);
+    lua_pushinteger(L, lhsock_check(L, 1)->conn.fd);
     return 1;
-}
-
-/* Why a just-accepted fd must be closed at once, or NULL: past --max-connections, or
- * beyond what the host's selector can watch (select: FD_SETSIZE), which is refused here
- * where the script expects accept to fail, not later in register, where it would raise. */
-static const char *accept_refusal(lh_host *host, int fd)
-{
-    int limit = host->sel ? sel_fd_limit(host->sel->core) : 0;
-    if (host->max_connections && host->connections >= host->max_connections)
-        return "too many connections (--max-connections)";
-    if (limit > 0 && fd >= limit)
-        return "fd beyond what the selector backend can watch";
-    return NULL;
 }
 
 static int sock_accept(lua_State *L)
 {
-    lh_socket *s = check_open(L, 1);
-    lh_host *host = s->host;
-    /* The rest of a connect storm waits for the next round: established clients first. */
-    if (host->sel && host->sel->busy && host->accepts_this_round >= LH_ACCEPTS_PER_ROUND)
-        return lh_push_error(L, -EAGAIN, NULL);
+    lh_socket *s = lhsock_check_open(L, 1);
+    lh_sockets *ctx = s->ctx;
     net_addr peer;
-    lh_socket *c = lhsock_push(L, host, -1, 0);
-    int fd = sel_accept(io_of(s), s->conn.fd, &peer);
+    const char *refusal = NULL;
+    lh_socket *c = lhsock_push(L, ctx, -1, 0);
+    int fd = adm_accept(ctx->adm, s->conn.fd, &peer, &refusal);
     if (fd == -EMFILE || fd == -ENFILE)
-        host_out_of_fds(L, host, s->conn.fd, -fd);
-    if (fd < 0)
-        return lh_push_error(L, fd, NULL);
-    if (host->sel && host->sel->busy)
-        host->accepts_this_round++;
-    const char *refusal = accept_refusal(host, fd);
-    if (refusal) {
-        host_refuse(host, fd, refusal);
+        lhsock_pause_listeners(L, ctx, 1);
+    if (fd == ADM_REFUSED) {
         luaL_pushfail(L);
         lua_pushstring(L, refusal);
         lua_pushinteger(L, EMFILE);
         return 3;
     }
+    if (fd < 0)
+        return lh_push_error(L, fd, NULL);
     c->conn.flags |= CONN_ACCEPTED;
-    host->connections++;
     c->conn.fd = fd;
     c->family = (uint8_t)peer.ss.ss_family;
-    return 1 + push_addr(L, &peer);
+    return 1 + lhsock_push_addr(L, &peer);
 }
 
-static int sock_recv(lua_State *L)
+/* Pushes what recv got: the n bytes at data, "" at the end of the stream, or the
+ * failure. The end (or a failure) is marked as seen by the script, which the host needs
+ * to tell a script that ignores it. */
+static int push_received(lua_State *L, lh_socket *s, const char *data, ssize_t n)
 {
-    lh_socket *s = check_open(L, 1);
-    lua_Integer want = luaL_optinteger(L, 2, LH_SCRATCH_SIZE);
-    luaL_argcheck(L, want > 0, 2, "size must be positive");
-    if (want <= LH_SCRATCH_SIZE) {
-        ssize_t n = sel_recv(io_of(s), s->conn.fd, s->host->scratch, (size_t)want);
-        if (n <= 0 && n != -EAGAIN)
-            s->conn.flags |= CONN_EOF_SEEN;
-        if (n < 0)
-            return lh_push_error(L, (int)n, NULL);
-        lua_pushlstring(L, s->host->scratch, (size_t)n);
-        return 1;
-    }
-    luaL_Buffer b;
-    char *space = luaL_buffinitsize(L, &b, (size_t)want);
-    ssize_t n = sel_recv(io_of(s), s->conn.fd, space, (size_t)want);
     if (n <= 0 && n != -EAGAIN)
         s->conn.flags |= CONN_EOF_SEEN;
     if (n < 0)
         return lh_push_error(L, (int)n, NULL);
+    lua_pushlstring(L, data, (size_t)n);
+    return 1;
+}
+
+static int sock_recv(lua_State *L)
+{
+    lh_socket *s = lhsock_check_open(L, 1);
+    lh_sockets *ctx = s->ctx;
+    lua_Integer want = luaL_optinteger(L, 2, LH_SCRATCH_SIZE);
+    luaL_argcheck(L, want > 0, 2, "size must be positive");
+    if (want <= LH_SCRATCH_SIZE) {
+        ssize_t n = ctx->io->recv(ctx->io, s->conn.fd, ctx->scratch, (size_t)want);
+        return push_received(L, s, ctx->scratch, n);
+    }
+    luaL_Buffer b;
+    char *space = luaL_buffinitsize(L, &b, (size_t)want);
+    ssize_t n = ctx->io->recv(ctx->io, s->conn.fd, space, (size_t)want);
+    if (n <= 0)
+        return push_received(L, s, "", n);
     luaL_pushresultsize(&b, (size_t)n);
     return 1;
 }
@@ -273,12 +249,12 @@ static int sock_recv(lua_State *L)
  * rather than let these bytes overtake them. */
 static int sock_send(lua_State *L)
 {
-    lh_socket *s = check_open(L, 1);
+    lh_socket *s = lhsock_check_open(L, 1);
     size_t len;
     const char *data = luaL_checklstring(L, 2, &len);
     if (conn_pending(&s->conn) > 0)
         return lh_push_error(L, -EAGAIN, NULL);
-    ssize_t n = sel_send(io_of(s), s->conn.fd, data, len);
+    ssize_t n = s->ctx->io->send(s->ctx->io, s->conn.fd, data, len);
     if (n < 0)
         return lh_push_error(L, (int)n, NULL);
     lua_pushinteger(L, n);
@@ -289,23 +265,23 @@ static int sock_send(lua_State *L)
  * reason logged, and -ENOBUFS returned. */
 static ssize_t write_or_close(lua_State *L, lh_socket *s, const char *data, size_t len)
 {
-    lh_host *host = s->host;
-    if (!host->sel)
+    lh_sockets *ctx = s->ctx;
+    if (!ctx->sel)
         return luaL_error(L, "the host's selector is closed");
-    ssize_t pending = conn_write(&s->conn, host->sel->core, data, len);
+    ssize_t pending = conn_write(&s->conn, ctx->sel, ctx->io, data, len);
     if (pending != -ENOBUFS)
         return pending;
     char where[NET_ADDRSTRLEN];
     lhsock_describe(s, where, sizeof where);
-    lh_log(host, LH_WARN, "closing %s: output buffer full (%zu bytes pending, limit %u)", where,
+    lh_log(ctx->log, LH_WARN, "closing %s: output buffer full (%zu bytes pending, limit %u)", where,
            conn_pending(&s->conn), (unsigned)s->conn.limit);
-    lhsock_close(L, host, s, 0);
+    lhsock_close(L, s, 0);
     return -ENOBUFS;
 }
 
 static int sock_write(lua_State *L)
 {
-    lh_socket *s = check_open(L, 1);
+    lh_socket *s = lhsock_check_open(L, 1);
     size_t len;
     const char *data = luaL_checklstring(L, 2, &len);
     ssize_t pending = write_or_close(L, s, data, len);
@@ -321,20 +297,25 @@ static int sock_write(lua_State *L)
 }
 
 /* write_all's step for the value on the stack top (popped): writes unless it is not an
- * open socket or is except; a failure goes into the table at index 4, made at the
- * first one. Returns 1 when it wrote. */
-static int write_all_one(lua_State *L, const lh_socket *except, const char *data, size_t len)
+ * open socket or is except; a failure goes into the table at index 4, made at the first
+ * one. A socket is told by its metatable's address, mt: exact while the metatable lives
+ * (the registry keeps it), and cheaper than lua_rawequal in a loop over many. Returns 1
+ * when it wrote. */
+static int write_all_one(lua_State *L, const void *mt, const lh_socket *except, const char *data,
+                         size_t len)
 {
-    lh_socket *s = lhsock_test(L, -1);
-    if (!s || s == except || s->conn.fd < 0) {
-        lua_pop(L, 1);
+    lh_socket *s = (lh_socket *)lua_touserdata(L, -1);
+    int has_mt = s && lua_getmetatable(L, -1);
+    if (!has_mt || lua_topointer(L, -1) != mt || s == except || s->conn.fd < 0) {
+        lua_pop(L, 1 + has_mt);
         return 0;
     }
     ssize_t rc = write_or_close(L, s, data, len);
     if (rc >= 0) {
-        lua_pop(L, 1);
+        lua_pop(L, 2);
         return 1;
     }
+    lua_pop(L, 1);
     if (lua_isnil(L, 4)) {
         lua_newtable(L);
         lua_replace(L, 4);
@@ -357,11 +338,13 @@ static int l_write_all(lua_State *L)
     const char *data = luaL_checklstring(L, 2, &len);
     const lh_socket *except = lhsock_test(L, 3);
     lua_settop(L, 3);
-    lua_pushnil(L); /* 4: the failures, made at the first one */
+    lua_pushnil(L);                  /* 4: the failures, made at the first one */
+    luaL_getmetatable(L, LH_SOCKET); /* 5: kept alive while its address is compared */
+    const void *mt = lua_topointer(L, 5);
     lua_Integer written = 0;
     if (lua_rawgeti(L, 1, 1) != LUA_TNIL) {
         for (lua_Integer i = 2;; i++) {
-            written += write_all_one(L, except, data, len);
+            written += write_all_one(L, mt, except, data, len);
             if (lua_rawgeti(L, 1, i) == LUA_TNIL)
                 break;
         }
@@ -369,7 +352,7 @@ static int l_write_all(lua_State *L)
         while (lua_next(L, 1)) {
             lua_pop(L, 1);
             lua_pushvalue(L, -1);
-            written += write_all_one(L, except, data, len);
+            written += write_all_one(L, mt, except, data, len);
         }
     }
     lua_settop(L, 4);
@@ -380,13 +363,13 @@ static int l_write_all(lua_State *L)
 
 static int sock_pending(lua_State *L)
 {
-    lua_pushinteger(L, (lua_Integer)conn_pending(&check_socket(L, 1)->conn));
+    lua_pushinteger(L, (lua_Integer)conn_pending(&lhsock_check(L, 1)->conn));
     return 1;
 }
 
 static int sock_setlimit(lua_State *L)
 {
-    lh_socket *s = check_open(L, 1);
+    lh_socket *s = lhsock_check_open(L, 1);
     lua_Integer limit = luaL_checkinteger(L, 2);
     luaL_argcheck(L, limit > 0 && limit <= UINT32_MAX, 2, "limit must be 1..4294967295 bytes");
     s->conn.limit = (uint32_t)limit;
@@ -394,56 +377,64 @@ static int sock_setlimit(lua_State *L)
     return 1;
 }
 
-/* The callback runs each time the buffered output drains; nil removes it. It is kept
- * beside the socket, not in it, so that sockets that never use it pay nothing. */
+/* The callback runs each time the buffered output drains; nil removes it. It is kept in
+ * a table weakly keyed by the socket, so that it never keeps a socket alive that the
+ * script dropped, and sockets that never use it pay nothing. */
 static int sock_on_drain(lua_State *L)
 {
-    lh_socket *s = check_open(L, 1);
+    lh_socket *s = lhsock_check_open(L, 1);
     if (!lua_isnoneornil(L, 2))
         luaL_checktype(L, 2, LUA_TFUNCTION);
     lua_settop(L, 2);
-    /* The handle first: a callback without it would be called with nil. */
-    table_set_socket(L, s->host->handles_ref, s, 1);
-    table_set_socket(L, s->host->drain_ref, s, 2);
+    set_by_pointer(L, s->ctx->handles_ref, s, 1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->ctx->drain_ref);
+    lua_pushvalue(L, 1);
+    lua_pushvalue(L, 2);
+    lua_rawset(L, -3);
+    s->flags |= LH_HAS_DRAIN;
     lua_settop(L, 1);
     return 1;
 }
 
-/* Called by the host when the output of s has drained: runs its on_drain callback. */
-int lhsock_flushed(lua_State *L, lh_host *host, lh_socket *s)
+/* Runs s's on_drain callback, if it has one, within the budget. */
+static void run_on_drain(lua_State *L, lh_sockets *ctx, lh_socket *s)
 {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, host->drain_ref);
-    if (lua_rawgetp(L, -1, s) != LUA_TFUNCTION) {
-        lua_pop(L, 2);
-        return LUA_OK;
-    }
-    lua_remove(L, -2);
-    lua_pushcfunction(L, lh_traceback);
-    lua_insert(L, -2);
-    int handler = lua_gettop(L) - 1;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, host->handles_ref);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ctx->handles_ref);
     lua_rawgetp(L, -1, s);
-    lua_remove(L, -2);
-    int status = host_pcall(L, host, 1, handler);
-    if (status != LUA_OK) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ctx->drain_ref);
+    lua_pushvalue(L, -2);
+    if (lua_rawget(L, -2) != LUA_TFUNCTION) {
+        lua_pop(L, 4);
+        return;
+    }
+    lua_pushvalue(L, -3);
+    if (budget_pcall(L, ctx->budget, 1, 0) != LUA_OK) {
         char where[NET_ADDRSTRLEN + 32];
         memcpy(where, "error in on_drain for ", 23);
         lhsock_describe(s, where + 22, sizeof where - 22);
-        host_report_error(L, host, where);
+        lh_report_error(L, ctx->log, where);
     }
-    lua_remove(L, handler);
-    return status;
+    lua_pop(L, 3);
+}
+
+void lhsock_flush(lua_State *L, lh_sockets *ctx, lh_socket *s)
+{
+    ssize_t rc = conn_flush(&s->conn, ctx->sel, ctx->io);
+    if (rc == 0 && (s->flags & LH_HAS_DRAIN))
+        run_on_drain(L, ctx, s);
+    else if (rc < 0)
+        lh_log(ctx->log, LH_DEBUG, "fd %d: output dropped: %s", s->conn.fd, strerror((int)-rc));
 }
 
 static int sock_shutdown(lua_State *L)
 {
     static const char *const hows[] = {"r", "w", "rw", NULL};
-    lh_socket *s = check_open(L, 1);
+    lh_socket *s = lhsock_check_open(L, 1);
     int how = luaL_checkoption(L, 2, "rw", hows);
     if (how != 1 && shutdown(s->conn.fd, SHUT_RD) < 0 && errno != ENOTCONN)
         return lh_push_error(L, -errno, NULL);
-    if (how != 0 && s->host->sel) {
-        int rc = conn_shutdown_write(&s->conn, s->host->sel->core);
+    if (how != 0) {
+        int rc = conn_shutdown_write(&s->conn, s->ctx->sel);
         if (rc < 0 && rc != -ENOTCONN)
             return lh_push_error(L, rc, NULL);
     }
@@ -451,320 +442,112 @@ static int sock_shutdown(lua_State *L)
     return 1;
 }
 
-static int sock_getpeername(lua_State *L)
+void lhsock_add_listener(lua_State *L, lh_sockets *ctx, int index)
 {
-    net_addr addr;
-    lh_socket *s = check_open(L, 1);
-    int rc = sel_peername(io_of(s), s->conn.fd, &addr);
-    return rc < 0 ? lh_push_error(L, rc, NULL) : push_addr(L, &addr);
+    lh_socket *s = (lh_socket *)lua_touserdata(L, index);
+    if (s->flags & LH_LISTENING)
+        return;
+    lh_journal_note(ctx->journal, L, LH_MADE_LISTENER, index, 0);
+    set_by_pointer(L, ctx->listeners_ref, s, index);
+    s->flags |= LH_LISTENING;
+    s->generation = ctx->journal->generation;
 }
 
-static int sock_getsockname(lua_State *L)
+void lhsock_remove_listener(lua_State *L, lh_socket *s)
 {
-    net_addr addr;
-    int rc = net_sockname(check_open(L, 1)->conn.fd, &addr);
-    return rc < 0 ? lh_push_error(L, rc, NULL) : push_addr(L, &addr);
+    if (!(s->flags & LH_LISTENING))
+        return;
+    clear_by_pointer(L, s->ctx->listeners_ref, s);
+    s->flags &= (uint8_t) ~(LH_LISTENING | LH_LISTENING_ANY_PORT);
 }
 
-static int sock_setblocking(lua_State *L)
-{
-    lh_socket *s = check_open(L, 1);
-    luaL_checkany(L, 2);
-    int rc = net_set_nonblocking(s->conn.fd, !lua_toboolean(L, 2));
-    if (rc < 0)
-        return lh_push_error(L, rc, NULL);
-    lua_pushboolean(L, 1);
-    return 1;
-}
-
-static const char *const option_names[] = {"reuseaddr", "reuseport", "keepalive", "nodelay",
-                                           "rcvbuf",    "sndbuf",    "error",     NULL};
-static const int option_levels[] = {SOL_SOCKET, SOL_SOCKET, SOL_SOCKET, IPPROTO_TCP,
-                                    SOL_SOCKET, SOL_SOCKET, SOL_SOCKET};
-static const int option_codes[] = {SO_REUSEADDR, SO_REUSEPORT, SO_KEEPALIVE, TCP_NODELAY,
-                                   SO_RCVBUF,    SO_SNDBUF,    SO_ERROR};
-enum { FIRST_SIZE_OPTION = 4, ERROR_OPTION = 6 };
-
-static int sock_setsockopt(lua_State *L)
-{
-    lh_socket *s = check_open(L, 1);
-    int which = luaL_checkoption(L, 2, NULL, option_names);
-    int value;
-    luaL_argcheck(L, which != ERROR_OPTION, 2, "'error' can only be read");
-    if (which >= FIRST_SIZE_OPTION) {
-        lua_Integer n = luaL_checkinteger(L, 3);
-        luaL_argcheck(L, n >= 0 && n <= INT32_MAX, 3, "size out of range");
-        value = (int)n;
-    } else {
-        luaL_checkany(L, 3);
-        value = lua_toboolean(L, 3);
-    }
-    if (setsockopt(s->conn.fd, option_levels[which], option_codes[which], &value, sizeof value) <
-            0 &&
-        !(errno == EOPNOTSUPP && sel_backend_state(io_of(s), "sim")))
-        return lh_push_error(L, -errno, NULL); /* sim's socketpairs have no TCP options */
-    lua_pushboolean(L, 1);
-    return 1;
-}
-
-/* Booleans for flags, numbers for sizes; "error" is SO_ERROR: 0, or the errno of a
- * failed non-blocking connect (read it once the socket turns writable). */
-static int sock_getsockopt(lua_State *L)
-{
-    lh_socket *s = check_open(L, 1);
-    int which = luaL_checkoption(L, 2, NULL, option_names);
-    int value = 0;
-    socklen_t len = sizeof value;
-    if (getsockopt(s->conn.fd, option_levels[which], option_codes[which], &value, &len) < 0)
-        return lh_push_error(L, -errno, NULL);
-    if (which < FIRST_SIZE_OPTION)
-        lua_pushboolean(L, value);
-    else
-        lua_pushinteger(L, value);
-    return 1;
-}
-
-/* Resolves arguments host, port at index and index+1 into addr, or pushes the failure.
- * For a unix-domain socket (sock given and AF_UNIX) the one argument is a path. */
-static int resolve_args(lua_State *L, int index, int passive, net_addr *addr, int *nresults,
-                        const lh_socket *sock)
-{
-    if (sock && sock->family == AF_UNIX) {
-        size_t len;
-        const char *path = luaL_checklstring(L, index, &len);
-        struct sockaddr_un *un = (struct sockaddr_un *)&addr->ss;
-        luaL_argcheck(L, len > 0 && len < sizeof un->sun_path, index, "path too long or empty");
-        memset(un, 0, sizeof *un);
-        un->sun_family = AF_UNIX;
-        memcpy(un->sun_path, path, len);
-        addr->len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len + 1);
-        return 0;
-    }
-    const char *host = luaL_checkstring(L, index);
-    lua_Integer port = luaL_checkinteger(L, index + 1);
-    char err[160];
-    luaL_argcheck(L, port >= 0 && port <= 65535, index + 1, "port must be 0..65535");
-    int rc = net_resolve(host, (int)port, passive, addr, err, sizeof err);
-    if (rc < 0) {
-        luaL_pushfail(L);
-        lua_pushstring(L, err);
-        lua_pushinteger(L, rc == -EINVAL ? EINVAL : -rc);
-        *nresults = 3;
-    }
-    return rc;
-}
-
-static int sock_bind(lua_State *L)
-{
-    lh_socket *s = check_open(L, 1);
-    net_addr addr;
-    int nres, one = 1;
-    if (resolve_args(L, 2, 1, &addr, &nres, s) < 0)
-        return nres;
-    setsockopt(s->conn.fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (bind(s->conn.fd, (struct sockaddr *)&addr.ss, addr.len) < 0)
-        return lh_push_error(L, -errno, NULL);
-    lua_pushboolean(L, 1);
-    return 1;
-}
-
-/* Marks s as a listener: logged, and kept in luahost.listeners(). */
-static void became_listener(lua_State *L, lh_socket *s, int index)
+void lhsock_log_listening(const lh_socket *s)
 {
     net_addr addr;
     char where[NET_ADDRSTRLEN] = "?";
-    s->listening = LISTENING;
-    s->generation = s->host->generation;
-    reload_journal_object(L, s->host, "listeners", index);
-    table_set_socket(L, s->host->listeners_ref, s, index);
     if (net_sockname(s->conn.fd, &addr) == 0)
         net_addr_format(&addr, where, sizeof where);
-    lh_log(s->host, LH_INFO, "listening on %s", where);
+    lh_log(s->ctx->log, LH_INFO, "listening on %s", where);
 }
 
-static int sock_listen(lua_State *L)
+void lhsock_pause_listeners(lua_State *L, lh_sockets *ctx, int paused)
 {
-    lh_socket *s = check_open(L, 1);
-    lua_Integer backlog = luaL_optinteger(L, 2, 511);
-    /* Listed before listen(2): listing allocates, and a memory error must not leave the
-     * socket listening but missing from luahost.listeners(). */
-    table_set_socket(L, s->host->listeners_ref, s, 1);
-    if (listen(s->conn.fd, (int)backlog) < 0) {
-        int err = errno;
-        if (!s->listening)
-            table_clear_socket(L, s->host->listeners_ref, s);
-        return lh_push_error(L, -err, NULL);
-    }
-    became_listener(L, s, 1);
-    lua_pushboolean(L, 1);
-    return 1;
-}
-
-static int sock_connect(lua_State *L)
-{
-    lh_socket *s = check_open(L, 1);
-    net_addr addr;
-    int nres;
-    if (resolve_args(L, 2, 0, &addr, &nres, s) < 0)
-        return nres;
-    int rc = net_connect(s->conn.fd, &addr);
-    if (rc < 0)
-        return lh_push_error(L, rc, NULL);
-    lua_pushboolean(L, 1);
-    return 1;
-}
-
-/* As in Python: the errno of the connect as a number, 0 on success. */
-static int sock_connect_ex(lua_State *L)
-{
-    lh_socket *s = check_open(L, 1);
-    net_addr addr;
-    int nres;
-    if (resolve_args(L, 2, 0, &addr, &nres, s) < 0)
-        return nres;
-    lua_pushinteger(L, -net_connect(s->conn.fd, &addr));
-    return 1;
-}
-
-static int l_socket(lua_State *L)
-{
-    static const char *const families[] = {"inet", "inet6", "unix", NULL};
-    static const int family_values[] = {AF_INET, AF_INET6, AF_UNIX};
-    static const char *const types[] = {"stream", "dgram", NULL};
-    int family = family_values[luaL_checkoption(L, 1, "inet", families)];
-    int type = luaL_checkoption(L, 2, "stream", types) ? SOCK_DGRAM : SOCK_STREAM;
-    lh_socket *s = lhsock_push(L, LH_HOST(L), -1, family);
-    int fd = net_socket(family, type, 0);
-    if (fd < 0)
-        return lh_push_error(L, fd, NULL);
-    s->conn.fd = fd;
-    return 1;
-}
-
-/* Whether a and b (of one family) have the same host part, whatever their ports. */
-static int same_host(const net_addr *a, const net_addr *b)
-{
-    if (a->ss.ss_family == AF_INET)
-        return ((const struct sockaddr_in *)&a->ss)->sin_addr.s_addr ==
-               ((const struct sockaddr_in *)&b->ss)->sin_addr.s_addr;
-    return memcmp(&((const struct sockaddr_in6 *)&a->ss)->sin6_addr,
-                  &((const struct sockaddr_in6 *)&b->ss)->sin6_addr, sizeof(struct in6_addr)) == 0;
-}
-
-/* Pushes the listener already bound to addr, if there is one. A script (or its next
- * version, on reload) asking again for an address gets the same socket. */
-static int push_listener_on(lua_State *L, lh_host *host, const net_addr *addr)
-{
-    net_addr bound;
-    if (addr->ss.ss_family != AF_INET && addr->ss.ss_family != AF_INET6)
-        return 0;
-    int port_offset = addr->ss.ss_family == AF_INET ? offsetof(struct sockaddr_in, sin_port)
-                                                    : offsetof(struct sockaddr_in6, sin6_port);
-    int any_port = memcmp((const char *)&addr->ss + port_offset, "\0\0", 2) == 0;
-    /* Port 0 asks for a new port, except that a reloading script asking again for what
-     * its first load asked gets that listener back rather than a different port. */
-    if (any_port && !host->reloading)
-        return 0;
-    lua_rawgeti(L, LUA_REGISTRYINDEX, host->listeners_ref);
+    if (!ctx->sel)
+        return;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ctx->listeners_ref);
     lua_pushnil(L);
     while (lua_next(L, -2)) {
-        lh_socket *s = lhsock_test(L, -1);
-        if (s && s->conn.fd >= 0 && net_sockname(s->conn.fd, &bound) == 0 &&
-            bound.len == addr->len &&
-            (any_port ? s->listening == LISTENING_ANY_PORT && s->generation < host->generation &&
-                            same_host(&bound, addr)
-                      : memcmp(&bound.ss, &addr->ss, addr->len) == 0)) {
-            reload_journal_listener(L, host, -1, s->generation);
-            s->generation = host->generation;
-            lua_replace(L, -3);
-            lua_pop(L, 1);
-            return 1;
+        lh_socket *s = (lh_socket *)lua_touserdata(L, -1);
+        if (s->conn.fd >= 0 && sel_slot(ctx->sel, s->conn.fd))
+            sel_set_paused(ctx->sel, s->conn.fd, paused ? SEL_READ : 0);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+}
+
+/* Closes the listeners of a generation below `below` (all of them for INT_MAX). */
+static void close_listeners_below(lua_State *L, lh_sockets *ctx, int below, int say)
+{
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ctx->listeners_ref);
+    lua_pushnil(L);
+    while (lua_next(L, -2)) {
+        lh_socket *s = (lh_socket *)lua_touserdata(L, -1);
+        if (s->generation < below) {
+            char where[NET_ADDRSTRLEN];
+            lhsock_describe(s, where, sizeof where);
+            if (say)
+                lh_log(ctx->log, LH_INFO,
+                       "closing listener %s: the new script no longer listens there", where);
+            lhsock_close(L, s, 0);
         }
         lua_pop(L, 1);
     }
     lua_pop(L, 1);
-    return 0;
 }
 
-static int l_listen(lua_State *L)
+void lhsock_close_listeners(lua_State *L, lh_sockets *ctx)
 {
-    net_addr addr;
-    int nres;
-    if (resolve_args(L, 1, 1, &addr, &nres, NULL) < 0)
-        return nres;
-    if (push_listener_on(L, LH_HOST(L), &addr))
+    close_listeners_below(L, ctx, INT32_MAX, 0);
+}
+
+void lhsock_close_unwanted_listeners(lua_State *L, lh_sockets *ctx, int generation)
+{
+    close_listeners_below(L, ctx, generation, 1);
+}
+
+/* luahost.listeners(): the listening sockets, as a sequence. */
+static int l_listeners(lua_State *L)
+{
+    lh_sockets *ctx = (lh_sockets *)LH_CTX(L);
+    lua_newtable(L);
+    if (ctx->closed)
         return 1;
-    if (!lua_isnoneornil(L, 3))
-        luaL_checktype(L, 3, LUA_TTABLE);
-    lua_Integer backlog = 511;
-    int reuseport = 0;
-    if (lua_istable(L, 3)) {
-        lua_getfield(L, 3, "backlog");
-        backlog = luaL_optinteger(L, -1, 511);
-        lua_getfield(L, 3, "reuseport");
-        reuseport = lua_toboolean(L, -1);
-        lua_pop(L, 2);
-    }
-    lh_socket *s = lhsock_push(L, LH_HOST(L), -1, addr.ss.ss_family);
-    int fd = net_socket(addr.ss.ss_family, SOCK_STREAM, 1);
-    if (fd < 0)
-        return lh_push_error(L, fd, NULL);
-    s->conn.fd = fd;
-    int rc = net_bind_listen(fd, &addr, (int)backlog, reuseport);
-    if (rc < 0) {
-        char where[NET_ADDRSTRLEN + 20];
-        memcpy(where, "cannot listen on ", 18);
-        net_addr_format(&addr, where + 17, sizeof where - 17);
-        lhsock_close(L, s->host, s, 0);
-        return lh_push_error(L, rc, where);
-    }
-    became_listener(L, s, -1);
-    if (lua_tointeger(L, 2) == 0)
-        s->listening = LISTENING_ANY_PORT;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ctx->listeners_ref);
+    lua_pushnil(L);
+    for (int i = 1; lua_next(L, -2); i++)
+        lua_rawseti(L, -4, i);
+    lua_pop(L, 1);
     return 1;
 }
 
-static int l_connect(lua_State *L)
+void lhsock_release(lua_State *L, lh_sockets *ctx)
 {
-    net_addr addr;
-    int nres;
-    if (resolve_args(L, 1, 0, &addr, &nres, NULL) < 0)
-        return nres;
-    lh_socket *s = lhsock_push(L, LH_HOST(L), -1, addr.ss.ss_family);
-    int fd = net_socket(addr.ss.ss_family, SOCK_STREAM, 1);
-    if (fd < 0)
-        return lh_push_error(L, fd, NULL);
-    s->conn.fd = fd;
-    int rc = net_connect(fd, &addr);
-    if (rc < 0 && rc != -EINPROGRESS) {
-        lhsock_close(L, s->host, s, 0);
-        return lh_push_error(L, rc, NULL);
+    ctx->closed = 1;
+    ctx->sel = NULL;
+    free(ctx->scratch);
+    ctx->scratch = NULL;
+    int *refs[] = {&ctx->listeners_ref, &ctx->drain_ref, &ctx->handles_ref};
+    for (size_t i = 0; i < sizeof refs / sizeof refs[0]; i++) {
+        luaL_unref(L, LUA_REGISTRYINDEX, *refs[i]);
+        *refs[i] = LUA_NOREF;
     }
-    return 1;
 }
 
 static const luaL_Reg socket_methods[] = {
-    {"accept", sock_accept},
-    {"recv", sock_recv},
-    {"send", sock_send},
-    {"write", sock_write},
-    {"pending", sock_pending},
-    {"setlimit", sock_setlimit},
-    {"on_drain", sock_on_drain},
-    {"shutdown", sock_shutdown},
-    {"close", sock_close},
-    {"abort", sock_abort},
-    {"fileno", sock_fileno},
-    {"getpeername", sock_getpeername},
-    {"getsockname", sock_getsockname},
-    {"setblocking", sock_setblocking},
-    {"setsockopt", sock_setsockopt},
-    {"getsockopt", sock_getsockopt},
-    {"bind", sock_bind},
-    {"listen", sock_listen},
-    {"connect", sock_connect},
-    {"connect_ex", sock_connect_ex},
-    {NULL, NULL},
+    {"accept", sock_accept},     {"recv", sock_recv},         {"send", sock_send},
+    {"write", sock_write},       {"pending", sock_pending},   {"setlimit", sock_setlimit},
+    {"on_drain", sock_on_drain}, {"shutdown", sock_shutdown}, {"close", sock_close},
+    {"abort", sock_abort},       {"fileno", sock_fileno},     {NULL, NULL},
 };
 
 static const luaL_Reg socket_metamethods[] = {
@@ -775,17 +558,40 @@ static const luaL_Reg socket_metamethods[] = {
 };
 
 static const luaL_Reg module_functions[] = {
-    {"socket", l_socket},       {"listen", l_listen}, {"connect", l_connect},
-    {"write_all", l_write_all}, {NULL, NULL},
+    {"write_all", l_write_all},
+    {"listeners", l_listeners},
+    {NULL, NULL},
 };
 
-void lhsock_open(lua_State *L, int module, int host)
+/* Sets funcs into the table at index t, each with the socket metatable (at index mt) as
+ * upvalue 1, which lhsock_check compares a userdata's metatable with. */
+static void set_with_metatable(lua_State *L, const luaL_Reg *funcs, int t, int mt)
+{
+    t = lua_absindex(L, t);
+    mt = lua_absindex(L, mt);
+    for (; funcs->name; funcs++) {
+        lua_pushvalue(L, mt);
+        lua_pushcclosure(L, funcs->func, 1);
+        lua_setfield(L, t, funcs->name);
+    }
+}
+
+void lhsock_add_methods(lua_State *L, const luaL_Reg *methods)
+{
+    luaL_getmetatable(L, LH_SOCKET);
+    lua_getfield(L, -1, "__index");
+    set_with_metatable(L, methods, -1, -2);
+    lua_pop(L, 2);
+}
+
+void lhsock_open(lua_State *L, int module, int host, lh_sockets *ctx)
 {
     if (luaL_newmetatable(L, LH_SOCKET)) {
-        luaL_setfuncs(L, socket_metamethods, 0);
-        luaL_newlib(L, socket_methods);
+        set_with_metatable(L, socket_metamethods, -1, -1);
+        lua_newtable(L);
         lua_setfield(L, -2, "__index");
+        lhsock_add_methods(L, socket_methods);
     }
     lua_pop(L, 1);
-    lh_setfuncs(L, module_functions, module, host);
+    lh_setfuncs(L, module_functions, module, host, ctx);
 }

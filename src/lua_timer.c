@@ -1,10 +1,11 @@
-/* lua_timer.c: luahost.after / luahost.every and the luahost.timer type over the core's
- * min-heap. A scheduled timer is anchored by the host so it cannot be collected. */
-#include "lh.h"
+/* lua_timer.c: luahost.after / luahost.every and the luahost.timer type. Timer userdata
+ * are anchored while scheduled, keep their callback as a user value, and hold the host
+ * while they live. */
+#include "lua_timer.h"
 
 typedef struct lh_timer {
     timer t;
-    lh_host *host;
+    lh_timers *ctx;
 } lh_timer;
 
 static lh_timer *check_timer(lua_State *L, int index)
@@ -12,44 +13,60 @@ static lh_timer *check_timer(lua_State *L, int index)
     return (lh_timer *)luaL_checkudata(L, index, LH_TIMER);
 }
 
-static void anchor(lua_State *L, lh_host *host, lh_timer *tm, int index)
+static void set_scheduled(lua_State *L, lh_timers *t, lh_timer *tm, int value)
 {
-    index = lua_absindex(L, index);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, host->timers_ref);
-    lua_pushvalue(L, index);
+    value = lua_absindex(L, value);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->scheduled_ref);
+    lua_pushvalue(L, value);
     lua_rawsetp(L, -2, tm);
     lua_pop(L, 1);
 }
 
-static void unanchor(lua_State *L, lh_host *host, lh_timer *tm)
+static void unanchor(lua_State *L, lh_timers *t, lh_timer *tm)
 {
-    lua_rawgeti(L, LUA_REGISTRYINDEX, host->timers_ref);
     lua_pushnil(L);
-    lua_rawsetp(L, -2, tm);
+    set_scheduled(L, t, tm, -1);
     lua_pop(L, 1);
+}
+
+void lhtimer_init(lua_State *L, lh_timers *t, const timer_clock *clock, lh_budget *budget,
+                  lh_logger *log, lh_journal *journal, lh_anchor *anchor)
+{
+    theap_init(&t->heap);
+    t->clock = clock;
+    t->budget = budget;
+    t->log = log;
+    t->journal = journal;
+    t->anchor = anchor;
+    t->closed = 0;
+    lua_newtable(L);
+    t->scheduled_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
 static int schedule(lua_State *L, double interval)
 {
-    lh_host *host = LH_HOST(L);
+    lh_timers *t = (lh_timers *)LH_CTX(L);
     lua_Number delay = luaL_checknumber(L, 1);
     luaL_checktype(L, 2, LUA_TFUNCTION);
     luaL_argcheck(L, delay >= 0 && delay < 1e9, 1, "delay must be 0 or more seconds");
+    if (t->closed)
+        return luaL_error(L, "the host is closed");
     lh_timer *tm = (lh_timer *)lua_newuserdatauv(L, sizeof *tm, 1);
     tm->t.index = TIMER_IDLE;
     tm->t.interval = interval;
-    tm->t.deadline = host_now(host) + delay;
+    tm->t.deadline = timer_clock_now(t->clock) + delay;
     tm->t.data = tm;
-    tm->host = host;
+    tm->ctx = t;
     luaL_setmetatable(L, LH_TIMER);
+    lh_anchor_hold(t->anchor);
     lua_pushvalue(L, 2);
     lua_setiuservalue(L, -2, 1);
     /* Journaled and anchored before it is scheduled: a memory error in either must not
      * leave in the heap a timer the collector may free. */
-    reload_journal_object(L, host, "timers", -1);
-    anchor(L, host, tm, -1);
-    if (theap_push(&host->timers, &tm->t) < 0) {
-        unanchor(L, host, tm);
+    lh_journal_note(t->journal, L, LH_MADE_TIMER, -1, 0);
+    set_scheduled(L, t, tm, -1);
+    if (theap_push(&t->heap, &tm->t) < 0) {
+        unanchor(L, t, tm);
         return luaL_error(L, "not enough memory to schedule a timer");
     }
     return 1;
@@ -67,18 +84,16 @@ static int l_every(lua_State *L)
     return schedule(L, interval);
 }
 
-/* Cancels the timer at index; allocates nothing unless a reload journals it. While a
- * reload runs the timer stays anchored, so that a rollback can schedule it again without
- * allocating; lhtimer_settle lets it go once the reload is over. */
 void lhtimer_cancel(lua_State *L, int index)
 {
     lh_timer *tm = check_timer(L, index);
-    if (tm->t.index != TIMER_IDLE) {
-        reload_journal_object(L, tm->host, "cancelled", index);
-        theap_remove(&tm->host->timers, &tm->t);
-        if (!tm->host->reloading)
-            unanchor(L, tm->host, tm);
-    }
+    lh_timers *t = tm->ctx;
+    if (tm->t.index == TIMER_IDLE)
+        return;
+    lh_journal_note(t->journal, L, LH_CANCELLED_TIMER, index, 0);
+    theap_remove(&t->heap, &tm->t);
+    if (!t->journal->reloading)
+        unanchor(L, t, tm);
 }
 
 static int timer_cancel(lua_State *L)
@@ -99,50 +114,78 @@ static int timer_tostring(lua_State *L)
     if (tm->t.index == TIMER_IDLE)
         lua_pushliteral(L, "luahost.timer (idle)");
     else
-        lua_pushfstring(L, "luahost.timer (due in %f s)", tm->t.deadline - host_now(tm->host));
+        lua_pushfstring(L, "luahost.timer (due in %f s)",
+                        tm->t.deadline - timer_clock_now(tm->ctx->clock));
     return 1;
 }
 
-/* Runs every timer due by now, each once: a repeating timer is rescheduled before its
- * callback runs, from its own deadline so it keeps its rhythm, but never into the past,
- * so a slow callback cannot make it fire in a burst. */
-void lhtimer_run_due(lua_State *L, lh_host *host)
+static int timer_gc(lua_State *L)
 {
-    double now = host_now(host);
-    timer *t;
-    while ((t = theap_peek(&host->timers)) && t->deadline <= now) {
-        lh_timer *tm = (lh_timer *)t->data;
-        lua_rawgeti(L, LUA_REGISTRYINDEX, host->timers_ref);
+    lh_timer *tm = check_timer(L, 1);
+    lh_anchor_release(L, tm->ctx->anchor);
+    return 0;
+}
+
+/* A repeating timer is rescheduled before its callback runs, from its own deadline so
+ * it keeps its rhythm, but never into the past, so a slow callback cannot make it fire
+ * in a burst. */
+void lhtimer_run_due(lua_State *L, lh_timers *t)
+{
+    double now = timer_clock_now(t->clock);
+    timer *due;
+    while ((due = theap_peek(&t->heap)) && due->deadline <= now) {
+        lh_timer *tm = (lh_timer *)due->data;
+        lua_rawgeti(L, LUA_REGISTRYINDEX, t->scheduled_ref);
         lua_rawgetp(L, -1, tm);
         lua_remove(L, -2);
-        theap_remove(&host->timers, t);
-        if (t->interval > 0) {
-            t->deadline += t->interval;
-            if (t->deadline <= now)
-                t->deadline = now + t->interval;
-            if (theap_push(&host->timers, t) < 0)
-                unanchor(L, host, tm);
+        theap_remove(&t->heap, due);
+        if (due->interval > 0) {
+            due->deadline += due->interval;
+            if (due->deadline <= now)
+                due->deadline = now + due->interval;
+            if (theap_push(&t->heap, due) < 0)
+                unanchor(L, t, tm);
         } else {
-            unanchor(L, host, tm);
+            unanchor(L, t, tm);
         }
-        lua_pushcfunction(L, lh_traceback);
-        lua_getiuservalue(L, -2, 1);
-        lua_pushvalue(L, -3);
-        if (host_pcall(L, host, 1, lua_gettop(L) - 2) != LUA_OK)
-            host_report_error(L, host, "error in timer");
-        lua_pop(L, 2);
+        lua_getiuservalue(L, -1, 1);
+        lua_pushvalue(L, -2);
+        if (budget_pcall(L, t->budget, 1, 0) != LUA_OK)
+            lh_report_error(L, t->log, "error in timer");
+        lua_pop(L, 1);
     }
 }
 
-/* For a timer a reload cancelled (still anchored), once the reload is over: schedules
- * it again (the reload was rolled back), or lets it go. Allocates no Lua memory. */
-void lhtimer_settle(lua_State *L, lh_host *host, int index, int reschedule)
+int lhtimer_timeout_ms(const lh_timers *t)
+{
+    return theap_timeout_ms(&t->heap, timer_clock_now(t->clock));
+}
+
+void lhtimer_settle(lua_State *L, lh_timers *t, int index, int reschedule)
 {
     lh_timer *tm = check_timer(L, index);
     if (tm->t.index != TIMER_IDLE)
         return;
-    if (!reschedule || theap_push(&host->timers, &tm->t) < 0)
-        unanchor(L, host, tm);
+    if (!reschedule || theap_push(&t->heap, &tm->t) < 0)
+        unanchor(L, t, tm);
+}
+
+void lhtimer_cancel_all(lua_State *L, lh_timers *t)
+{
+    timer *next;
+    while ((next = theap_peek(&t->heap))) {
+        theap_remove(&t->heap, next);
+        unanchor(L, t, (lh_timer *)next->data);
+    }
+}
+
+void lhtimer_close(lua_State *L, lh_timers *t)
+{
+    lhtimer_cancel_all(L, t);
+    theap_free(&t->heap);
+    t->closed = 1;
+    luaL_unref(L, LUA_REGISTRYINDEX, t->scheduled_ref); /* and with it, the timers */
+    t->scheduled_ref = LUA_NOREF;
 }
 
 static const luaL_Reg timer_methods[] = {
@@ -157,14 +200,16 @@ static const luaL_Reg module_functions[] = {
     {NULL, NULL},
 };
 
-void lhtimer_open(lua_State *L, int module, int host)
+void lhtimer_open(lua_State *L, int module, int host, lh_timers *t)
 {
     if (luaL_newmetatable(L, LH_TIMER)) {
         luaL_newlib(L, timer_methods);
         lua_setfield(L, -2, "__index");
         lua_pushcfunction(L, timer_tostring);
         lua_setfield(L, -2, "__tostring");
+        lua_pushcfunction(L, timer_gc);
+        lua_setfield(L, -2, "__gc");
     }
     lua_pop(L, 1);
-    lh_setfuncs(L, module_functions, module, host);
+    lh_setfuncs(L, module_functions, module, host, t);
 }

@@ -9,37 +9,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <lauxlib.h>
 #include <lualib.h>
 
-#include "lh.h"
+#include "luahost.h"
 
 #define SHUTDOWN_GRACE_SECONDS 3.0
 /* fds kept back from --max-connections for listeners, the host's own and the script's. */
 #define FDS_RESERVED 64
-
-/* --max-memory: the Lua state's allocator counts what it holds and refuses past the
- * limit, so a callback that allocates too much gets a memory error, not the host. */
-typedef struct memory_limit {
-    size_t used;
-    size_t limit; /* 0: none */
-} memory_limit;
-
-static void *limited_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
-{
-    memory_limit *m = (memory_limit *)ud;
-    size_t old = ptr ? osize : 0;
-    if (nsize == 0) {
-        free(ptr);
-        m->used -= old;
-        return NULL;
-    }
-    if (m->limit && nsize > old && m->used + (nsize - old) > m->limit)
-        return NULL; /* Lua collects garbage and retries before it raises */
-    void *grown = realloc(ptr, nsize);
-    if (grown)
-        m->used = m->used - old + nsize;
-    return grown;
-}
 
 static int panic(lua_State *L)
 {
@@ -47,8 +24,6 @@ static int panic(lua_State *L)
     fprintf(stderr, "luahost: unprotected error: %s\n", msg ? msg : "(not a string)");
     return 0;
 }
-
-int luaopen_luahost(lua_State *L);
 
 typedef struct options {
     const char *backend;
@@ -219,9 +194,9 @@ static int parse_options(int argc, char **argv, options *o)
     return -1;
 }
 
-/* arg as lua.c builds it: the script at 0, its arguments from 1, the host before it.
- * The path and arguments are kept for reloads too. */
-static void create_arg_table(lua_State *L, const options *o)
+/* arg as lua.c builds it: the script at 0, its arguments from 1, the host before it;
+ * and the script's table for reloads: its path and arguments. */
+static void create_arg_table(lua_State *L, const options *o, lh_host *host)
 {
     lua_createtable(L, o->argc - o->script, o->script + 1);
     for (int i = 0; i < o->argc; i++) {
@@ -229,19 +204,22 @@ static void create_arg_table(lua_State *L, const options *o)
         lua_rawseti(L, -2, i - o->script);
     }
     lua_setglobal(L, "arg");
+    lua_createtable(L, 0, 2);
+    lua_pushstring(L, o->argv[o->script]);
+    lua_setfield(L, -2, "path");
     lua_createtable(L, o->argc - o->script - 1, 0);
     for (int i = o->script + 1; i < o->argc; i++) {
         lua_pushstring(L, o->argv[i]);
         lua_rawseti(L, -2, i - o->script);
     }
-    lua_setfield(L, LUA_REGISTRYINDEX, "luahost.script_args");
-    lua_pushstring(L, o->argv[o->script]);
-    lua_setfield(L, LUA_REGISTRYINDEX, "luahost.script");
+    lua_setfield(L, -2, "args");
+    lhreload_set_script(L, &host->reload, -1);
+    lua_pop(L, 1);
 }
 
 /* Raises the soft fd limit to the hard one, so the host can hold as many connections as
  * the system allows, and derives the default --max-connections from it. */
-static void set_connection_limit(lh_host *host, const options *o)
+static void set_connection_limit(lh_settings *settings, const options *o)
 {
     struct rlimit rl;
     long long fds = 0;
@@ -254,54 +232,67 @@ static void set_connection_limit(lh_host *host, const options *o)
         fds = rl.rlim_cur == RLIM_INFINITY ? INT32_MAX : (long long)rl.rlim_cur;
     }
     long long room = fds > 2 * FDS_RESERVED ? fds - FDS_RESERVED : fds / 2;
-    host->max_connections = (size_t)(o->max_connections > 0 ? o->max_connections : room);
-    host->fd_limit = fds;
+    settings->max_connections = (size_t)(o->max_connections > 0 ? o->max_connections : room);
+    settings->fd_limit = fds;
 }
 
-static void apply_settings(lua_State *L, const options *o)
+/* The host's settings from the command line. */
+static void settings_from(lh_settings *settings, const options *o)
 {
-    lua_getfield(L, LUA_REGISTRYINDEX, "luahost.host");
-    lh_host *host = (lh_host *)lua_touserdata(L, -1);
-    lua_pop(L, 1);
+    lh_settings_init(settings);
+    settings->backend = o->backend ? o->backend : getenv("LUAHOST_SELECTOR");
+    if (settings->backend && !*settings->backend)
+        settings->backend = NULL;
     if (o->log_level)
-        host->log_level = lh_log_level_from_name(o->log_level);
+        settings->log_level = lh_log_level_from_name(o->log_level);
     if (o->max_output > 0)
-        host->max_output = (uint32_t)o->max_output;
-    host->debug_gc = o->debug_gc;
+        settings->max_output = (uint32_t)o->max_output;
     if (o->max_instructions >= 0)
-        host->max_instructions = (long)o->max_instructions;
-    set_connection_limit(host, o);
+        settings->max_instructions = (long)o->max_instructions;
+    settings->debug_gc = o->debug_gc;
+    set_connection_limit(settings, o);
+}
+
+/* Makes the host: the module, required as "luahost" and the global `luahost`. */
+static lh_host *open_host(lua_State *L, const options *o)
+{
+    lh_settings settings;
+    settings_from(&settings, o);
+    lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    lh_host *host = luahost_push(L, &settings);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -3, "luahost");
+    lua_setglobal(L, "luahost");
+    lua_pop(L, 1);
     signal(SIGPIPE, SIG_IGN);
-    if (host->max_instructions > 0) /* before the script runs: it may make coroutines */
-        host_guard_coroutines(L, host);
+    if (host->budget.max_instructions > 0) /* before the script runs: it may make coroutines */
+        budget_guard_coroutines(L, &host->budget);
+    return host;
 }
 
 /* Runs the loop once the main chunk has returned, then closes down gracefully. Signals
  * are routed into the loop only now: while the main chunk runs (a client script may run
  * its own select loop there) SIGINT and SIGTERM act as they do for lua. */
-static int serve(lua_State *L)
+static int serve(lua_State *L, const options *o, lh_host *host)
 {
-    lua_getfield(L, LUA_REGISTRYINDEX, "luahost.host");
-    lh_host *host = (lh_host *)lua_touserdata(L, -1);
-    if (host->max_instructions > 0 && host_start_watchdog(host) < 0)
-        lh_log(host, LH_WARN, "cannot start the watchdog; every callback instruction is counted");
-    if (host_watch_signals(host) < 0)
-        lh_log(host, LH_WARN, "cannot watch signals; SIGINT/SIGTERM will not stop gracefully");
-    const options *o = (const options *)lua_touserdata(L, 1);
-    if (o->watch && host_watch_file(host, o->argv[o->script]) < 0)
-        lh_log(host, LH_WARN, "cannot watch %s for changes; --watch is off", o->argv[o->script]);
+    if (host->budget.max_instructions > 0 && budget_start_watchdog(&host->budget) < 0)
+        lh_log(&host->log, LH_WARN,
+               "cannot start the watchdog; every callback instruction is counted");
+    if (signals_watch(&host->loop.sig, host->sel) < 0)
+        lh_log(&host->log, LH_WARN,
+               "cannot watch signals; SIGINT/SIGTERM will not stop gracefully");
+    if (o->watch && watch_start(&host->loop.watch, host->sel, o->argv[o->script]) < 0)
+        lh_log(&host->log, LH_WARN, "cannot watch %s for changes; --watch is off",
+               o->argv[o->script]);
     /* Said once the script is serving, so that an operator's mistake stays one line and a
      * client script that ran its own loop prints nothing of the host's. */
-    if (!host_is_idle(host))
-        lh_log(host, LH_INFO, "fd limit %lld: up to %zu connections", host->fd_limit,
-               host->max_connections);
-    lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-    lua_getfield(L, -1, "luahost");
-    lua_getfield(L, -1, "run");
-    lua_call(L, 0, 2);
-    if (lua_isnil(L, -2))
-        return luaL_error(L, "%s", lua_tostring(L, -1));
-    host_shutdown(L, host, SHUTDOWN_GRACE_SECONDS);
+    if (!loop_is_idle(&host->loop))
+        lh_log(&host->log, LH_INFO, "fd limit %lld: up to %zu connections", host->adm.fd_limit,
+               host->adm.max_connections);
+    int err = 0;
+    if (!loop_run(L, &host->loop, -1, &err))
+        return luaL_error(L, "select: %s", strerror(-err));
+    loop_shutdown(L, &host->loop, SHUTDOWN_GRACE_SECONDS);
     return 0;
 }
 
@@ -315,14 +306,8 @@ static int pmain(lua_State *L)
     /* A server's garbage is mostly young (a string per message): generational
      * collection spends far less on it than the incremental default. */
     lua_gc(L, LUA_GCGEN, 0, 0);
-    if (o->backend) {
-        lua_pushstring(L, o->backend);
-        lua_setfield(L, LUA_REGISTRYINDEX, "luahost.backend");
-    }
-    luaL_requiref(L, "luahost", luaopen_luahost, 1);
-    lua_pop(L, 1);
-    apply_settings(L, o);
-    create_arg_table(L, o);
+    lh_host *host = open_host(L, o);
+    create_arg_table(L, o, host);
     lua_pushcfunction(L, lh_traceback);
     int handler = lua_gettop(L);
     if (luaL_loadfile(L, script) != LUA_OK)
@@ -335,7 +320,7 @@ static int pmain(lua_State *L)
         lua_pushstring(L, o->argv[i]);
     if (lua_pcall(L, o->argc - o->script - 1, 0, handler) != LUA_OK)
         return lua_error(L);
-    return serve(L);
+    return serve(L, o, host);
 }
 
 /* The first line of an error; the traceback follows only at log level debug. */
@@ -357,8 +342,8 @@ int main(int argc, char **argv)
     int status = parse_options(argc, argv, &o);
     if (status >= 0)
         return status;
-    memory_limit memory = {0, o.max_memory > 0 ? (size_t)o.max_memory : 0};
-    lua_State *L = lua_newstate(limited_alloc, &memory);
+    lh_memory memory = {0, o.max_memory > 0 ? (size_t)o.max_memory : 0};
+    lua_State *L = lua_newstate(budget_alloc, &memory);
     if (!L) {
         fprintf(stderr, "%s: cannot create a Lua state: not enough memory\n", progname);
         return 1;

@@ -238,3 +238,41 @@ int net_parse_hostport(const char *spec, char *host, size_t hostlen, int *port, 
     }
     return 0;
 }
+
+static ssize_t kernel_send(const net_io *io, int fd, const void *data, size_t len)
+{
+    (void)io;
+    return net_send(fd, data, len);
+}
+
+static ssize_t kernel_recv(const net_io *io, int fd, void *data, size_t len)
+{
+    (void)io;
+    return net_recv(fd, data, len);
+}
+
+static int kernel_accept(const net_io *io, int listen_fd, net_addr *peer)
+{
+    (void)io;
+    return net_accept(listen_fd, peer);
+}
+
+static int kernel_peername(const net_io *io, int fd, net_addr *out)
+{
+    (void)io;
+    return net_peername(fd, out);
+}
+
+static int kernel_setsockopt(const net_io *io, int fd, int level, int name, int value)
+{
+    (void)io;
+    return setsockopt(fd, level, name, &value, sizeof value) < 0 ? -errno : 0;
+}
+
+const net_io net_io_kernel = {
+    .send = kernel_send,
+    .recv = kernel_recv,
+    .accept = kernel_accept,
+    .peername = kernel_peername,
+    .setsockopt = kernel_setsockopt,
+};

@@ -42,6 +42,20 @@ void net_addr_host(const net_addr *addr, char *host, size_t hostlen, int *port);
 /* "127.0.0.1:7342" or "[::1]:7342". */
 void net_addr_format(const net_addr *addr, char *out, size_t outlen);
 
+/* The socket calls the host makes on the fds it serves, behind one table so that a
+ * selector backend can supply its own (the "sim" backend's in-memory world does);
+ * net_io_kernel is the kernel's. Each returns what the net_* call of its name does. */
+typedef struct net_io net_io;
+struct net_io {
+    ssize_t (*send)(const net_io *io, int fd, const void *data, size_t len);
+    ssize_t (*recv)(const net_io *io, int fd, void *data, size_t len);
+    int (*accept)(const net_io *io, int listen_fd, net_addr *peer);
+    int (*peername)(const net_io *io, int fd, net_addr *out);
+    /* setsockopt(2): 0 or -errno. */
+    int (*setsockopt)(const net_io *io, int fd, int level, int name, int value);
+};
+extern const net_io net_io_kernel;
+
 /* Splits "[HOST:]PORT", "[v6]:PORT" or "HOST" into host and port, keeping the defaults
  * for the parts not given. Returns 0, or -EINVAL with a message in err. */
 int net_parse_hostport(const char *spec, char *host, size_t hostlen, int *port, char *err,

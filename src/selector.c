@@ -32,39 +32,6 @@ struct selector {
     char err[160];
 };
 
-/* Best first, so that NULL picks the first entry. */
-static const sel_backend *const sel_backends[] = {
-#ifdef HAVE_KQUEUE
-    &sel_backend_kqueue,
-#endif
-#ifdef HAVE_EPOLL
-    &sel_backend_epoll,
-#endif
-    &sel_backend_poll,
-    &sel_backend_select,
-};
-#define SEL_NBACKENDS ((int)(sizeof(sel_backends) / sizeof(sel_backends[0])))
-
-/* In the order of sel_backends, which they name. */
-/* clang-format off */
-static const char *const sel_names[] = {
-#ifdef HAVE_KQUEUE
-    "kqueue",
-#endif
-#ifdef HAVE_EPOLL
-    "epoll",
-#endif
-    "poll",
-    "select",
-    NULL,
-};
-/* clang-format on */
-
-const char *const *sel_backend_names(void)
-{
-    return sel_names;
-}
-
 /* Records why the call failed and returns rc, so callers can `return sel_fail(...)`. */
 static int sel_fail(selector *sel, int rc, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -77,33 +44,6 @@ static int sel_fail(selector *sel, int rc, const char *fmt, ...)
     return rc;
 }
 
-static void sel_names_list(char *buf, size_t len)
-{
-    size_t used = 0;
-    buf[0] = '\0';
-    for (int i = 0; sel_names[i] && used < len; i++) {
-        int n = snprintf(buf + used, len - used, "%s%s", i ? ", " : "", sel_names[i]);
-        used += n > 0 ? (size_t)n : 0;
-    }
-}
-
-static const sel_backend *sel_find_backend(const char *name)
-{
-    if (!name)
-        return sel_backends[0];
-    if (strcmp(name, "sim") == 0) /* for tests only, so never listed nor a default */
-        return &sel_backend_sim;
-    for (int i = 0; i < SEL_NBACKENDS; i++)
-        if (strcmp(sel_backends[i]->name, name) == 0)
-            return sel_backends[i];
-    return NULL;
-}
-
-int sel_backend_known(const char *name)
-{
-    return name && sel_find_backend(name) != NULL;
-}
-
 /* Returns NULL with a message in err (when given) if the backend is unknown, not
  * compiled in, or cannot be created. */
 selector *sel_new(const char *backend_name, char *err, size_t errlen)
@@ -113,7 +53,7 @@ selector *sel_new(const char *backend_name, char *err, size_t errlen)
     if (!err || !errlen)
         err = dummy, errlen = sizeof(dummy);
     if (!be) {
-        sel_names_list(names, sizeof(names));
+        sel_backend_names_list(names, sizeof(names));
         snprintf(err, errlen, "unknown selector backend \"%s\" (available: %s)", backend_name,
                  names);
         return NULL;
@@ -153,37 +93,14 @@ int sel_flags_ends(const selector *sel)
     return sel->be->flags_ends;
 }
 
-void *sel_backend_state(const selector *sel, const char *backend_name)
+void *sel_backend_state(const selector *sel, const sel_backend *be)
 {
-    return strcmp(sel->be->name, backend_name) == 0 ? sel->state : NULL;
+    return sel->be == be ? sel->state : NULL;
 }
 
-ssize_t sel_send(selector *sel, int fd, const void *data, size_t len)
+const net_io *sel_io(const selector *sel)
 {
-    if (sel && sel->be->io && sel->be->io->send)
-        return sel->be->io->send(sel->state, fd, data, len);
-    return net_send(fd, data, len);
-}
-
-ssize_t sel_recv(selector *sel, int fd, void *data, size_t len)
-{
-    if (sel && sel->be->io && sel->be->io->recv)
-        return sel->be->io->recv(sel->state, fd, data, len);
-    return net_recv(fd, data, len);
-}
-
-int sel_accept(selector *sel, int listen_fd, net_addr *peer)
-{
-    if (sel && sel->be->io && sel->be->io->accept)
-        return sel->be->io->accept(sel->state, listen_fd, peer);
-    return net_accept(listen_fd, peer);
-}
-
-int sel_peername(selector *sel, int fd, net_addr *out)
-{
-    if (sel && sel->be->io && sel->be->io->peername)
-        return sel->be->io->peername(sel->state, fd, out);
-    return net_peername(fd, out);
+    return sel->be->io ? sel->be->io(sel->state) : &net_io_kernel;
 }
 
 const char *sel_error(const selector *sel)
@@ -477,8 +394,5 @@ const sel_fired *sel_fired_at(const selector *sel, int i)
 
 int sel_deliverable(const selector *sel, const sel_fired *fired)
 {
-    const sel_key *k = sel_slot(sel, fired->fd);
-    if (!k || k->gen != fired->gen)
-        return 0;
-    return fired->mask & (k->events | k->host_events);
+    return sel_deliverable_in(sel_slot(sel, fired->fd), fired);
 }

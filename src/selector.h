@@ -41,8 +41,8 @@ typedef struct sel_key {
 
 typedef struct selector selector;
 
-/* Creates a selector on the named backend ("epoll", "poll", "select", "kqueue"), or on
- * the best available when name is NULL. Returns NULL with a message in err on failure. */
+/* Creates a selector on the named backend ("epoll", "poll", "select"; "sim" for tests), or
+ * on the best available when name is NULL. Returns NULL with a message in err on failure. */
 selector *sel_new(const char *backend_name, char *err, size_t errlen);
 void sel_free(selector *sel);
 const char *sel_backend_name(const selector *sel);
@@ -89,19 +89,25 @@ const sel_fired *sel_fired_at(const selector *sel, int i);
 /* The part of a fired entry still deliverable: 0 when the slot was released or reused
  * since the batch was taken, else the fired mask within the slot's current interest. */
 int sel_deliverable(const selector *sel, const sel_fired *fired);
+/* The same, given the fd's slot (sel_slot's result, NULL included), for a caller that
+ * looks at the slot too. */
+static inline int sel_deliverable_in(const sel_key *slot, const sel_fired *fired)
+{
+    if (!slot || slot->gen != fired->gen)
+        return 0;
+    return fired->mask & (slot->events | slot->host_events);
+}
 
 /* What the last failing call said, e.g. "fd 7 is already registered". */
 const char *sel_error(const selector *sel);
 
-/* The backend's own state if it is the named backend, else NULL (how the "sim"
- * backend's test controls reach it). */
-void *sel_backend_state(const selector *sel, const char *backend_name);
+/* The socket calls to make on the fds this selector watches: the kernel's, or the
+ * backend's own world ("sim" for tests). Fixed for the selector's life. */
+const net_io *sel_io(const selector *sel);
 
-/* Socket I/O on fds this selector watches, as net_send/net_recv/net_accept/net_peername
- * do; a backend may take them over ("sim" shapes them for tests). sel may be NULL. */
-ssize_t sel_send(selector *sel, int fd, const void *data, size_t len);
-ssize_t sel_recv(selector *sel, int fd, void *data, size_t len);
-int sel_accept(selector *sel, int listen_fd, net_addr *peer);
-int sel_peername(selector *sel, int fd, net_addr *out);
+/* The backend's own state if sel runs on backend be, else NULL (how a backend's test
+ * controls reach it). */
+struct sel_backend;
+void *sel_backend_state(const selector *sel, const struct sel_backend *be);
 
 #endif

@@ -5,6 +5,8 @@
 
 #include <stddef.h>
 
+/* A selector on the sim backend has one as its backend state: sel_backend_state(sel,
+ * &sel_backend_sim) (backend.h). */
 typedef struct sim_state sim_state;
 
 /* Makes an in-memory connection to listen_fd. Returns the test's end (non-blocking,

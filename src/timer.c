@@ -25,6 +25,11 @@ double timer_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+double timer_clock_now(const timer_clock *clock)
+{
+    return clock->is_virtual ? clock->virtual_now : timer_now();
+}
+
 void theap_init(timer_heap *h)
 {
     h->items = NULL;

@@ -26,6 +26,14 @@ typedef struct timer_heap {
 /* Seconds on a monotonic clock. */
 double timer_now(void);
 
+/* A host's clock: timer_now(), or a virtual time that moves only when a test sets it. */
+typedef struct timer_clock {
+    int is_virtual;
+    double virtual_now;
+} timer_clock;
+
+double timer_clock_now(const timer_clock *clock);
+
 void theap_init(timer_heap *h);
 void theap_free(timer_heap *h);
 /* Schedules t (which must be idle); returns 0 or -ENOMEM. */

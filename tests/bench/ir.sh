@@ -18,7 +18,8 @@ case $mode in
 echo | chat) ;;
 *) echo "usage: $0 [echo|chat] [CONNECTIONS] [SECONDS]" >&2 && exit 2 ;;
 esac
-[ -x build/luahost ] || { echo "$0: build/luahost is missing: run make" >&2 && exit 1; }
+bin_host=${IR_HOST:-build/luahost} # IR_HOST: another build of the executable, to compare
+[ -x "$bin_host" ] || { echo "$0: $bin_host is missing: run make" >&2 && exit 1; }
 
 bin=build/bench
 mkdir -p "$bin"
@@ -32,7 +33,7 @@ trap 'kill -KILL "${server:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 
 valgrind --tool=callgrind --callgrind-out-file="$work/out" \
-    build/luahost --log-level warn "scripts/$mode.lua" "127.0.0.1:$port" 2>"$work/log" &
+    "$bin_host" --log-level warn "scripts/$mode.lua" "127.0.0.1:$port" 2>"$work/log" &
 server=$!
 "$bin/loadgen" --mode probe --port "$port" --cap 60 >/dev/null ||
     { cat "$work/log" >&2 && exit 1; }
@@ -64,3 +65,5 @@ sends=$(awk '/^c?fn=/ { id = $1; sub(/^c?fn=/, "", id)
 [ "$sends" -gt 0 ] || { echo "$0: no net_send call was counted" >&2 && exit 1; }
 echo "mode=$mode connections=$conns sends=$sends instructions=$total" \
     "per_message=$((total / sends))"
+# IR_KEEP=FILE keeps the dump, for callgrind_annotate.
+[ -z "${IR_KEEP:-}" ] || cp "$dump" "$IR_KEEP"

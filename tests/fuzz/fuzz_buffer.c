@@ -241,7 +241,7 @@ static void conn_model_write(cmodel *m, size_t len)
     conn *c = &m->c;
     size_t before = m->peer >= 0 ? in_flight(m) : 0, pos = m->sent_pos + m->pending;
     fill(scratch, pos, len);
-    ssize_t rc = conn_write(c, m->sel, scratch, len);
+    ssize_t rc = conn_write(c, m->sel, &net_io_kernel, scratch, len);
     size_t sent = m->peer >= 0 ? in_flight(m) - before : 0;
     note("write %zu with %zu pending, limit %u: sent %zu, returned %zd", len, m->pending,
          (unsigned)c->limit, sent, rc);
@@ -272,7 +272,7 @@ static void conn_model_write(cmodel *m, size_t len)
 static void conn_model_flush(cmodel *m)
 {
     size_t before = m->peer >= 0 ? in_flight(m) : 0;
-    ssize_t rc = conn_flush(&m->c, m->sel);
+    ssize_t rc = conn_flush(&m->c, m->sel, &net_io_kernel);
     note("flush of %zu: returned %zd", m->pending, rc);
     m->check_pause = 1;
     if (m->peer < 0) {

@@ -23,8 +23,8 @@ cc=${CC:-clang}
 # -fno-sanitize-recover: an UBSan finding must stop the run, not just print.
 # shellcheck disable=SC2054 # the commas are -fsanitize's
 cflags=(-g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -D_GNU_SOURCE
-    -DHAVE_EPOLL=1 -I"$src" -Wall -Wextra -Werror)
-backends="selector.c net.c backend_epoll.c backend_poll.c backend_select.c backend_sim.c"
+    -I"$src" -Wall -Wextra -Werror)
+backends="selector.c backends.c net.c backend_epoll.c backend_poll.c backend_select.c backend_sim.c"
 declare -A core=(
     [fuzz_selector]="$backends"
     [fuzz_buffer]="buffer.c conn.c $backends"

@@ -1,0 +1,100 @@
+/* linger.c: lingering closes: finish sending a closed connection's output, or drop it at
+ * the deadline; the fd is closed either way. */
+#include "linger.h"
+
+#include <stdlib.h>
+
+void linger_init(linger_list *l, selector *sel, admission *adm, lh_logger *log,
+                 const timer_clock *clock)
+{
+    l->head = l->tail = NULL;
+    l->count = 0;
+    l->sel = sel;
+    l->adm = adm;
+    l->log = log;
+    l->clock = clock;
+}
+
+/* Drops what c has pending and closes its fd. */
+static void drop_and_close(linger_list *l, conn *c)
+{
+    if (l->sel)
+        conn_drop(c, l->sel);
+    conn_free(c);
+    adm_close(l->adm, c);
+}
+
+void linger_add(linger_list *l, conn *c)
+{
+    linger_rec *rec = (linger_rec *)malloc(sizeof *rec);
+    if (!rec || !l->sel || sel_set_host_events(l->sel, c->fd, SEL_WRITE, &rec->conn) < 0) {
+        drop_and_close(l, c);
+        free(rec);
+        return;
+    }
+    rec->conn = *c;
+    rec->conn.kind = CONN_LINGER;
+    rec->deadline = timer_clock_now(l->clock) + LINGER_SECONDS;
+    rec->next = NULL;
+    if (l->tail)
+        l->tail->next = rec;
+    else
+        l->head = rec;
+    l->tail = rec;
+    l->count++;
+    c->out = NULL; /* the record owns it now */
+    c->fd = -1;
+}
+
+static void unlink_rec(linger_list *l, linger_rec *rec)
+{
+    linger_rec **link = &l->head, *prev = NULL;
+    while (*link && *link != rec) {
+        prev = *link;
+        link = &(*link)->next;
+    }
+    if (!*link)
+        return;
+    *link = rec->next;
+    if (l->tail == rec)
+        l->tail = prev;
+    l->count--;
+}
+
+static void finish(linger_list *l, linger_rec *rec)
+{
+    drop_and_close(l, &rec->conn);
+    unlink_rec(l, rec);
+    free(rec);
+}
+
+void linger_flush(linger_list *l, linger_rec *rec)
+{
+    if (conn_flush(&rec->conn, l->sel, sel_io(l->sel)) <= 0)
+        finish(l, rec);
+}
+
+void linger_expire(linger_list *l)
+{
+    double now = timer_clock_now(l->clock);
+    while (l->head && l->head->deadline <= now) {
+        linger_rec *rec = l->head;
+        lh_log(l->log, LH_WARN, "fd %d: dropping %zu unsent bytes after %.0f s closing",
+               rec->conn.fd, conn_pending(&rec->conn), LINGER_SECONDS);
+        finish(l, rec);
+    }
+}
+
+int linger_timeout_ms(const linger_list *l)
+{
+    if (!l->head)
+        return -1;
+    double left = l->head->deadline - timer_clock_now(l->clock);
+    return left <= 0 ? 0 : (int)(left * 1000.0) + 1;
+}
+
+void linger_close_all(linger_list *l)
+{
+    while (l->head)
+        finish(l, l->head);
+}
