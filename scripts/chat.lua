@@ -132,15 +132,22 @@ function handlers.nick(client, msg)
     return reply_error(client, "name " .. name .. " is taken")
   end
   local old = client.name
-  by_name[old], by_name[name], client.name = nil, client, name
+  -- One at a time: a multiple assignment's order is not defined (Lua's is right to
+  -- left), and renaming to one's own name would clear the new entry.
+  by_name[old] = nil
+  by_name[name] = client
+  client.name = name
   broadcast({ type = "nick", from = old, name = name })
 end
 
 function handlers.who(client)
   local names = {}
   for name in pairs(by_name) do names[#names + 1] = name end
+  if #names == 0 then -- lua-cjson encodes an empty table as an object, {}
+    return send_line(client, '{"type":"who","names":[]}\n')
+  end
   table.sort(names)
-  send(client, { type = "who", names = setmetatable(names, cjson.array_mt) })
+  send(client, { type = "who", names = names })
 end
 
 -- One complete line (without its line ending) from a client.
