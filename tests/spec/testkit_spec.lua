@@ -652,7 +652,8 @@ end)
       local t0 = now()
       local sent = c:fill(64 * 1024 * 1024, 0.2)
       assert.is_true(sent > 0 and sent < 64 * 1024 * 1024, sent .. " bytes sent")
-      assert.is_true(now() - t0 >= 0.2)
+      local took = now() - t0
+      assert.is_true(took >= 0.2 and took < 1, "took " .. took .. " s") -- settle, not more
       local d = T.client(p.host, p.port)
       assert.same({256, 0}, {d:fill(256), d:fill(0)})
       local _, port = c.sock:getsockname()
