@@ -379,7 +379,7 @@ end
 function T.clients(host, port, n, opts)
   opts = opts or {}
   local list = {}
-  local one = {wait = false, rcvbuf = opts.rcvbuf, timeout = opts.client_timeout}
+  local one = {wait = false, rcvbuf = opts.rcvbuf}
   if opts.wait == false then
     for i = 1, n do list[i] = T.client(host, port, one) end
     return list
@@ -486,7 +486,7 @@ end
 function Client:take(n)
   local b = self:buffered()
   self.buffer = b:sub(n + 1)
-  self.size = #self.buffer
+  self.size, self.scanned = #self.buffer, 0
   return b:sub(1, n)
 end
 
@@ -538,7 +538,8 @@ function Client:send(s, timeout)
       fail(string.format("send: %d of %d bytes sent within %g s", sent, #s, timeout))
     else
       self:pump() -- a server that answers while we send must not block on us
-      self:drive(READ | WRITE)
+      -- (once it has closed its side, readable says nothing: wait for room only)
+      self:drive(self.closed_by_peer and WRITE or READ | WRITE)
     end
   end
   if self.srv then self.srv:step(0) end
@@ -570,11 +571,12 @@ end
 function Client:line(timeout)
   return self:wait_for(function(c)
     local b = c:buffered()
-    local i = b:find("\n", 1, true)
+    local i = b:find("\n", (c.scanned or 0) + 1, true) -- a long line is searched once
     if i then
       c:take(i)
       return b:sub(1, i - 1)
     end
+    c.scanned = #b
   end, "line", timeout)
 end
 
