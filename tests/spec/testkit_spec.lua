@@ -1,7 +1,8 @@
 -- testkit_spec.lua: specs of the test kit itself (lua/luahost/test.lua). Each one would
 -- fail if the kit were broken: servers on every backend, the leak check, load failures,
 -- bounded client waits, the virtual clock, in-process reloads, spawned executables (and
--- their cleanup when a test fails), and the kit's promise that sim specs are fast.
+-- their cleanup when a test fails), clients of processes, process waits and readings,
+-- T.run, T.wait_until, T.tempfile, and the kit's promise that sim specs are fast.
 local luahost = require "luahost"
 local lfs = require "lfs"
 local T = require "luahost.test"
