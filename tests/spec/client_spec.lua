@@ -3,7 +3,6 @@
 -- against echo.lua, against nothing and against servers that fail it. It never hangs.
 local T = require "luahost.test"
 local luahost = require "luahost"
-local process = require "support.process"
 
 local USAGE = "usage: luahost scripts/client.lua [HOST:]PORT [CONNECTIONS] [MESSAGES]"
 
@@ -30,7 +29,7 @@ end
 -- Runs client.lua with args, killed past timeout seconds (default 10); returns its run and
 -- a description for failure messages.
 local function run_client(args, timeout)
-  local r = process.run_luahost({"scripts/client.lua", table.unpack(args)}, timeout or 10)
+  local r = T.run({"scripts/client.lua", table.unpack(args)}, {timeout = timeout or 10})
   local shown = ("%s %s; stdout: %q; stderr: %q"):format(r.how, r.code, r.stdout, r.stderr)
   assert(not r.timed_out, "client.lua ran past its time and was killed: " .. shown)
   return r, shown

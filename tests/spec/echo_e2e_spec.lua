@@ -1,8 +1,8 @@
 -- echo_e2e_spec.lua: scripts/echo.lua served by the real luahost executable on every
 -- selector backend: many concurrent clients, a client that half-closes, and a callback
 -- that raises while other clients are being served.
-local process = require "support.process"
-local client = require "support.client"
+local T = require "luahost.test"
+local echo_many = require "support.echo_many"
 
 local BACKENDS = {"epoll", "poll", "select"}
 local ECHO = "scripts/echo.lua"
@@ -41,13 +41,6 @@ local function assert_no_errors_logged(server)
   assert.is_nil(log:match("\n?[^\n]* error [^\n]*"), "unexpected error in the log:\n" .. log)
 end
 
--- Stops the server with SIGTERM and checks it went gracefully: exit status 0, in time.
-local function assert_graceful_stop(server)
-  local status, killed = server:stop("TERM")
-  assert.is_false(killed, "the server ignored SIGTERM and had to be killed:\n" .. server:stderr())
-  assert.same({how = "exit", code = 0}, status, "exit status; log:\n" .. server:stderr())
-end
-
 -- The soft limit on open files (ulimit -n) this process and its children have.
 local function fd_limit()
   local sh = io.popen("ulimit -n")
@@ -84,11 +77,6 @@ end)
 ]]
 
 describe("echo.lua under the luahost executable", function()
-  after_each(function()
-    process.stop_all()
-    assert.equal(0, process.live_count(), "a luahost process was left running")
-  end)
-
   for index, backend in ipairs(BACKENDS) do
     describe("with --selector " .. backend, function()
       it("echoes 64 KiB of random bytes, sent in random chunks, to each of 50 concurrent "
@@ -97,15 +85,15 @@ describe("echo.lua under the luahost executable", function()
         math.randomseed(seed)
         local jobs = {}
         for i = 1, 50 do
-          jobs[i] = {payload = client.random_bytes(64 * 1024)}
-          jobs[i].chunks = client.random_chunks(#jobs[i].payload, 1, 16384)
+          jobs[i] = {payload = T.random_bytes(64 * 1024)}
+          jobs[i].chunks = echo_many.random_chunks(#jobs[i].payload, 1, 16384)
         end
-        local server = process.start(ECHO, {selector = backend})
-        local results = client.echo_many("127.0.0.1", server.port, jobs, {timeout = 20})
+        local server = T.spawn(ECHO, nil, {selector = backend})
+        local results = echo_many.run("127.0.0.1", server.port, jobs, {timeout = 20})
         assert_all_echoed(jobs, results, false, seed)
         assert.is_true(server:alive(), "the server died:\n" .. server:stderr())
         assert_no_errors_logged(server)
-        assert_graceful_stop(server)
+        T.assert_graceful_stop(server)
       end)
 
       it("returns every byte and then EOF to clients that shut down their write side",
@@ -114,60 +102,55 @@ describe("echo.lua under the luahost executable", function()
         math.randomseed(seed)
         local jobs = {}
         for i = 1, 10 do
-          local payload = client.random_bytes(math.random(1, 128 * 1024))
+          local payload = T.random_bytes(math.random(1, 128 * 1024))
           jobs[i] = {payload = payload, shutdown = true,
-            chunks = client.random_chunks(#payload, 1, 32768)}
+            chunks = echo_many.random_chunks(#payload, 1, 32768)}
         end
-        local server = process.start(ECHO, {selector = backend})
-        local results = client.echo_many("127.0.0.1", server.port, jobs, {timeout = 20})
+        local server = T.spawn(ECHO, nil, {selector = backend})
+        local results = echo_many.run("127.0.0.1", server.port, jobs, {timeout = 20})
         assert_all_echoed(jobs, results, true, seed)
 
         -- The smallest case, step by step: a few bytes, shutdown, the bytes, EOF.
-        local c = assert(client.connect("127.0.0.1", server.port))
-        assert(c:send_all("last words"))
-        assert(c:shutdown("w"))
-        local data, why = c:recv_all(5)
+        local c = T.client("127.0.0.1", server.port, {timeout = 5})
+        c:send("last words")
+        c:shutdown()
+        assert.equal("last words", c:read_all(5)) -- fails on a reset or no end within 5 s
         c:close()
-        assert.equal("last words", data, why)
-        assert.equal("eof", why)
         assert_no_errors_logged(server)
-        assert_graceful_stop(server)
+        T.assert_graceful_stop(server)
       end)
 
       it("logs a callback that raises with the peer's address and keeps serving the "
         .. "other clients", function()
-        local script = process.temp_file(RAISING_ECHO, ".lua")
-        local server = process.start(script, {selector = backend})
+        local server = T.spawn(T.tempfile(RAISING_ECHO), nil, {selector = backend})
         local others = {}
         for i = 1, 5 do
-          others[i] = assert(client.connect("127.0.0.1", server.port))
-          assert.equal("before " .. i, assert(others[i]:echo("before " .. i)))
+          others[i] = T.client("127.0.0.1", server.port, {timeout = 5})
+          others[i]:echo("before " .. i) -- fails unless the same bytes come back
         end
 
-        local bad = assert(client.connect("127.0.0.1", server.port))
+        local bad = T.client("127.0.0.1", server.port, {timeout = 5})
         local bad_port = bad:local_port()
-        assert(bad:send_all("boom"))
-        local peer, message = server:wait_for_log("error in callback for (%S+): (.*)$")
-        assert(peer, message)
+        bad:send("boom")
+        local peer, message = server:wait_log("error in callback for (%S+): (.*)$", 5)
         assert.equal("127.0.0.1:" .. bad_port, peer)
         assert.matches("boom requested by the client", message, 1, true)
         -- The connection whose callback raised is closed by the host.
-        local closed, why = bad:wait_closed(5)
+        assert.is_true(bad:closed(5), "the raising client's connection was not closed")
         bad:close()
-        assert(closed, "the raising client's connection was not closed: " .. tostring(why))
 
         assert.is_true(server:alive(), "the server died:\n" .. server:stderr())
         for i, c in ipairs(others) do
-          assert.equal("after " .. i, assert(c:echo("after " .. i)))
+          c:echo("after " .. i)
           c:close()
         end
         math.randomseed(index)
         local jobs = {}
-        for i = 1, 10 do jobs[i] = {payload = client.random_bytes(16 * 1024)} end
-        assert_all_echoed(jobs, client.echo_many("127.0.0.1", server.port, jobs), false, index)
+        for i = 1, 10 do jobs[i] = {payload = T.random_bytes(16 * 1024)} end
+        assert_all_echoed(jobs, echo_many.run("127.0.0.1", server.port, jobs), false, index)
         local _, errors = server:stderr():gsub("error in callback", "")
         assert.equal(1, errors, "exactly one callback error expected:\n" .. server:stderr())
-        assert_graceful_stop(server)
+        T.assert_graceful_stop(server)
       end)
 
       -- select(2) cannot watch an fd at or above FD_SETSIZE (1024): with that backend a
@@ -178,37 +161,35 @@ describe("echo.lua under the luahost executable", function()
           pending("needs ulimit -n of at least 2400, have " .. fd_limit())
           return
         end
-        local server = process.start(ECHO, {selector = backend})
-        local early = assert(client.connect("127.0.0.1", server.port))
-        local socks = assert(client.open_many("127.0.0.1", server.port, 1100))
-        local outcomes = client.echo_each(socks, "ping", 5)
-        local counts = {echoed = 0, closed = 0, wrong = 0, timeout = 0}
-        for _, outcome in ipairs(outcomes) do counts[outcome] = counts[outcome] + 1 end
+        local server = T.spawn(ECHO, nil, {selector = backend})
+        local early = T.client("127.0.0.1", server.port, {timeout = 5})
+        local socks = T.clients("127.0.0.1", server.port, 1100)
+        local _, counts = T.echo_each(socks, "ping", 5)
         local summary = string.format("of the 1100: %d echoed, %d closed by the server, "
           .. "%d wrong, %d left hanging; server log:\n%s", counts.echoed, counts.closed,
           counts.wrong, counts.timeout, server:stderr():sub(1, 2000))
-        assert.equal("during", early:echo("during", 5), "a client from before the flood")
-        for _, sock in ipairs(socks) do sock:close() end
+        early:echo("during", 5) -- a client from before the flood
+        for _, c in ipairs(socks) do c:close() end
         assert.is_true(server:alive(), "the server exited; " .. summary)
-        local late, err = client.connect("127.0.0.1", server.port, 5)
-        assert(late, "no longer accepting after the flood (" .. tostring(err) .. "); " .. summary)
-        assert.equal("late", late:echo("late", 5))
+        local ok, late = pcall(T.client, "127.0.0.1", server.port, {timeout = 5})
+        assert(ok, "no longer accepting after the flood (" .. tostring(late) .. "); " .. summary)
+        late:echo("late", 5)
         late:close()
-        assert.equal("after", early:echo("after", 5), "a client from before the flood")
+        early:echo("after", 5) -- a client from before the flood
         early:close()
         assert(counts.wrong == 0 and counts.timeout == 0, summary)
         if backend ~= "select" then assert.equal(1100, counts.echoed, summary) end
-        assert_graceful_stop(server)
+        T.assert_graceful_stop(server)
       end)
 
       it("echoes over IPv6 on ::1", function()
-        local server = process.start(ECHO, {selector = backend, args = {"[::1]:0"}})
+        local server = T.spawn(ECHO, {"[::1]:0"}, {selector = backend})
         assert.equal("::1", server.host)
         math.randomseed(index)
         local jobs = {}
-        for i = 1, 5 do jobs[i] = {payload = client.random_bytes(32 * 1024)} end
-        assert_all_echoed(jobs, client.echo_many("::1", server.port, jobs), false, index)
-        assert_graceful_stop(server)
+        for i = 1, 5 do jobs[i] = {payload = T.random_bytes(32 * 1024)} end
+        assert_all_echoed(jobs, echo_many.run("::1", server.port, jobs), false, index)
+        T.assert_graceful_stop(server)
       end)
     end)
   end

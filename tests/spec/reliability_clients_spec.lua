@@ -4,13 +4,12 @@
 -- against an established client, slowloris and endless lines to chat.lua, every byte
 -- value to echo.lua, and 100,000 lines in one write to chat.lua.
 local luahost = require "luahost"
-local process = require "support.process"
-local client = require "support.client"
-local chat = require "support.chatclient"
+local T = require "luahost.test"
+local chat = require "support.chat"
 local helpers = require "support.helpers"
-local rel = require "support.reliability"
 
 local ECHO, CHAT = "scripts/echo.lua", "scripts/chat.lua"
+local BACKENDS = {"epoll", "poll", "select"}
 local READ, WRITE = luahost.EVENT_READ, luahost.EVENT_WRITE
 local now = luahost.now
 local MiB = 1024 * 1024
@@ -43,39 +42,58 @@ local function slow_echo(c, data, per_read, pause, timeout)
     elseif err ~= "wouldblock" then
       error("slow reader: recv: " .. tostring(err))
     end
-    process.sleep(pause)
+    T.sleep(pause)
   end
   return table.concat(parts)
 end
 
-describe("reliability: hostile clients", function()
-  after_each(rel.stop_processes)
+-- Runs tests/support/hostile.py (bounded); the sanitizer runtime a sanitized build
+-- preloads is meant for luahost, not python3, so it is left out.
+local function hostile(args, timeout)
+  local argv = {"python3", "tests/support/hostile.py"}
+  for _, a in ipairs(args) do argv[#argv + 1] = tostring(a) end
+  return T.run_command(argv, {env = {LD_PRELOAD = false}, timeout = timeout})
+end
 
-  for _, backend in ipairs(rel.BACKENDS) do
+-- A client of the server, its waits bounded by 5 s.
+local function connect(server, opts)
+  opts = opts or {}
+  opts.timeout = opts.timeout or 5
+  return T.client("127.0.0.1", server.port, opts)
+end
+
+-- The fds of the server back to base, within 5 s.
+local function wait_fds(server, base, what)
+  T.wait_until(function()
+    local n = server:fd_count()
+    return n <= base, n .. " fds"
+  end, 5, what .. " (baseline " .. base .. ")")
+end
+
+describe("reliability: hostile clients", function()
+  for _, backend in ipairs(BACKENDS) do
     describe("with --selector " .. backend, function()
       it("survives clients that reset in the middle of a reply or right after sending (EPIPE, "
         .. "ECONNRESET, no SIGPIPE), and leaks no fd", function()
-        local server = rel.start(ECHO, {selector = backend})
-        local probe = assert(client.connect("127.0.0.1", server.port))
-        finally(function() probe:close() end)
-        rel.timed_echo(probe, "hello")
-        local base = rel.settled_fd_count(server.pid)
+        local server = T.spawn(ECHO, nil, {selector = backend})
+        local probe = connect(server)
+        probe:echo("hello")
+        local base = server:settled_fd_count()
         for _, run in ipairs({{"reset-mid-reply", 20, 4 * MiB}, {"send-reset", 500, 65536}}) do
-          local r = rel.python({run[1], server.port, run[2], run[3]}, 60)
-          rel.assert_alive(server, "during " .. run[1])
-          assert(r.how == "exit" and r.code == 0, rel.show_run(r))
-          assert(rel.timed_echo(probe, "after " .. run[1]) < 0.5)
+          local r = hostile({run[1], server.port, run[2], run[3]}, 60)
+          assert(server:alive(), "the server died during " .. run[1] .. ": " .. tostring(server))
+          assert(r.how == "exit" and r.code == 0, tostring(r))
+          assert(probe:echo("after " .. run[1]) < 0.5)
         end
-        rel.wait_until("the reset connections' fds to be closed (baseline " .. base .. ")", 5,
-          function() return rel.fd_count(server.pid) <= base end)
-        assert.equal(0, #rel.lines_with(server:stderr(), " error "), server:stderr())
-        rel.assert_graceful_stop(server)
+        wait_fds(server, base, "the reset connections' fds to be closed")
+        assert.equal(0, #server:log_lines(" error ", true), server:stderr())
+        T.assert_graceful_stop(server)
       end)
 
       it("keeps its listener when connections are reset while they wait to be accepted",
         function()
         -- Accepts only every 0.1 s, so that the resets land while connections wait.
-        local script = process.temp_file([[
+        local script = T.tempfile([[
 local sel, READ = luahost.selector, luahost.EVENT_READ
 local server = assert(luahost.listen("127.0.0.1", 0))
 local function on_read(conn)
@@ -98,37 +116,32 @@ luahost.every(0.1, function()
     sel:register(conn, READ, on_read)
   end
 end)
-]], ".lua")
-        local server = rel.start(script, {selector = backend, args = {}})
-        local first = assert(client.connect("127.0.0.1", server.port))
-        rel.timed_echo(first, "before the resets", 3)
+]])
+        local server = T.spawn(script, {}, {selector = backend})
+        local first = connect(server)
+        first:echo("before the resets", 3)
         first:close()
-        local base = rel.settled_fd_count(server.pid)
-        local r = rel.python({"reset", server.port, 300}, 30)
-        assert(r.how == "exit" and r.code == 0, rel.show_run(r))
-        r = rel.python({"send-reset", server.port, 100, 1000}, 30)
-        assert(r.how == "exit" and r.code == 0, rel.show_run(r))
-        local c = assert(client.connect("127.0.0.1", server.port))
-        rel.timed_echo(c, "accepted after the resets", 5)
+        local base = server:settled_fd_count()
+        local r = hostile({"reset", server.port, 300}, 30)
+        assert(r.how == "exit" and r.code == 0, tostring(r))
+        r = hostile({"send-reset", server.port, 100, 1000}, 30)
+        assert(r.how == "exit" and r.code == 0, tostring(r))
+        local c = connect(server)
+        c:echo("accepted after the resets", 5)
         c:close()
-        rel.wait_until("the reset connections' fds to be closed (baseline " .. base .. ")", 5,
-          function() return rel.fd_count(server.pid) <= base end)
-        rel.assert_alive(server)
-        rel.assert_graceful_stop(server)
+        wait_fds(server, base, "the reset connections' fds to be closed")
+        assert(server:alive(), "the server died: " .. tostring(server))
+        T.assert_graceful_stop(server)
       end)
 
       it("stays within bounded memory while 20 clients send and never read, and serves the "
         .. "others meanwhile, a slow reader included", function()
-        local server = rel.start(ECHO, {selector = backend})
-        local probe = assert(client.connect("127.0.0.1", server.port))
-        finally(function() probe:close() end)
-        rel.timed_echo(probe, "warm up")
-        local base = rel.rss(server.pid)
+        local server = T.spawn(ECHO, nil, {selector = backend})
+        local probe = connect(server)
+        probe:echo("warm up")
+        local base = server:rss()
         local stuck = {}
-        finally(function() close_all(stuck) end)
-        for i = 1, 20 do
-          stuck[i] = assert(client.connect("127.0.0.1", server.port, 5, {rcvbuf = 4096}))
-        end
+        for i = 1, 20 do stuck[i] = connect(server, {rcvbuf = 4096}) end
         -- Every client sends until the server stops taking its bytes (8 MiB at most).
         local chunk, sent, last_progress = ("n"):rep(65536), {}, now()
         for i = 1, #stuck do sent[i] = 0 end
@@ -142,42 +155,37 @@ end)
               end
             end
           end
-          process.sleep(0.005)
+          T.sleep(0.005)
         end
         local total = 0
         for i = 1, #stuck do total = total + sent[i] end
-        assert(rel.timed_echo(probe, "while they never read") < 0.5)
+        assert(probe:echo("while they never read") < 0.5)
         -- A slow reader meanwhile (8 KiB every 5 ms) gets all its bytes back, in order.
-        local slow = assert(client.connect("127.0.0.1", server.port, 5, {rcvbuf = 4096}))
-        finally(function() slow:close() end)
-        local payload = client.random_bytes(MiB)
+        local slow = connect(server, {rcvbuf = 4096})
+        local payload = T.random_bytes(MiB)
         local back = slow_echo(slow, payload, 8192, 0.005, 20)
         assert(back == payload, string.format("the slow reader got %d bytes back, not the %d "
           .. "it sent", #back, #payload))
-        local growth = rel.rss(server.pid) - base
+        local growth = server:rss() - base
         assert(growth < 32 * MiB, string.format("RSS grew by %.1f MiB while 20 clients sent "
           .. "%.1f MiB without reading", growth / MiB, total / MiB))
-        assert.equal(0, #rel.lines_with(server:stderr(), "buffer full"),
+        assert.equal(0, #server:log_lines("buffer full", true),
           "a client that does not read was dropped instead of being throttled")
         close_all(stuck)
-        rel.assert_graceful_stop(server)
+        T.assert_graceful_stop(server)
       end)
 
       it("echoes all 256 byte values exactly, in one write and one byte at a time", function()
-        local server = rel.start(ECHO, {selector = backend})
+        local server = T.spawn(ECHO, nil, {selector = backend})
         local all = {}
         for i = 0, 255 do all[#all + 1] = string.char(i) end
         local bytes = table.concat(all)
-        local c = assert(client.connect("127.0.0.1", server.port))
-        finally(function() c:close() end)
-        assert.equal(bytes, c:echo(bytes))
-        assert.equal(bytes:reverse():rep(64), c:echo(bytes:reverse():rep(64)))
-        for i = 0, 255 do
-          local b = string.char(i)
-          local got = c:echo(b)
-          assert(got == b, string.format("byte %d came back as %q", i, tostring(got)))
-        end
-        rel.assert_graceful_stop(server)
+        local c = connect(server)
+        -- echo fails unless exactly the bytes sent come back, saying where they differ
+        c:echo(bytes)
+        c:echo(bytes:reverse():rep(64))
+        for i = 0, 255 do c:echo(string.char(i)) end
+        T.assert_graceful_stop(server)
       end)
 
       -- A connect storm against a script that accepts greedily (until accept says
@@ -186,7 +194,7 @@ end)
       -- client waits.
       it("caps accepts per round, so a connect storm does not starve an established client",
         function()
-        local script = process.temp_file([[
+        local script = T.tempfile([[
 local sel, READ = luahost.selector, luahost.EVENT_READ
 local server = assert(luahost.listen("127.0.0.1", 0, {backlog = 4096}))
 local function on_read(conn)
@@ -211,36 +219,29 @@ sel:register(server, READ, function(listener)
   end
   if n > 0 then luahost.log("info", "accepted " .. n .. " in one callback") end
 end)
-]], ".lua")
+]])
         -- select cannot watch fds past FD_SETSIZE: a smaller storm there.
         local STORM = backend == "select" and 900 or 2000
-        local server = rel.start(script, {selector = backend, args = {}})
-        local probe = assert(client.connect("127.0.0.1", server.port))
-        local storm = {}
-        finally(function()
-          probe:close()
-          close_all(storm)
-        end)
-        rel.timed_echo(probe, "before the storm")
-        for i = 1, STORM do storm[i] = assert(luahost.connect("127.0.0.1", server.port)) end
+        local server = T.spawn(script, {}, {selector = backend})
+        local probe = connect(server)
+        probe:echo("before the storm")
+        local storm = T.clients("127.0.0.1", server.port, STORM, {wait = false})
         local t0, worst, trips = now(), 0, 0
         while now() - t0 < 1.5 do
-          worst = math.max(worst, rel.timed_echo(probe, "during the storm " .. trips, 5))
+          worst = math.max(worst, probe:echo("during the storm " .. trips, 5))
           trips = trips + 1
         end
         assert(worst < 0.5, string.format("a round trip took %.2f s during a storm of %d "
           .. "connects", worst, STORM))
-        local outcomes = client.echo_each(storm, "x", 15)
-        local echoed = 0
-        for _, o in ipairs(outcomes) do echoed = echoed + (o == "echoed" and 1 or 0) end
-        assert.equal(STORM, echoed, "connections of the storm served in the end")
+        local _, counts = T.echo_each(storm, "x", 15)
+        assert.equal(STORM, counts.echoed, "connections of the storm served in the end")
         local most = 0
         for n in server:stderr():gmatch("accepted (%d+) in one callback") do
           most = math.max(most, tonumber(n))
         end
         assert(most > 1, "setup: the script never accepted more than one at a time")
         assert(most <= 64, "one callback accepted " .. most .. " connections")
-        rel.assert_graceful_stop(server)
+        T.assert_graceful_stop(server)
       end)
     end)
   end
@@ -296,14 +297,14 @@ end)
   end)
 
   -- chat.lua pauses reading from a client whose output backs up, through the backend.
-  for _, backend in ipairs(rel.BACKENDS) do
+  for _, backend in ipairs(BACKENDS) do
     describe("against chat.lua with --selector " .. backend, function()
       -- RSS of the server, sampled whenever the spec calls sample().
       local function rss_watch(server)
-        local w = {base = rel.rss(server.pid)}
+        local w = {base = server:rss()}
         w.peak = w.base
         function w.sample()
-          w.peak = math.max(w.peak, rel.rss(server.pid))
+          w.peak = math.max(w.peak, server:rss())
           return w.peak - w.base
         end
         return w
@@ -311,41 +312,37 @@ end)
 
       local function who_latency(c)
         local t0 = now()
-        c:who(3)
+        chat.who(c, 3)
         return now() - t0
       end
 
       it("answers slowloris clients that trickle a line without end with one 'line too long' "
         .. "each, keeps them connected, and stays bounded", function()
-        local server = rel.start(CHAT, {selector = backend,
-          args = {"127.0.0.1:0", "--max-line", "4096"}})
+        local server = T.spawn(CHAT, {"127.0.0.1:0", "--max-line", "4096"},
+          {selector = backend})
         local probe = chat.connect("127.0.0.1", server.port, "probe")
         local lorises = {}
-        finally(function()
-          probe:close()
-          close_all(lorises)
-        end)
-        probe:expect({type = "welcome"})
+        chat.expect(probe, {type = "welcome"})
         local watch = rss_watch(server)
         for i = 1, 20 do
           lorises[i] = chat.connect("127.0.0.1", server.port, "loris" .. i)
-          lorises[i]:expect({type = "welcome"})
+          chat.expect(lorises[i], {type = "welcome"})
         end
         local piece, worst = ("z"):rep(256), 0
         for round = 1, 60 do -- 15 KiB each, 256 bytes every 20 ms, never a newline
           for _, l in ipairs(lorises) do l:send(piece) end
           if round % 10 == 0 then worst = math.max(worst, who_latency(probe)) end
           watch.sample()
-          process.sleep(0.02)
+          T.sleep(0.02)
         end
         for _, l in ipairs(lorises) do
-          l:expect_eventually({type = "error", reason = "line too long"}, 3)
+          chat.expect_eventually(l, {type = "error", reason = "line too long"}, 3)
         end
         -- The rest of the endless line is discarded: still one error each, and after a
         -- newline the connection is usable again.
         for _, l in ipairs(lorises) do l:send(piece .. "\n") end
         for i, l in ipairs(lorises) do
-          local names, skipped = l:who(3)
+          local names, skipped = chat.who(l, 3)
           assert(#names >= 21, "who after the long line")
           for _, m in ipairs(skipped) do
             assert(m.type ~= "error", "loris " .. i .. ": a second error: " .. chat.show(m))
@@ -354,20 +351,16 @@ end)
         assert(worst < 0.5, string.format("a who took %.2f s among the slowloris clients", worst))
         local growth = watch.sample()
         assert(growth < 16 * MiB, string.format("RSS grew by %.1f MiB", growth / MiB))
-        rel.assert_graceful_stop(server)
+        T.assert_graceful_stop(server)
       end)
 
       it("answers 10 MiB without a newline with one error, stays bounded, and keeps serving",
         function()
-        local server = rel.start(CHAT, {selector = backend})
+        local server = T.spawn(CHAT, nil, {selector = backend})
         local probe = chat.connect("127.0.0.1", server.port, "probe")
         local sender = chat.connect("127.0.0.1", server.port, "sender")
-        finally(function()
-          probe:close()
-          sender:close()
-        end)
-        probe:expect({type = "welcome"})
-        sender:expect({type = "welcome"})
+        chat.expect(probe, {type = "welcome"})
+        chat.expect(sender, {type = "welcome"})
         local watch = rss_watch(server)
         local block, worst = ("q"):rep(MiB), 0
         for _ = 1, 10 do
@@ -375,9 +368,9 @@ end)
           watch.sample()
           worst = math.max(worst, who_latency(probe))
         end
-        sender:expect_eventually({type = "error", reason = "line too long"}, 5)
+        chat.expect_eventually(sender, {type = "error", reason = "line too long"}, 5)
         sender:send("\n")
-        local names, skipped = sender:who(5)
+        local names, skipped = chat.who(sender, 5)
         assert.equal(2, #names, "who after the long line")
         for _, m in ipairs(skipped) do
           assert(m.type ~= "error", "a second error: " .. chat.show(m))
@@ -385,30 +378,26 @@ end)
         assert(worst < 0.5, string.format("a who took %.2f s while 10 MiB arrived", worst))
         local growth = watch.sample()
         assert(growth < 16 * MiB, string.format("RSS grew by %.1f MiB", growth / MiB))
-        rel.assert_graceful_stop(server)
+        T.assert_graceful_stop(server)
       end)
 
       it("handles 100,000 lines sent in one write, in order, while other clients are served",
         function()
         local LINES = 100000
-        local server = rel.start(CHAT, {selector = backend})
+        local server = T.spawn(CHAT, nil, {selector = backend})
         local sender = chat.connect("127.0.0.1", server.port, "sender")
-        sender:expect({type = "welcome"})
+        chat.expect(sender, {type = "welcome"})
         local reader = chat.connect("127.0.0.1", server.port, "reader")
-        reader:expect({type = "welcome"})
+        chat.expect(reader, {type = "welcome"})
         local probe = chat.connect("127.0.0.1", server.port, "probe")
-        probe:expect({type = "welcome"})
-        finally(function()
-          sender:close()
-          reader:close()
-          probe:close()
-        end)
+        chat.expect(probe, {type = "welcome"})
         local watch = rss_watch(server)
         local lines = {}
         for i = 1, LINES do lines[i] = "m" .. i end
         local data = table.concat(lines, "\n") .. "\n"
 
-        -- One loop drives all three: the sender's bytes, the reader's says, the probe's who.
+        -- One loop drives all three, on their sockets: the sender's bytes, the reader's says,
+        -- the probe's who.
         local sel = luahost.new_selector()
         finally(function() sel:close() end)
         local sent, next_say, partial = 0, 1, ""
@@ -469,7 +458,7 @@ end)
         assert(worst < 2, string.format("a who took %.2f s during the flood", worst))
         local growth = watch.sample()
         assert(growth < 32 * MiB, string.format("RSS grew by %.1f MiB", growth / MiB))
-        rel.assert_graceful_stop(server)
+        T.assert_graceful_stop(server)
       end)
     end)
   end

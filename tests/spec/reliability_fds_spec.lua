@@ -4,93 +4,112 @@
 -- connect/close and connect/reset cycles that leak nothing, __gc that never closes a
 -- reused fd, and a failed non-blocking connect reported as ECONNREFUSED.
 local luahost = require "luahost"
-local process = require "support.process"
-local client = require "support.client"
+local T = require "luahost.test"
 local helpers = require "support.helpers"
-local rel = require "support.reliability"
+local tcp = require "support.tcp"
 
 local ECHO = "scripts/echo.lua"
+local BACKENDS = {"epoll", "poll", "select"}
 local WRITE = luahost.EVENT_WRITE
 local now = luahost.now
 
--- Non-blocking connects to port, not waited for: a flood. Returns them in `into`.
+-- Connects to port that are not waited for: a flood. Returns them in `into`.
 local function flood(port, n, into)
-  for _ = 1, n do
-    local s, err = luahost.connect("127.0.0.1", port)
-    assert(s, "the flood's own connect failed: " .. tostring(err))
-    into[#into + 1] = s
-  end
+  for _, c in ipairs(T.clients("127.0.0.1", port, n, {wait = false})) do into[#into + 1] = c end
   return into
 end
 
--- How many of socks the server has closed (EOF or reset seen; nothing is ever sent).
-local function closed_by_server(socks)
+-- How many of the clients the server has closed (EOF or reset seen; nothing is ever sent).
+local function closed_by_server(clients)
   local n = 0
-  for _, s in ipairs(socks) do
-    local data, err = s:recv(1)
-    if data == "" or (data == nil and err ~= "wouldblock") then n = n + 1 end
+  for _, c in ipairs(clients) do
+    if c:closed(0) then n = n + 1 end
   end
   return n
 end
 
-local function close_all(socks)
-  for _, s in ipairs(socks) do s:close() end
+local function close_all(list)
+  for _, s in ipairs(list) do s:close() end
 end
 
 -- Connects and echoes one message, retrying until timeout: for "served again".
 local function served_within(port, timeout)
   local deadline, last = now() + timeout
   repeat
-    local c, err = client.connect("127.0.0.1", port, 1)
-    if c then
-      local got, why = c:echo("served", 1)
-      c:close()
-      if got == "served" then return true end
-      last = why
-    else
-      last = err
-    end
-    process.sleep(0.05)
+    local c
+    local ok, why = pcall(function()
+      c = T.client("127.0.0.1", port, {timeout = 1})
+      c:echo("served", 1)
+    end)
+    if c then c:close() end
+    if ok then return true end
+    last = why
+    T.sleep(0.05)
   until now() >= deadline
   return false, last
 end
 
 -- prlimit(1) lowers the host's fd limit; without it those tests say why they did not run.
 local function without_prlimit()
-  if rel.have_prlimit() then return false end
+  if T.has_prlimit() then return false end
   pending("needs prlimit (util-linux) to lower the host's fd limit")
   return true
 end
 
-describe("reliability: file descriptors", function()
-  after_each(rel.stop_processes)
+-- A client of the server, its waits bounded by 5 s.
+local function connect(server)
+  return T.client("127.0.0.1", server.port, {timeout = 5})
+end
 
-  for _, backend in ipairs(rel.BACKENDS) do
+-- Runs tests/support/hostile.py (bounded); the sanitizer runtime a sanitized build
+-- preloads is meant for luahost, not python3, so it is left out.
+local function hostile(args, timeout)
+  local argv = {"python3", "tests/support/hostile.py"}
+  for _, a in ipairs(args) do argv[#argv + 1] = tostring(a) end
+  return T.run_command(argv, {env = {LD_PRELOAD = false}, timeout = timeout})
+end
+
+-- Seconds since midnight of a log line's UTC stamp (2026-01-02T03:04:05.678Z).
+local function stamp(line)
+  local h, m, s = line:match("^%d+%-%d+%-%d+T(%d+):(%d+):([%d.]+)Z")
+  return tonumber(h) * 3600 + tonumber(m) * 60 + tonumber(s)
+end
+
+-- The soft and hard fd limits of process pid, from /proc/PID/limits.
+local function nofile(pid)
+  local f = assert(io.open("/proc/" .. pid .. "/limits"))
+  local text = f:read("a")
+  f:close()
+  local soft, hard = text:match("Max open files%s+(%S+)%s+(%S+)")
+  return tonumber(soft) or soft, tonumber(hard) or hard
+end
+
+describe("reliability: file descriptors", function()
+  for _, backend in ipairs(BACKENDS) do
     describe("with --selector " .. backend .. " under prlimit --nofile=64:64", function()
       it("does not spin when fds run out, keeps serving a connected client, sheds what "
         .. "waits, logs it at most once a second, and serves new clients once fds free up",
         function()
         if without_prlimit() then return end
-        local server = rel.start(ECHO, {selector = backend, nofile = {64, 64},
+        local server = T.spawn(ECHO, nil, {selector = backend, nofile = {64, 64},
           options = {"--max-connections", "1000"}})
-        assert(server:wait_for_log("fd limit 64: up to 1000 connections", 5))
-        local probe = assert(client.connect("127.0.0.1", server.port))
-        rel.timed_echo(probe, "before")
+        server:wait_log("fd limit 64: up to 1000 connections", 5)
+        local probe = connect(server)
+        probe:echo("before")
 
         local socks = flood(server.port, 200, {})
-        finally(function() close_all(socks) end)
-        assert(server:wait_for_log("out of file descriptors", 5))
+        server:wait_log("out of file descriptors", 5)
 
         -- One second of more connects arriving while fds are out: the server must wait,
         -- not spin, and the probe must keep getting its echoes.
-        local cpu0, t0, worst = rel.cpu_seconds(server.pid), now(), 0
+        local cpu0, t0, worst = server:cpu_seconds(), now(), 0
         while now() - t0 < 1.0 do
           flood(server.port, 10, socks)
-          worst = math.max(worst, rel.timed_echo(probe, "during"))
-          process.sleep(0.1)
+          worst = math.max(worst, probe:echo("during"))
+          T.sleep(0.1)
         end
-        local used, elapsed = rel.cpu_seconds(server.pid) - cpu0, now() - t0
-        rel.assert_alive(server)
+        local used, elapsed = server:cpu_seconds() - cpu0, now() - t0
+        assert(server:alive(), "the server died: " .. tostring(server))
         assert(used < 0.3 * elapsed, string.format("the server used %.2f s of CPU in %.2f s "
           .. "while out of fds (spinning?)", used, elapsed))
         assert(worst < 0.5, string.format("a round trip of the connected client took %.2f s "
@@ -98,18 +117,17 @@ describe("reliability: file descriptors", function()
 
         -- What could not be accepted is closed, not left hanging in the backlog: the
         -- server holds fewer than 64 connections, so at most that many stay open.
-        local open
-        rel.wait_until("the server to shed the connections it cannot hold", 3, function()
-          open = #socks - closed_by_server(socks)
-          return open < 64
-        end)
+        T.wait_until(function()
+          local open = #socks - closed_by_server(socks)
+          return open < 64, open .. " open"
+        end, 3, "the server to shed the connections it cannot hold")
 
         -- The warning is rate limited: consecutive lines at least about a second apart.
-        local warnings = rel.lines_with(server:stderr(), "out of file descriptors")
+        local warnings = server:log_lines("out of file descriptors", true)
         assert(#warnings >= 1)
         assert.matches("Too many open files", warnings[1], 1, true)
         for i = 2, #warnings do
-          local gap = rel.stamp(warnings[i]) - rel.stamp(warnings[i - 1])
+          local gap = stamp(warnings[i]) - stamp(warnings[i - 1])
           assert(gap >= 0.9, string.format("two 'out of file descriptors' lines %.3f s apart:"
             .. "\n%s\n%s", gap, warnings[i - 1], warnings[i]))
         end
@@ -119,30 +137,27 @@ describe("reliability: file descriptors", function()
         local ok, why = served_within(server.port, 5)
         assert(ok, "a new client was not served after the flood ended: " .. tostring(why)
           .. "\n" .. server:stderr())
-        rel.timed_echo(probe, "after")
+        probe:echo("after")
         probe:close()
-        rel.assert_graceful_stop(server)
+        T.assert_graceful_stop(server)
       end)
 
       it("by default holds half the fds as connections and refuses the rest, logged and "
         .. "counted", function()
         if without_prlimit() then return end
-        local server = rel.start(ECHO, {selector = backend, nofile = {64, 64}, stats = true})
-        assert(server:wait_for_log("fd limit 64: up to 32 connections", 5))
-        local socks = assert(client.open_many("127.0.0.1", server.port, 40))
-        finally(function() close_all(socks) end)
-        local outcomes = client.echo_each(socks, "hi", 5)
-        local counts = {echoed = 0, closed = 0, wrong = 0, timeout = 0}
-        for _, o in ipairs(outcomes) do counts[o] = counts[o] + 1 end
+        local server = T.spawn(ECHO, nil, {selector = backend, nofile = {64, 64}, stats = true})
+        server:wait_log("fd limit 64: up to 32 connections", 5)
+        local socks = T.clients("127.0.0.1", server.port, 40)
+        local outcomes, counts = T.echo_each(socks, "hi", 5)
         local summary = string.format("of 40: %d echoed, %d closed, %d wrong, %d hanging; "
           .. "log:\n%s", counts.echoed, counts.closed, counts.wrong, counts.timeout,
           server:stderr())
         assert(counts.echoed == 32 and counts.closed == 8, summary)
 
-        local refusals = rel.lines_with(server:stderr(), "refusing connections")
+        local refusals = server:log_lines("refusing connections", true)
         assert(#refusals >= 1, "no refusal logged:\n" .. server:stderr())
         assert.matches("too many connections", refusals[1], 1, true)
-        local stats = rel.stats(server)
+        local stats = server:stats()
         assert.equal(32, stats.connections, "connections counted in luahost.stats()")
         assert.equal(8, stats.refused, "refusals counted in luahost.stats()")
 
@@ -154,36 +169,36 @@ describe("reliability: file descriptors", function()
             socks[i]:close()
           end
         end
-        rel.wait_until("the server to count 27 connections", 3,
-          function() return rel.stats(server).connections == 27 end)
+        T.wait_until(function()
+          local n = server:stats().connections
+          return n == 27, n
+        end, 3, "the server to count 27 connections")
         local ok, why = served_within(server.port, 3)
         assert(ok, "not served once there was room: " .. tostring(why))
-        rel.assert_graceful_stop(server)
+        T.assert_graceful_stop(server)
       end)
     end)
 
     it("past --max-connections 3 accepts and closes a new connection at once, logs it, and "
       .. "serves again once one leaves (--selector " .. backend .. ")", function()
-      local server = rel.start(ECHO, {selector = backend, options = {"--max-connections", "3"}})
-      assert(server:wait_for_log("up to 3 connections", 5))
+      local server = T.spawn(ECHO, nil, {selector = backend,
+        options = {"--max-connections", "3"}})
+      server:wait_log("up to 3 connections", 5)
       local conns = {}
-      finally(function() for _, c in ipairs(conns) do c:close() end end)
       for i = 1, 3 do
-        conns[i] = assert(client.connect("127.0.0.1", server.port))
-        rel.timed_echo(conns[i], "conn " .. i)
+        conns[i] = connect(server)
+        conns[i]:echo("conn " .. i)
       end
-      local extra = assert(client.connect("127.0.0.1", server.port))
-      conns[4] = extra
+      local extra = connect(server)
       local t0 = now()
-      local closed, why = extra:wait_closed(3)
-      assert(closed, "the connection past the limit was left open: " .. tostring(why))
+      assert(extra:closed(3), "the connection past the limit was left open")
       assert(now() - t0 < 1, "closing the connection past the limit took too long")
-      assert(server:wait_for_log("refusing connections: too many connections", 2))
-      for i = 1, 3 do rel.timed_echo(conns[i], "still " .. i) end
+      server:wait_log("refusing connections: too many connections", 2)
+      for i = 1, 3 do conns[i]:echo("still " .. i) end
       conns[1]:close()
       local ok, err = served_within(server.port, 3)
       assert(ok, "not served after a connection left: " .. tostring(err))
-      rel.assert_graceful_stop(server)
+      T.assert_graceful_stop(server)
     end)
   end
 
@@ -191,28 +206,28 @@ describe("reliability: file descriptors", function()
     if without_prlimit() then return end
     -- (A round trip before each stop: SIGTERM is graceful only once the loop runs.)
     local function round_trip(p)
-      local c = assert(client.connect("127.0.0.1", p.port))
-      rel.timed_echo(c, "hello")
+      local c = connect(p)
+      c:echo("hello")
       c:close()
     end
-    local server = rel.start(ECHO, {nofile = {100, 3000}})
-    assert(server:wait_for_log("fd limit 3000: up to 2936 connections", 5))
-    local soft, hard = rel.nofile(server.pid)
+    local server = T.spawn(ECHO, nil, {nofile = {100, 3000}})
+    server:wait_log("fd limit 3000: up to 2936 connections", 5)
+    local soft, hard = nofile(server.pid)
     assert.same({3000, 3000}, {soft, hard}, "Max open files of the running host")
     round_trip(server)
-    rel.assert_graceful_stop(server)
+    T.assert_graceful_stop(server)
 
-    local limited = rel.start(ECHO, {nofile = {100, 3000}, options = {"--max-connections", "5"}})
-    assert(limited:wait_for_log("fd limit 3000: up to 5 connections", 5))
+    local limited = T.spawn(ECHO, nil, {nofile = {100, 3000},
+      options = {"--max-connections", "5"}})
+    limited:wait_log("fd limit 3000: up to 5 connections", 5)
     round_trip(limited)
-    rel.assert_graceful_stop(limited)
+    T.assert_graceful_stop(limited)
   end)
 
   it("says nothing about the fd limit when the script leaves nothing to serve", function()
     if without_prlimit() then return end
-    local path = process.temp_file("print('done')\n", ".lua")
-    local r = process.run({"prlimit", "--nofile=100:3000", process.bin, path}, 10)
-    assert.same({"exit", 0}, {r.how, r.code}, rel.show_run(r))
+    local r = T.run({T.tempfile("print('done')\n")}, {nofile = {100, 3000}, timeout = 10})
+    assert.same({"exit", 0}, {r.how, r.code}, tostring(r))
     assert.equal("done\n", r.stdout)
     assert.equal("", r.stderr, "the host logged for a script that serves nothing")
   end)
@@ -250,29 +265,25 @@ sel:register(server, READ, function(listener)
 end)
 ]]
 
-  -- The fd numbers a process started by process.run inherits from this one.
+  -- The fd numbers a process started by the kit inherits from this one.
   local function inherited_fds()
-    local r = process.run({"sh", "-c", "ls /proc/$$/fd"}, 5)
+    local r = T.run_command({"sh", "-c", "ls /proc/$$/fd"}, {timeout = 5})
     local fds = {}
     for fd in r.stdout:gmatch("%d+") do fds[tonumber(fd)] = true end
     return fds
   end
 
-  for _, backend in ipairs(rel.BACKENDS) do
+  for _, backend in ipairs(BACKENDS) do
     it("makes every fd close-on-exec: a child sees only the fds it inherited (--selector "
       .. backend .. ", --watch)", function()
-      local script = process.temp_file(HOLDING, ".lua")
-      local server = rel.start(script, {selector = backend, options = {"--watch"}, args = {}})
-      local a = assert(client.connect("127.0.0.1", server.port))
-      local b = assert(client.connect("127.0.0.1", server.port))
-      finally(function() a:close() b:close() end)
-      assert(b:send_all("list\n"))
-      local listing = ""
-      rel.wait_until("the fd listing", 5, function()
-        local chunk = b.sock:recv(65536)
-        if chunk and chunk ~= "" then listing = listing .. chunk end
-        return listing:find("END\n", 1, true)
-      end)
+      local server = T.spawn(T.tempfile(HOLDING), {}, {selector = backend,
+        options = {"--watch"}})
+      connect(server)
+      local b = connect(server)
+      b:send("list\n")
+      T.wait_until(function() return b:received():find("END\n", 1, true) end, 5,
+        "the fd listing")
+      local listing = b:received()
       local expected, leaked = inherited_fds(), {}
       for _, fd in ipairs({0, 1, 2}) do expected[fd] = true end
       for fd, target in listing:gmatch("%s(%d+) %-> ([^\n]*)") do
@@ -280,51 +291,54 @@ end)
       end
       assert(#leaked == 0, "fds the host made leaked into a child:\n"
         .. table.concat(leaked, "\n") .. "\nthe child's listing:\n" .. listing)
-      rel.assert_graceful_stop(server)
+      T.assert_graceful_stop(server)
     end)
   end
 
-  for _, backend in ipairs(rel.BACKENDS) do
+  for _, backend in ipairs(BACKENDS) do
     it("after 1000 connect/close and 10,000 connect/reset cycles has no CLOSE_WAIT socket, "
       .. "no more fds and no more Lua memory than before (--selector " .. backend .. ")",
       function()
-      local server = rel.start(ECHO, {selector = backend, stats = true})
+      local server = T.spawn(ECHO, nil, {selector = backend, stats = true})
       local function cycles(mode, n)
-        local r = rel.python({mode, server.port, n}, 60)
-        assert(r.how == "exit" and r.code == 0, rel.show_run(r))
+        local r = hostile({mode, server.port, n}, 60)
+        assert(r.how == "exit" and r.code == 0, tostring(r))
       end
       -- A warm-up, so that tables and buffers have their working size.
       cycles("close", 200)
       cycles("reset", 500)
-      rel.wait_until("the warm-up connections to be closed", 5, function()
-        return rel.stats(server).connections == 0
-      end)
-      local base_fds = rel.settled_fd_count(server.pid)
-      local base = rel.stats(server)
+      T.wait_until(function()
+        local n = server:stats().connections
+        return n == 0, n
+      end, 5, "the warm-up connections to be closed")
+      local base_fds = server:settled_fd_count()
+      local base = server:stats()
 
       cycles("close", 1000)
       cycles("reset", 10000)
-      rel.assert_alive(server)
-      rel.wait_until("no CLOSE_WAIT socket on port " .. server.port, 5, function()
-        return rel.tcp_state_count(server.port, "08") == 0
-      end)
-      rel.wait_until("the fds to come back to " .. base_fds, 5, function()
-        return rel.fd_count(server.pid) <= base_fds
-      end)
+      assert(server:alive(), "the server died: " .. tostring(server))
+      T.wait_until(function()
+        local n = tcp.state_count(server.port, "08")
+        return n == 0, n
+      end, 5, "no CLOSE_WAIT socket on port " .. server.port)
+      T.wait_until(function()
+        local n = server:fd_count()
+        return n <= base_fds, n
+      end, 5, "the fds to come back to " .. base_fds)
       local after
-      rel.wait_until("luahost.stats() to count no connection", 5, function()
-        after = rel.stats(server)
-        return after.connections == 0
-      end)
+      T.wait_until(function()
+        after = server:stats()
+        return after.connections == 0, after.connections
+      end, 5, "luahost.stats() to count no connection")
       local growth = after.lua_bytes - base.lua_bytes
       assert(growth < 32 * 1024, string.format("Lua memory grew by %d bytes over 11,000 "
         .. "connections (%d before, %d after)", growth, base.lua_bytes, after.lua_bytes))
       assert.equal(base.registered, after.registered, "registrations")
 
-      local c = assert(client.connect("127.0.0.1", server.port))
-      rel.timed_echo(c, "still serving")
+      local c = connect(server)
+      c:echo("still serving")
       c:close()
-      rel.assert_graceful_stop(server)
+      T.assert_graceful_stop(server)
     end)
   end
 
@@ -449,10 +463,10 @@ end)
     end)
   end)
 
-  for _, backend in ipairs(rel.BACKENDS) do
+  for _, backend in ipairs(BACKENDS) do
     it("reports a refused non-blocking connect to a script in the host (--selector "
       .. backend .. ")", function()
-      local script = process.temp_file([[
+      local script = T.tempfile([[
 local luahost = require "luahost"
 local probe = assert(luahost.listen("127.0.0.1", 0))
 local _, port = probe:getsockname()
@@ -473,9 +487,9 @@ for _, op in ipairs({"recv", "send", "getsockopt"}) do
     end)
   end
 end
-]], ".lua")
-      local r = process.run_luahost({"--selector", backend, script}, 10)
-      assert.same({"exit", 0}, {r.how, r.code}, rel.show_run(r))
+]])
+      local r = T.run({"--selector", backend, script}, {timeout = 10})
+      assert.same({"exit", 0}, {r.how, r.code}, tostring(r))
       local lines = {}
       for op, rest in r.stdout:gmatch("(%a+)\t([^\n]*)") do lines[op] = rest end
       for _, op in ipairs({"recv", "send"}) do

@@ -3,9 +3,7 @@
 -- callback closed and let go is collected without closing the fd a new connection took
 -- in the same callback; a close still flushing its output is not cut short when the
 -- socket is collected. On every backend.
-local process = require "support.process"
-local client = require "support.client"
-local rel = require "support.reliability"
+local T = require "luahost.test"
 
 local MiB = 1024 * 1024
 
@@ -57,79 +55,73 @@ sel:register(server, READ, on_accept)
 
 -- GC_SCRIPT under --debug-gc on backend.
 local function start_gc_script(backend)
-  return rel.start(process.temp_file(GC_SCRIPT, ".lua"), {selector = backend,
-    options = {"--debug-gc"}, args = {}})
+  return T.spawn(T.tempfile(GC_SCRIPT), {}, {selector = backend, options = {"--debug-gc"}})
+end
+
+-- A client of the server, its waits bounded by 5 s.
+local function connect(server, opts)
+  opts = opts or {}
+  opts.timeout = 5
+  return T.client("127.0.0.1", server.port, opts)
 end
 
 describe("reliability: --debug-gc", function()
-  after_each(rel.stop_processes)
-
-  for _, backend in ipairs(rel.BACKENDS) do
+  for _, backend in ipairs({"epoll", "poll", "select"}) do
     describe("with --selector " .. backend, function()
       it("keeps serving connections only the selector holds, round after round, and "
         .. "releases their fds once they leave", function()
-        local server = rel.start("scripts/echo.lua", {selector = backend,
+        local server = T.spawn("scripts/echo.lua", nil, {selector = backend,
           options = {"--debug-gc"}})
-        local first = assert(client.connect("127.0.0.1", server.port))
-        rel.timed_echo(first, "warm up")
+        local first = connect(server)
+        first:echo("warm up")
         first:close()
-        local base = rel.settled_fd_count(server.pid)
+        local base = server:settled_fd_count()
         local conns = {}
-        finally(function() for _, c in ipairs(conns) do c:close() end end)
-        for i = 1, 20 do conns[i] = assert(client.connect("127.0.0.1", server.port)) end
+        for i = 1, 20 do conns[i] = connect(server) end
         for round = 1, 30 do -- every echo is at least one round, each with a full collection
-          for i, c in ipairs(conns) do rel.timed_echo(c, ("%d/%d"):format(i, round), 2) end
+          for i, c in ipairs(conns) do c:echo(("%d/%d"):format(i, round), 2) end
         end
         for _, c in ipairs(conns) do c:close() end
-        rel.wait_until("the fds to come back to " .. base, 5, function()
-          return rel.fd_count(server.pid) <= base
-        end)
-        rel.assert_graceful_stop(server)
+        T.wait_until(function()
+          local n = server:fd_count()
+          return n <= base, n
+        end, 5, "the fds to come back to " .. base)
+        T.assert_graceful_stop(server)
       end)
 
       it("collecting a socket its callback closed never closes the fd a waiting connection "
         .. "took in that callback", function()
         local server = start_gc_script(backend)
-        local victim = assert(client.connect("127.0.0.1", server.port))
-        local waiting
-        finally(function()
-          victim:close()
-          if waiting then waiting:close() end
-        end)
-        rel.timed_echo(victim, "hello")
-        assert(victim:send_all("hold"))
-        assert.equal("held", assert(victim:recv_exact(4, 3)))
-        waiting = assert(client.connect("127.0.0.1", server.port)) -- now in the backlog
-        assert(victim:send_all("take"))
-        local closed, why = victim:wait_closed(3)
-        assert(closed, "the closing connection: " .. tostring(why))
-        assert(server:wait_for_log("the waiting connection took the same fd: true", 3),
-          "setup: the waiting connection did not land on the freed fd:\n" .. server:stderr())
+        local victim = connect(server)
+        victim:echo("hello")
+        victim:send("hold")
+        assert.equal("held", victim:read(4, 3))
+        local waiting = connect(server) -- now in the backlog
+        victim:send("take")
+        assert(victim:closed(3), "the closing connection stayed open")
+        -- (setup: the waiting connection must land on the freed fd)
+        server:wait_log("the waiting connection took the same fd: true", 3)
         for i = 1, 20 do -- twenty rounds, each ending with a full collection
-          rel.timed_echo(waiting, "on the reused fd " .. i, 2)
+          waiting:echo("on the reused fd " .. i, 2)
         end
-        local after = assert(client.connect("127.0.0.1", server.port))
-        rel.timed_echo(after, "a new client")
+        local after = connect(server)
+        after:echo("a new client")
         after:close()
-        rel.assert_graceful_stop(server)
+        T.assert_graceful_stop(server)
       end)
 
       it("collecting a socket whose close is still flushing delivers every byte, then the "
         .. "end", function()
         local server = start_gc_script(backend)
-        local c = assert(client.connect("127.0.0.1", server.port, 5, {rcvbuf = 4096}))
-        finally(function() c:close() end)
+        local c = connect(server, {rcvbuf = 4096})
         local size = 8 * MiB
-        assert(c:send_all("flood " .. size))
-        local pending = tonumber(assert(server:wait_for_log("closed with (%d+) bytes to flush",
-          3)))
+        c:send("flood " .. size)
+        local pending = tonumber(server:wait_log("closed with (%d+) bytes to flush", 3))
         assert(pending > 0, "setup: nothing was left to flush at the close")
-        local got, how = c:recv_until(nil, 20)
-        assert(got, "reading the flushed output: " .. tostring(how))
-        assert.equal("eof", how)
+        local got = c:read_all(20) -- fails on a reset or no end within 20 s
         assert.equal(size, #got, "bytes delivered by the close while it was collected")
         assert(got == ("f"):rep(size), "the close delivered other bytes")
-        rel.assert_graceful_stop(server)
+        T.assert_graceful_stop(server)
       end)
     end)
   end

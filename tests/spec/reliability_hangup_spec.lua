@@ -3,11 +3,10 @@
 -- script that never closes nor unregisters: the end is delivered once to the owning
 -- key, the loop does not spin, and the host goes on serving. On every backend.
 local luahost = require "luahost"
-local process = require "support.process"
-local client = require "support.client"
-local rel = require "support.reliability"
+local T = require "luahost.test"
 
 local READ = luahost.EVENT_READ
+local now = luahost.now
 
 -- An echo server that ignores the end of its connections: it never closes nor
 -- unregisters them, and counts the calls after recv said the stream ended or failed,
@@ -63,54 +62,59 @@ end
 
 -- Counts as logged after `seconds` more of the host's life, with the CPU it used meanwhile.
 local function watch(server, seconds)
-  local cpu0, t0 = rel.cpu_seconds(server.pid), process.now()
-  process.sleep(seconds)
-  rel.assert_alive(server, "while the peer was gone")
-  local used = rel.cpu_seconds(server.pid) - cpu0
+  local cpu0, t0 = server:cpu_seconds(), now()
+  T.sleep(seconds)
+  assert(server:alive(), "the server died while the peer was gone: " .. tostring(server))
+  local used = server:cpu_seconds() - cpu0
   local mark = #server:stderr()
-  rel.wait_until("a fresh count line", 2, function()
+  T.wait_until(function()
     return server:stderr():find("calls=%d+\n", mark + 1) -- logged after the wait
-  end)
+  end, 2, "a fresh count line")
   local ends, calls = latest_counts(server)
-  return ends, calls, used, process.now() - t0
+  return ends, calls, used, now() - t0
 end
 
--- The ignoring script on backend, a probe client that got its echo, and a victim client;
--- both clients are closed when the test ends.
+-- The ignoring script on backend, a probe client that got its echo, and a victim client
+-- (the kit closes both when the test ends).
 local function start_ignoring(backend)
-  local server = rel.start(process.temp_file(IGNORING, ".lua"), {selector = backend, args = {}})
-  local probe = assert(client.connect("127.0.0.1", server.port))
-  local victim = assert(client.connect("127.0.0.1", server.port))
-  finally(function()
-    probe:close()
-    victim:close()
-  end)
-  rel.timed_echo(probe, "hello")
+  local server = T.spawn(T.tempfile(IGNORING), {}, {selector = backend})
+  local probe = T.client("127.0.0.1", server.port, {timeout = 5})
+  local victim = T.client("127.0.0.1", server.port, {timeout = 5})
+  probe:echo("hello")
   return server, probe, victim
 end
 
--- The peer ends its connection c (a client.lua Conn, echoed "hi" already read) as `how`.
+-- Whether sock becomes readable within seconds, without reading from it.
+local function readable(sock, seconds)
+  local sel = luahost.new_selector()
+  sel:register(sock, READ)
+  local ready = false
+  for _ in sel:select(seconds) do ready = true end
+  sel:close()
+  return ready
+end
+
+-- The peer ends its connection c (a kit client, echoed "hi" already read) as `how`.
 local ENDINGS = {
   fin = function(c) c:close() end,
-  -- Unread data in the receive queue makes close() send a reset instead of a FIN.
+  -- Unread data in the receive queue makes close() send a reset instead of a FIN: the
+  -- echo is waited for on the socket itself, which the kit's reads would empty.
   rst = function(c)
     assert(c.sock:send("unread"))
-    assert(c:wait(READ, process.now() + 3), "setup: the echo to leave unread never came")
+    assert(readable(c.sock, 3), "setup: the echo to leave unread never came")
     c:close()
   end,
-  half = function(c) assert(c.sock:shutdown("w")) end,
+  half = function(c) c:shutdown() end,
 }
 
 describe("reliability: peers that are gone, scripts that ignore it", function()
-  after_each(rel.stop_processes)
-
-  for _, backend in ipairs(rel.BACKENDS) do
+  for _, backend in ipairs({"epoll", "poll", "select"}) do
     describe("with --selector " .. backend, function()
       for _, how in ipairs({"fin", "rst", "half"}) do
         it("delivers the end once after a " .. how:upper() .. ", does not spin, and serves "
           .. "a probe", function()
           local server, probe, victim = start_ignoring(backend)
-          rel.timed_echo(victim, "hi")
+          victim:echo("hi")
           local port = victim:local_port()
           ENDINGS[how](victim)
 
@@ -121,27 +125,25 @@ describe("reliability: peers that are gone, scripts that ignore it", function()
           assert.equal(1, ends and ends[port], "callbacks after the end of the stream")
           if how == "half" then
             -- Only reading was withheld: the late write reaches the half-closed peer.
-            local got, why = victim:recv_exact(4, 3)
-            assert.equal("late", got, "the write after the peer's half-close: "
-              .. tostring(why))
+            assert.equal("late", victim:read(4, 3), "the write after the peer's half-close")
           end
-          assert(rel.timed_echo(probe, "still served") < 0.5)
-          rel.assert_graceful_stop(server)
+          assert(probe:echo("still served") < 0.5)
+          T.assert_graceful_stop(server)
         end)
       end
 
       it("an fd closed behind the host's back is reported at most once and neither spins "
         .. "nor stops the loop", function()
         local server, probe, victim = start_ignoring(backend)
-        assert(victim:send_all("drop-fd"))
-        assert(server:wait_for_log("dropped fd %d+", 3))
+        victim:send("drop-fd")
+        server:wait_log("dropped fd %d+", 3)
         local _, calls, used, elapsed = watch(server, 1)
         -- epoll forgets a closed fd by itself (no event at all); poll says POLLNVAL once.
         assert(calls <= 1, calls .. " callbacks for an fd closed behind the host's back")
         assert(used < 0.2 * elapsed, ("the host used %.2f s of CPU in %.2f s with a "
           .. "registered fd closed (spinning?)"):format(used, elapsed))
-        assert(rel.timed_echo(probe, "still served") < 0.5)
-        rel.assert_graceful_stop(server)
+        assert(probe:echo("still served") < 0.5)
+        T.assert_graceful_stop(server)
       end)
     end)
   end

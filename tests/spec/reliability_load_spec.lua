@@ -2,10 +2,7 @@
 -- one line that says at least what `lua5.4 script.lua` says on its first line, and names
 -- the script and the line that raised: at start (stderr, exit status 1) and on a reload
 -- (the log; the running script goes on).
-local process = require "support.process"
-local client = require "support.client"
-local rel = require "support.reliability"
-
+local T = require "luahost.test"
 
 -- Error values raised on line 2, with the message each is reported with.
 local CASES = {
@@ -20,7 +17,7 @@ local CASES = {
 }
 
 local function script_raising(chunk)
-  return process.temp_file("local x = 1\n" .. chunk .. "\n", ".lua")
+  return T.tempfile("local x = 1\n" .. chunk .. "\n")
 end
 
 local function first_line(text)
@@ -28,16 +25,15 @@ local function first_line(text)
 end
 
 describe("reliability: errors while the script loads", function()
-  after_each(rel.stop_processes)
-
   for _, case in ipairs(CASES) do
     local what, chunk, message = case[1], case[2], case[3]
 
     it("raised as " .. what .. ": the first line says at least what lua5.4 says", function()
       local path = script_raising(chunk)
-      local lua = process.run({"env", "-u", "LD_PRELOAD", "lua5.4", path}, 10)
-      local host = process.run_luahost({path}, 10)
-      assert.same({"exit", 1}, {host.how, host.code}, rel.show_run(host))
+      -- (the sanitizer runtime a sanitized build preloads is meant for luahost, not lua5.4)
+      local lua = T.run_command({"lua5.4", path}, {env = {LD_PRELOAD = false}, timeout = 10})
+      local host = T.run({path}, {timeout = 10})
+      assert.same({"exit", 1}, {host.how, host.code}, tostring(host))
       local said = assert(first_line(lua.stderr):match("^lua5%.4: (.*)$"), lua.stderr)
       local line = first_line(host.stderr)
       assert(line:sub(1, #"luahost: ") == "luahost: " and line:sub(-#said) == said,
@@ -47,37 +43,40 @@ describe("reliability: errors while the script loads", function()
     it("raised as " .. what .. ": the traceback at --log-level debug names the script's "
       .. "line", function()
       local path = script_raising(chunk)
-      local r = process.run_luahost({"--log-level", "debug", path}, 10)
-      assert.same({"exit", 1}, {r.how, r.code}, rel.show_run(r))
+      local r = T.run({"--log-level", "debug", path}, {timeout = 10})
+      assert.same({"exit", 1}, {r.how, r.code}, tostring(r))
       -- (An object with __tostring stands for itself in lua5.4 too: no traceback.)
       if what ~= "an object with __tostring" then
-        assert(r.stderr:find(path .. ":2: in main chunk", 1, true), rel.show_run(r))
+        assert(r.stderr:find(path .. ":2: in main chunk", 1, true), tostring(r))
       end
     end)
 
     it("raised as " .. what .. ": one line on stderr naming the script and the line, exit "
       .. "status 1", function()
       local path = script_raising(chunk)
-      local r = process.run_luahost({path}, 10)
-      assert.same({"exit", 1}, {r.how, r.code}, rel.show_run(r))
-      assert.equal("luahost: " .. path .. ":2: " .. message .. "\n", r.stderr, rel.show_run(r))
+      local r = T.run({path}, {timeout = 10})
+      assert.same({"exit", 1}, {r.how, r.code}, tostring(r))
+      assert.equal("luahost: " .. path .. ":2: " .. message .. "\n", r.stderr, tostring(r))
       assert.equal("", r.stdout)
     end)
   end
 
   it("raised as a table by a reloaded script: refused with the script's name and line, "
     .. "and the running script goes on", function()
-    local path = process.temp_file(process.read_file("scripts/echo.lua"), ".lua")
-    local server = rel.start(path)
-    local c = assert(client.connect("127.0.0.1", server.port))
-    finally(function() c:close() end)
-    rel.timed_echo(c, "before")
-    process.write_file(path, "local x = 1\nerror({})\n")
+    local echo = assert(io.open("scripts/echo.lua", "rb"))
+    local path = T.tempfile(echo:read("a"))
+    echo:close()
+    local server = T.spawn(path)
+    local c = T.client("127.0.0.1", server.port, {timeout = 5})
+    c:echo("before")
+    local f = assert(io.open(path, "wb"))
+    f:write("local x = 1\nerror({})\n")
+    f:close()
     server:signal("HUP")
-    local line = assert(server:wait_for_log("(reload rejected.*)$", 5))
+    local line = server:wait_log("(reload rejected.*)$", 5)
     assert(line:find(path .. ":2: (error object is a table value)", 1, true),
       "the rejection does not name the script's line: " .. line)
-    rel.timed_echo(c, "after")
-    rel.assert_graceful_stop(server)
+    c:echo("after")
+    T.assert_graceful_stop(server)
   end)
 end)

@@ -2,9 +2,7 @@
 -- echoing its own bytes, within a bounded time, on the backends that can watch that many
 -- fds (epoll and poll; select stops at FD_SETSIZE, which echo_e2e_spec covers).
 local luahost = require "luahost"
-local process = require "support.process"
-local client = require "support.client"
-local rel = require "support.reliability"
+local T = require "luahost.test"
 
 local CONNECTIONS = 10000
 -- Seconds for connecting and echoing. poll(2) looks at every fd on every call and
@@ -15,7 +13,7 @@ local TIME_CAP = {epoll = 60, poll = 90}
 -- Raises this process's soft fd limit to its hard one with prlimit(1), if installed: a
 -- soft limit of 1024 (a common default) would otherwise leave the test pending.
 local function raise_own_nofile()
-  if not rel.have_prlimit() then return end
+  if not T.has_prlimit() then return end
   local sh = io.popen("echo $PPID") -- the shell's parent is this process
   local pid = tonumber(sh:read("l"))
   sh:close()
@@ -32,13 +30,14 @@ local function own_nofile()
   return tonumber(soft) or math.huge, tonumber(hard) or math.huge -- "unlimited"
 end
 
--- Sends "NNNNN\n" (the index) on every socket and reads each reply until it is complete,
--- all at once over one selector. Returns one outcome per socket: "echoed", "wrong ...",
--- "closed" or "timeout".
-local function echo_unique(socks, timeout)
+-- Sends "NNNNN\n" (the index) on every client and reads each reply until it is complete,
+-- all at once over one selector on their sockets. Returns one outcome per client:
+-- "echoed", "wrong ...", "closed" or "timeout".
+local function echo_unique(clients, timeout)
   local deadline = luahost.now() + timeout
   local sel, outcomes, open = luahost.new_selector(), {}, 0
-  for i, sock in ipairs(socks) do
+  for i, c in ipairs(clients) do
+    local sock = c.sock
     local payload = string.format("%05d\n", i)
     local n = sock:send(payload)
     if n == #payload then
@@ -74,8 +73,6 @@ local function echo_unique(socks, timeout)
 end
 
 describe("reliability: scale", function()
-  after_each(rel.stop_processes)
-
   for _, backend in ipairs({"epoll", "poll"}) do
     local cap = TIME_CAP[backend]
     it(("serves %d concurrent connections to echo.lua, each echoing its own bytes, within "
@@ -89,35 +86,33 @@ describe("reliability: scale", function()
           .. "(hard %s)"):format(need, soft, hard))
         return
       end
-      local server = rel.start("scripts/echo.lua", {selector = backend, stats = true})
-      local first = assert(client.connect("127.0.0.1", server.port))
-      rel.timed_echo(first, "before")
+      local server = T.spawn("scripts/echo.lua", nil, {selector = backend, stats = true})
+      local first = T.client("127.0.0.1", server.port, {timeout = 5})
+      first:echo("before")
       first:close()
-      local base_fds = rel.settled_fd_count(server.pid)
-      local t0 = process.now()
+      local base_fds = server:settled_fd_count()
+      local t0 = luahost.now()
       -- Connections are opened 500 at a time, each batch only once the host has accepted
       -- the ones before: echo.lua's listen backlog is 511, and a client that connects
       -- faster than the host accepts overflows it (SYN retries, syncookies), which
       -- measures the kernel rather than the host.
       local socks = {}
-      finally(function()
-        for _, s in ipairs(socks) do s:close() end
-      end)
       while #socks < CONNECTIONS do
-        local budget = cap - (process.now() - t0)
-        local more, err = client.open_many("127.0.0.1", server.port,
-          math.min(500, CONNECTIONS - #socks), {batch = 500, timeout = math.max(budget, 1)})
-        assert(more, err)
-        for _, s in ipairs(more) do socks[#socks + 1] = s end
-        rel.wait_until("the host to accept " .. #socks .. " connections", math.max(budget, 1),
-          function() return rel.stats(server).connections >= #socks end)
+        local budget = cap - (luahost.now() - t0)
+        local more = T.clients("127.0.0.1", server.port, math.min(500, CONNECTIONS - #socks),
+          {batch = 500, timeout = math.max(budget, 1)})
+        for _, c in ipairs(more) do socks[#socks + 1] = c end
+        T.wait_until(function()
+          local n = server:stats().connections
+          return n >= #socks, n
+        end, math.max(budget, 1), "the host to accept " .. #socks .. " connections")
       end
-      local left = cap - (process.now() - t0)
+      local left = cap - (luahost.now() - t0)
       assert(left > 0, "connecting alone took longer than " .. cap .. " s")
       -- Each connection sends its own number, so a reply crossed between connections or
       -- lost shows; all are in flight at once.
       local outcomes = echo_unique(socks, left)
-      local took = process.now() - t0
+      local took = luahost.now() - t0
       local counts, wrong = {}, {}
       for i, o in ipairs(outcomes) do
         counts[o] = (counts[o] or 0) + 1
@@ -129,15 +124,16 @@ describe("reliability: scale", function()
       assert.equal(CONNECTIONS, counts.echoed, table.concat(summary, ", ") .. " (first: "
         .. table.concat(wrong, "; ") .. "); log:\n" .. server:stderr():sub(1, 2000))
       assert(took < cap, string.format("took %.1f s", took))
-      local stats = rel.stats(server)
+      local stats = server:stats()
       assert.equal(CONNECTIONS, stats.connections, "connections the host counts")
 
-      for _, s in ipairs(socks) do s:close() end
-      rel.wait_until("the host to close all 10,000 connections", 20, function()
-        return rel.fd_count(server.pid) <= base_fds
-      end)
-      rel.assert_alive(server)
-      rel.assert_graceful_stop(server)
+      for _, c in ipairs(socks) do c:close() end
+      T.wait_until(function()
+        local n = server:fd_count()
+        return n <= base_fds, n
+      end, 20, "the host to close all 10,000 connections")
+      assert(server:alive(), "the server died: " .. tostring(server))
+      T.assert_graceful_stop(server)
     end)
   end
 end)

@@ -9,10 +9,8 @@
 -- that probe: a reloaded script runs with the arguments of the first load, and port 0
 -- would ask the kernel for a new port on every load.
 local luahost = require "luahost"
-local lfs = require "lfs"
-local process = require "support.process"
-local client = require "support.client"
-local chat = require "support.chatclient"
+local T = require "luahost.test"
+local chat = require "support.chat"
 
 local HOST = "127.0.0.1"
 
@@ -23,46 +21,29 @@ local function say_with(field)
     .. ' }, client)'
 end
 
-local temp_dirs = {} -- made by a test, removed with their files in after_each
-local open_clients -- chat clients and echo Conns, closed in after_each
 local servers -- every server a test started, for the log check in after_each
 
 ---------------------------------------------------------------------------------------
 -- Files
 
-local function make_dir()
-  local path = os.tmpname()
-  os.remove(path)
-  assert(lfs.mkdir(path))
-  temp_dirs[#temp_dirs + 1] = path
-  return path
+local function read_file(path)
+  local f = assert(io.open(path, "rb"))
+  local text = f:read("a")
+  f:close()
+  return text
 end
 
-local function remove_dirs()
-  for i = #temp_dirs, 1, -1 do
-    local dir = temp_dirs[i]
-    for name in lfs.dir(dir) do
-      if name ~= "." and name ~= ".." then os.remove(dir .. "/" .. name) end
-    end
-    lfs.rmdir(dir)
-    temp_dirs[i] = nil
-  end
+local function write_file(path, text)
+  local f = assert(io.open(path, "wb"))
+  f:write(text)
+  f:close()
 end
 
 -- Copies a bundled script into a new temporary directory; returns the copy's path.
 local function copy_script(name)
-  local path = make_dir() .. "/" .. name
-  local text = process.read_file("scripts/" .. name)
+  local text = read_file("scripts/" .. name)
   assert(#text > 0, "cannot read scripts/" .. name)
-  process.write_file(path, text)
-  return path
-end
-
--- Writes text as a new script in a new temporary directory; returns its path.
-local function new_script(text, name)
-  local path = make_dir() .. "/" .. (name or "script.lua")
-  process.write_file(path, text)
-  return path
+  return T.tempfile(text, name)
 end
 
 -- Replaces the one occurrence of old in text (plain text, not a pattern).
@@ -75,7 +56,7 @@ end
 
 -- Edits the file at path in place, as an editor that writes the file does.
 local function edit(path, old, new)
-  process.write_file(path, replace_once(process.read_file(path), old, new))
+  write_file(path, replace_once(read_file(path), old, new))
 end
 
 -- The line number at which needle starts in text.
@@ -107,7 +88,7 @@ local function start(script, opts)
   local port = free_port()
   local args = {HOST .. ":" .. port}
   for _, a in ipairs(opts.args or {}) do args[#args + 1] = a end
-  local server = process.start(script, {options = opts.options, args = args})
+  local server = T.spawn(script, args, {options = opts.options})
   assert.equal(port, server.port, "the server listens on the port it was given")
   servers[#servers + 1] = server
   return server
@@ -122,50 +103,21 @@ local function count_lines(server, pattern)
   return n
 end
 
--- Waits (bounded) until at least count lines of the log match pattern.
-local function wait_lines(server, pattern, count, timeout)
-  timeout = timeout or 5
-  local deadline = process.now() + timeout
-  while count_lines(server, pattern) < count do
-    assert(server:alive(), "the server exited; log:\n" .. server:stderr())
-    assert(process.now() < deadline, string.format(
-      "timed out after %g s waiting for %d lines matching /%s/; log:\n%s", timeout, count,
-      pattern, server:stderr()))
-    process.sleep(0.01)
-  end
-end
-
 -- Waits for the log line of a successful reload to generation.
 local function wait_reloaded(server, path, generation, timeout)
-  wait_lines(server, "reloaded " .. literal(path) .. ": generation " .. generation .. "$", 1,
-    timeout)
+  server:wait_log("reloaded " .. literal(path) .. ": generation " .. generation .. "$",
+    timeout or 5)
 end
 
 -- Waits for the count-th "reload rejected" line; returns that line.
 local function wait_rejected(server, count, timeout)
-  wait_lines(server, "reload rejected", count, timeout)
-  local n = 0
-  for line in server:stderr():gmatch("[^\n]+") do
-    if line:match("reload rejected") then
-      n = n + 1
-      if n == count then return line end
-    end
-  end
+  return server:wait_log("^(.*reload rejected.*)$", timeout or 5, count)
 end
 
 -- Sends SIGHUP and waits for the reload to generation to be logged.
 local function reload(server, path, generation)
   server:signal("HUP")
   wait_reloaded(server, path, generation)
-end
-
--- The number of open file descriptors of pid.
-local function fd_count(pid)
-  local n = 0
-  for name in lfs.dir("/proc/" .. pid .. "/fd") do
-    if name ~= "." and name ~= ".." then n = n + 1 end
-  end
-  return n
 end
 
 local function sorted(list)
@@ -175,20 +127,13 @@ local function sorted(list)
   return copy
 end
 
--- Stops the server with SIGTERM: it must exit 0, in time.
-local function assert_graceful_stop(server)
-  local status, killed = server:stop("TERM")
-  assert.is_false(killed, "the server ignored SIGTERM:\n" .. server:stderr())
-  assert.same({how = "exit", code = 0}, status, "exit status; log:\n" .. server:stderr())
-end
-
 ---------------------------------------------------------------------------------------
 -- Chat clients
 
 local function connect_chat(server, n, prefix)
   local labels = {}
   for i = 1, n do labels[i] = (prefix or "c") .. i end
-  return chat.connect_all(HOST, server.port, labels, open_clients)
+  return chat.connect_all(HOST, server.port, labels)
 end
 
 -- Each client in turn says a line; every other client gets it (with the fields of
@@ -196,12 +141,12 @@ end
 local function say_round(clients, tag, extra)
   for i, sender in ipairs(clients) do
     local text = tag .. " from " .. sender.label
-    sender:say(text)
+    sender:send(text .. "\n")
     for j, c in ipairs(clients) do
       if j ~= i then
         local want = {type = "say", from = sender.name, text = text}
         for k, v in pairs(extra or {}) do want[k] = v end
-        local msg = c:expect(want)
+        local msg = chat.expect(c, want)
         for k in pairs(msg) do
           assert(want[k] ~= nil, string.format("%s: unexpected field %q in %s", c.label, k,
             chat.show(msg)))
@@ -214,15 +159,14 @@ end
 -- Reads the n next messages of c (bounded), in whatever order they come.
 local function next_n(c, n, what)
   local got = {}
-  for i = 1, n do got[i] = c:next(string.format("%s (%d of %d)", what, i, n)) end
+  for i = 1, n do got[i] = chat.next(c, string.format("%s (%d of %d)", what, i, n)) end
   return got
 end
 
 -- Every client sends one line, "tag from LABEL", without waiting for anything.
 local function say_all(clients, tag)
-  for _, c in ipairs(clients) do c:say(tag .. " from " .. c.label) end
+  for _, c in ipairs(clients) do c:send(tag .. " from " .. c.label .. "\n") end
 end
-
 -- Every client sent one line "tag from LABEL" at once (say_all); each must receive the lines of
 -- all the others exactly once (in any order: the server reads the clients in any
 -- order), each a say with the sender's name and the fields of extra.
@@ -250,11 +194,11 @@ end
 -- client's lines in order, so anything sent to it earlier shows up as skipped).
 local function assert_all_quiet(clients, names)
   for _, c in ipairs(clients) do
-    local got, skipped = c:who()
+    local got, skipped = chat.who(c)
     assert(#skipped == 0, string.format("%s got unexpected messages: %s", c.label,
       chat.show(skipped)))
     assert.same(sorted(names), got, c.label .. ": who")
-    assert.is_false(c.eof, c.label .. " was disconnected")
+    assert.is_false(c:closed(0), c.label .. " was disconnected")
   end
 end
 
@@ -265,32 +209,11 @@ local function names_of(clients)
 end
 
 ---------------------------------------------------------------------------------------
--- Line-oriented reads on a support.client Conn
+-- Echo and line clients
 
-local function read_line(c, timeout)
-  local deadline = process.now() + (timeout or 5)
-  c.buffer = c.buffer or ""
-  while not c.buffer:find("\n", 1, true) do
-    local data, err = c.sock:recv(65536)
-    if data == "" then
-      error("EOF while waiting for a line; got " .. string.format("%q", c.buffer), 2)
-    elseif data then
-      c.buffer = c.buffer .. data
-    elseif err ~= "wouldblock" then
-      error("recv: " .. tostring(err), 2)
-    elseif not c:wait(luahost.EVENT_READ, deadline) then
-      error("no line within the deadline; got " .. string.format("%q", c.buffer), 2)
-    end
-  end
-  local line, rest = c.buffer:match("^([^\n]*)\n(.*)$")
-  c.buffer = rest
-  return line
-end
-
+-- A client of port, its waits bounded by 5 s.
 local function connect_conn(port)
-  local c = assert(client.connect(HOST, port))
-  open_clients[#open_clients + 1] = c
-  return c
+  return T.client(HOST, port, {timeout = 5})
 end
 
 -- Where two byte strings first differ, for messages that do not print the bytes.
@@ -319,14 +242,11 @@ describe("reloading the script of the luahost executable", function()
   end)
 
   before_each(function()
-    open_clients, servers = {}, {}
+    servers = {}
   end)
 
   after_each(function()
-    for _, c in ipairs(open_clients) do c:close() end
-    process.stop_all()
-    remove_dirs()
-    assert.equal(0, process.live_count(), "a luahost process outlived its test")
+    -- (The kit has stopped the servers and closed the clients by now; the logs stay.)
     -- Rejected reloads are logged as errors on purpose; any other error line is a bug
     -- (a script error costs only one connection, so a test could pass without it).
     for _, server in ipairs(servers) do
@@ -345,40 +265,38 @@ describe("reloading the script of the luahost executable", function()
       local conns = {}
       for i = 1, 10 do
         conns[i] = connect_conn(server.port)
-        assert.equal("hello " .. i, conns[i]:echo("hello " .. i)) -- accepted by now
+        conns[i]:echo("hello " .. i) -- accepted by now
       end
-      local fds = fd_count(server.pid)
+      local fds = server:fd_count()
       for round = 1, 6 do
         -- Half a chunk goes before the signal, half right after it, and the echo is
         -- read only once the reload is done: bytes are in flight during every reload.
         local chunks = {}
         for i, c in ipairs(conns) do
-          chunks[i] = client.random_bytes(8192 + math.random(0, 16384))
-          assert(c:send_all(chunks[i]:sub(1, #chunks[i] // 2)))
+          chunks[i] = T.random_bytes(8192 + math.random(0, 16384))
+          c:send(chunks[i]:sub(1, #chunks[i] // 2))
         end
         if round <= 5 then server:signal("HUP") end
-        for i, c in ipairs(conns) do assert(c:send_all(chunks[i]:sub(#chunks[i] // 2 + 1))) end
+        for i, c in ipairs(conns) do c:send(chunks[i]:sub(#chunks[i] // 2 + 1)) end
         if round <= 5 then wait_reloaded(server, path, round + 1) end
         for i, c in ipairs(conns) do
-          local got, why, partial = c:recv_exact(#chunks[i])
-          assert(got, string.format("client %d, round %d: %s", i, round, why))
+          local got = c:read(#chunks[i])
           assert(got == chunks[i], string.format("client %d, round %d: %s", i, round,
-            mismatch(chunks[i], got or partial)))
+            mismatch(chunks[i], got)))
         end
       end
-      assert.equal(fds, fd_count(server.pid), "fds after five reloads")
+      assert.equal(fds, server:fd_count(), "fds after five reloads")
       assert.equal(0, count_lines(server, "closing listener"), server:stderr())
       -- The old code still ends its own connections: EOF after everything was echoed.
       for i, c in ipairs(conns) do
-        assert(c:shutdown("w"))
-        local rest, how = c:recv_all()
-        assert.equal("", rest, "client " .. i .. ": bytes after the last round")
-        assert.equal("eof", how, "client " .. i)
+        c:shutdown()
+        -- (read_all fails on a reset, or with no end within 5 s)
+        assert.equal("", c:read_all(), "client " .. i .. ": bytes after the last round")
       end
       -- And a new client is served on the same port.
       local fresh = connect_conn(server.port)
-      assert.equal("still here", fresh:echo("still here"))
-      assert_graceful_stop(server)
+      fresh:echo("still here")
+      T.assert_graceful_stop(server)
     end)
 
     it("lets connections the new script does not take over keep the old code until they "
@@ -386,21 +304,21 @@ describe("reloading the script of the luahost executable", function()
       local path = copy_script("echo.lua")
       local server = start(path)
       local old = connect_conn(server.port)
-      assert.equal("before", old:echo("before"))
+      old:echo("before")
       edit(path, "    conn:write(data)\n", "    conn:write(data:upper())\n")
       reload(server, path, 2)
       local new = connect_conn(server.port)
-      assert.equal("NEW CODE", new:echo("new code"))
-      assert.equal("old code", old:echo("old code"))
+      new:send("new code")
+      assert.equal("NEW CODE", new:read(8))
+      old:echo("old code")
       -- Through one more reload as well, and then it closes as the old code does.
       reload(server, path, 3)
-      assert.equal("still old", old:echo("still old"))
-      assert.equal("AND NEW", new:echo("and new"), "new code served generation 2's client")
-      assert(old:shutdown("w"))
-      local rest, how = old:recv_all()
-      assert.equal("", rest)
-      assert.equal("eof", how)
-      assert_graceful_stop(server)
+      old:echo("still old")
+      new:send("and new")
+      assert.equal("AND NEW", new:read(7), "new code served generation 2's client")
+      old:shutdown()
+      assert.equal("", old:read_all()) -- fails on a reset, or with no end within 5 s
+      T.assert_graceful_stop(server)
     end)
   end)
 
@@ -414,8 +332,10 @@ describe("reloading the script of the luahost executable", function()
       -- Half of them pick a name of their own; the others keep their guest names.
       for i = 2, 10, 2 do
         local c, name = clients[i], "user-" .. i
-        c:say("/nick " .. name)
-        for _, x in ipairs(clients) do x:expect({type = "nick", from = c.name, name = name}) end
+        c:send("/nick " .. name .. "\n")
+        for _, x in ipairs(clients) do
+          chat.expect(x, {type = "nick", from = c.name, name = name})
+        end
         c.name = name
       end
       local names = names_of(clients)
@@ -431,11 +351,11 @@ describe("reloading the script of the luahost executable", function()
       assert_all_quiet(clients, names)
 
       -- A broken edit: refused, and nobody notices; chatting goes on with generation 2.
-      local fds, ports = fd_count(server.pid), process.listening_ports(server.pid)
-      local text = process.read_file(path)
+      local fds, ports = server:fd_count(), server:listening_ports()
+      local text = read_file(path)
       local broken = replace_once(text, say_with("edited = true"),
         say_with("edited = true") .. "\n  local broken = = 'a typo'")
-      process.write_file(path, broken)
+      write_file(path, broken)
       local line = line_of(broken, "local broken = =")
       say_all(clients, "during the broken reload")
       server:signal("HUP")
@@ -445,29 +365,28 @@ describe("reloading the script of the luahost executable", function()
       expect_crossed_says(clients, "during the broken reload", {edited = true})
       say_round(clients, "after the broken edit", {edited = true})
       assert_all_quiet(clients, names)
-      for _, c in ipairs(clients) do c:expect_nothing_queued() end
-      assert.equal(fds, fd_count(server.pid), "fds after the rejected reload")
-      assert.same(ports, process.listening_ports(server.pid))
+      for _, c in ipairs(clients) do chat.expect_nothing_queued(c) end
+      assert.equal(fds, server:fd_count(), "fds after the rejected reload")
+      assert.same(ports, server:listening_ports())
       assert.equal(0, count_lines(server, "closing listener"), server:stderr())
       assert.equal(0, count_lines(server, "generation 3"), "the rejected load took a generation")
 
       -- A newcomer is welcomed by generation 2 under a name nobody has.
       local newcomer = chat.connect(HOST, server.port, "newcomer")
-      open_clients[#open_clients + 1] = newcomer
-      newcomer.name = newcomer:expect({type = "welcome"}).name
-      for _, c in ipairs(clients) do c:expect({type = "join", name = newcomer.name}) end
+      newcomer.name = chat.expect(newcomer, {type = "welcome"}).name
+      for _, c in ipairs(clients) do chat.expect(c, {type = "join", name = newcomer.name}) end
       for _, name in ipairs(names) do assert.are_not.equal(name, newcomer.name) end
       clients[#clients + 1] = newcomer
       say_round(clients, "with the newcomer", {edited = true})
 
       -- The operator fixes the typo: the next SIGHUP loads it as generation 3.
-      process.write_file(path, replace_once(text, say_with("edited = true"),
+      write_file(path, replace_once(text, say_with("edited = true"),
         say_with("edited = 3")))
       reload(server, path, 3)
       say_round(clients, "after the fix", {edited = 3})
       names[#names + 1] = newcomer.name
       assert_all_quiet(clients, names)
-      assert_graceful_stop(server)
+      T.assert_graceful_stop(server)
     end)
 
     it("refuses a chat.lua that raises while loading, logging file and line, and changes "
@@ -476,14 +395,14 @@ describe("reloading the script of the luahost executable", function()
       local server = start(path)
       local clients = connect_chat(server, 3)
       local names = names_of(clients)
-      local fds, ports = fd_count(server.pid), process.listening_ports(server.pid)
+      local fds, ports = server:fd_count(), server:listening_ports()
       -- The refused version says differently, and raises at its very end: after it has
       -- asked for the listener, registered it with its own on_accept, started its timer,
       -- added an on_reload callback and set luahost.adopt.
-      local text = process.read_file(path)
+      local text = read_file(path)
       local raising = replace_once(text, SAY, say_with('edited = "refused"'))
         .. "\nerror(\"refusing to load on purpose\")\n"
-      process.write_file(path, raising)
+      write_file(path, raising)
       local line = line_of(raising, "error(\"refusing")
       server:signal("HUP")
       local rejected = wait_rejected(server, 1)
@@ -493,21 +412,20 @@ describe("reloading the script of the luahost executable", function()
       -- Existing clients and a newcomer are all served by generation 1.
       say_round(clients, "after the refused reload")
       local newcomer = chat.connect(HOST, server.port, "newcomer")
-      open_clients[#open_clients + 1] = newcomer
-      newcomer.name = newcomer:expect({type = "welcome"}).name
-      for _, c in ipairs(clients) do c:expect({type = "join", name = newcomer.name}) end
+      newcomer.name = chat.expect(newcomer, {type = "welcome"}).name
+      for _, c in ipairs(clients) do chat.expect(c, {type = "join", name = newcomer.name}) end
       clients[#clients + 1] = newcomer
       names[#names + 1] = newcomer.name
       say_round(clients, "with the newcomer")
       assert_all_quiet(clients, names)
-      assert.equal(fds + 1, fd_count(server.pid), "fds: one more, the newcomer's")
-      assert.same(ports, process.listening_ports(server.pid))
+      assert.equal(fds + 1, server:fd_count(), "fds: one more, the newcomer's")
+      assert.same(ports, server:listening_ports())
       -- The refused load did not take a generation: the next good one is generation 2.
-      process.write_file(path, text)
+      write_file(path, text)
       reload(server, path, 2)
       say_round(clients, "after a good reload")
       assert_all_quiet(clients, names)
-      assert_graceful_stop(server)
+      T.assert_graceful_stop(server)
     end)
 
     it("goes through 20 reloads in a row under load without leaking fds or Lua memory",
@@ -531,20 +449,20 @@ end)
       local clients = connect_chat(server, 10)
       local names = names_of(clients)
       local STATS = "stats generation=(%d+) lua_bytes=(%d+) timers=(%d+) registered=(%d+)"
-      wait_lines(server, STATS, 1)
+      server:wait_log(STATS, 5)
       say_round(clients, "warming up")
-      local fds = fd_count(server.pid)
+      local fds = server:fd_count()
       for round = 1, 20 do
         -- Every client has a line in flight while the script is swapped.
         say_all(clients, "round " .. round)
         server:signal("HUP")
         wait_reloaded(server, path, round + 1)
-        wait_lines(server, STATS, round + 1)
+        server:wait_log(STATS, 5, round + 1)
         expect_crossed_says(clients, "round " .. round)
       end
       say_round(clients, "after 20 reloads")
       assert_all_quiet(clients, names)
-      assert.equal(fds, fd_count(server.pid), "open fds after 20 reloads")
+      assert.equal(fds, server:fd_count(), "open fds after 20 reloads")
       local stats = {}
       for line in server:stderr():gmatch("[^\n]+") do
         local gen, bytes, timers, registered = line:match(STATS)
@@ -565,7 +483,7 @@ end)
       assert(growth < 64 * 1024, string.format(
         "Lua memory grew by %d bytes from generations 2-4 (%d) to 21 (%d)", growth, early,
         stats[21].bytes))
-      assert_graceful_stop(server)
+      T.assert_graceful_stop(server)
     end)
 
     it("reloads by itself with --watch when chat.lua is edited, saved in place or "
@@ -575,25 +493,25 @@ end)
       local clients = connect_chat(server, 3)
       local names = names_of(clients)
       say_round(clients, "before")
-      local text = process.read_file(path)
+      local text = read_file(path)
       -- Saved in place.
-      process.write_file(path, replace_once(text, SAY, say_with("edited = true")))
+      write_file(path, replace_once(text, SAY, say_with("edited = true")))
       wait_reloaded(server, path, 2)
       say_round(clients, "after saving in place", {edited = true})
       -- Saved the way many editors do: a new file renamed over the old one.
       local tmp = path .. ".swp"
-      process.write_file(tmp, replace_once(text, SAY, say_with('edited = "renamed"')))
+      write_file(tmp, replace_once(text, SAY, say_with('edited = "renamed"')))
       assert(os.rename(tmp, path))
       wait_reloaded(server, path, 3)
       say_round(clients, "after a rename", {edited = "renamed"})
       -- A broken save is refused; the clients notice nothing.
-      process.write_file(path, text .. "\nthis is not Lua\n")
+      write_file(path, text .. "\nthis is not Lua\n")
       local rejected = wait_rejected(server, 1)
       assert.matches("still running generation 3: " .. literal(path) .. ":%d+:", rejected)
       say_round(clients, "after the broken save", {edited = "renamed"})
       assert_all_quiet(clients, names)
       assert.equal(0, count_lines(server, "generation 4"), server:stderr())
-      assert_graceful_stop(server)
+      T.assert_graceful_stop(server)
     end)
   end)
 
@@ -630,34 +548,33 @@ end)
   describe("luahost.reload() called by the script", function()
     it("loads the script file anew; luahost.generation() tells each load which it is, and "
       .. "a broken file is refused with file and line", function()
-      local path = new_script(GENERATIONS)
+      local path = T.tempfile(GENERATIONS)
       local server = start(path)
       local a = connect_conn(server.port)
-      a.sock:send("hello\n")
-      assert.equal("gen 1: hello", read_line(a))
-      a.sock:send("reload\n")
-      assert.equal("gen 1 reload: true nil", read_line(a))
+      a:send("hello\n")
+      assert.equal("gen 1: hello", a:line())
+      a:send("reload\n")
+      assert.equal("gen 1 reload: true nil", a:line())
       wait_reloaded(server, path, 2)
-      a.sock:send("again\n")
-      assert.equal("gen 1: again", read_line(a), "the old connection keeps the old code")
+      a:send("again\n")
+      assert.equal("gen 1: again", a:line(), "the old connection keeps the old code")
       local b = connect_conn(server.port)
-      b.sock:send("hi\n")
-      assert.equal("gen 2: hi", read_line(b))
+      b:send("hi\n")
+      assert.equal("gen 2: hi", b:line())
       -- A broken file: refused, the reply carries file and line, nothing changes.
-      process.write_file(path, GENERATIONS .. "local x = = 1\n")
-      local line = line_of(process.read_file(path), "local x = = 1")
-      b.sock:send("reload\n")
-      assert.matches("^gen 2 reload: nil " .. literal(path) .. ":" .. line .. ":",
-        read_line(b))
+      write_file(path, GENERATIONS .. "local x = = 1\n")
+      local line = line_of(read_file(path), "local x = = 1")
+      b:send("reload\n")
+      assert.matches("^gen 2 reload: nil " .. literal(path) .. ":" .. line .. ":", b:line())
       wait_rejected(server, 1)
-      b.sock:send("still\n")
-      assert.equal("gen 2: still", read_line(b))
-      a.sock:send("still\n")
-      assert.equal("gen 1: still", read_line(a))
+      b:send("still\n")
+      assert.equal("gen 2: still", b:line())
+      a:send("still\n")
+      assert.equal("gen 1: still", a:line())
       local c = connect_conn(server.port)
-      c.sock:send("new\n")
-      assert.equal("gen 2: new", read_line(c))
-      assert_graceful_stop(server)
+      c:send("new\n")
+      assert.equal("gen 2: new", c:line())
+      T.assert_graceful_stop(server)
     end)
   end)
 
@@ -672,31 +589,30 @@ sel:register(other, READ, function(listener) -- SECOND LISTENER
   if conn then sel:register(conn, READ, on_read) end -- SECOND LISTENER
 end) -- SECOND LISTENER
 ]], second)
-      local path = new_script(script)
+      local path = T.tempfile(script)
       local server = start(path)
-      assert.same(sorted({server.port, second}), sorted(process.listening_ports(server.pid)))
+      assert.same(sorted({server.port, second}), server:listening_ports())
       local via_second = connect_conn(second)
-      via_second.sock:send("one\n")
-      assert.equal("gen 1: one", read_line(via_second))
+      via_second:send("one\n")
+      assert.equal("gen 1: one", via_second:line())
       -- The new version drops the second listener.
       local lines = {}
-      for l in (process.read_file(path) .. "\n"):gmatch("([^\n]*)\n") do
+      for l in (read_file(path) .. "\n"):gmatch("([^\n]*)\n") do
         if not l:find("SECOND LISTENER", 1, true) then lines[#lines + 1] = l end
       end
-      process.write_file(path, table.concat(lines, "\n"))
+      write_file(path, table.concat(lines, "\n"))
       reload(server, path, 2)
-      wait_lines(server, "closing listener 127%.0%.0%.1:" .. second, 1)
-      assert.same({server.port}, process.listening_ports(server.pid))
-      local refused, why = client.connect(HOST, second, 2)
-      if refused then open_clients[#open_clients + 1] = refused end
-      assert.is_nil(refused, "a connection to the closed listener succeeded")
+      server:wait_log("closing listener 127%.0%.0%.1:" .. second, 5)
+      assert.same({server.port}, server:listening_ports())
+      local connected, why = pcall(T.client, HOST, second, {timeout = 2})
+      assert.is_false(connected, "a connection to the closed listener succeeded")
       assert.matches("refused", why)
-      via_second.sock:send("two\n")
-      assert.equal("gen 1: two", read_line(via_second), "a connection it accepted survives")
+      via_second:send("two\n")
+      assert.equal("gen 1: two", via_second:line(), "a connection it accepted survives")
       local main = connect_conn(server.port)
-      main.sock:send("three\n")
-      assert.equal("gen 2: three", read_line(main))
-      assert_graceful_stop(server)
+      main:send("three\n")
+      assert.equal("gen 2: three", main:line())
+      T.assert_graceful_stop(server)
     end)
   end)
 end)

@@ -2,7 +2,7 @@
 -- tests/e2e/, against scripts/echo.lua on every backend: a plain blocking socket client,
 -- and the multi-connection selectors client that shuts down its write side and reads
 -- until everything came back. Each client exits 0 only if every byte came back.
-local process = require "support.process"
+local T = require "luahost.test"
 
 local BACKENDS = {"epoll", "poll", "select"}
 local ECHO = "scripts/echo.lua"
@@ -12,23 +12,14 @@ local MULTICONN = "tests/e2e/multiconn_client.py"
 -- Runs a Python client to completion (bounded). The sanitizer runtime that a sanitized
 -- build preloads is meant for luahost, not for python3, so it is left out here.
 local function python(script, ...)
-  local argv = {"env", "-u", "LD_PRELOAD", "python3", script}
+  local argv = {"python3", script}
   for _, a in ipairs({...}) do argv[#argv + 1] = tostring(a) end
-  return process.run(argv, 30)
-end
-
-local function show(r)
-  return string.format("status %s %s%s\nstdout:\n%s\nstderr:\n%s", r.how, r.code,
-    r.timed_out and " (timed out, killed)" or "", r.stdout, r.stderr)
+  return T.run_command(argv, {env = {LD_PRELOAD = false}, timeout = 30})
 end
 
 local function assert_passed(r, server)
-  assert.is_false(r.timed_out, "the client did not finish\n" .. show(r))
-  assert.same({"exit", 0}, {r.how, r.code}, show(r) .. "\nserver log:\n" .. server:stderr())
-end
-
-local function assert_graceful_stop(server)
-  assert.same({how = "exit", code = 0}, (server:stop("TERM")), server:stderr())
+  assert.is_false(r.timed_out, "the client did not finish\n" .. tostring(r))
+  assert.same({"exit", 0}, {r.how, r.code}, tostring(r) .. "\nserver log:\n" .. server:stderr())
 end
 
 -- An echo server that gets every chunk slightly wrong: the first byte flipped.
@@ -51,30 +42,25 @@ luahost.selector:register(assert(luahost.listen(host, port)), luahost.EVENT_READ
 ]]
 
 describe("the Python tutorials' clients against echo.lua", function()
-  after_each(function()
-    process.stop_all()
-    assert.equal(0, process.live_count(), "a luahost process was left running")
-  end)
-
   for _, backend in ipairs(BACKENDS) do
     describe("with --selector " .. backend, function()
       it("the blocking socket client gets back exactly the bytes it sent", function()
-        local server = process.start(ECHO, {selector = backend})
+        local server = T.spawn(ECHO, nil, {selector = backend})
         local r = python(BLOCKING, "127.0.0.1", server.port, "Hello, world",
           "and a second message", "--random", 200000)
         assert_passed(r, server)
         assert.matches("received 200032 bytes back", r.stdout, 1, true)
-        assert_graceful_stop(server)
+        T.assert_graceful_stop(server)
       end)
 
       it("the selectors multi-connection client gets every byte back on every connection, "
         .. "then EOF", function()
-        local server = process.start(ECHO, {selector = backend})
+        local server = T.spawn(ECHO, nil, {selector = backend})
         local r = python(MULTICONN, "127.0.0.1", server.port, 20,
           "Message 1 from client.", "Message 2 from client.", "--random", 100000)
         assert_passed(r, server)
         assert.matches("20 of 20 connections echoed", r.stdout, 1, true)
-        assert_graceful_stop(server)
+        T.assert_graceful_stop(server)
       end)
     end)
   end
@@ -83,18 +69,18 @@ describe("the Python tutorials' clients against echo.lua", function()
   -- the tests above could pass against anything.
   describe("against a server that corrupts the echo", function()
     it("the blocking client exits non-zero", function()
-      local server = process.start(process.temp_file(CORRUPTING_ECHO, ".lua"))
+      local server = T.spawn(T.tempfile(CORRUPTING_ECHO))
       local r = python(BLOCKING, "127.0.0.1", server.port, "Hello, world")
-      assert.is_false(r.timed_out, show(r))
-      assert.same({"exit", 1}, {r.how, r.code}, show(r))
+      assert.is_false(r.timed_out, tostring(r))
+      assert.same({"exit", 1}, {r.how, r.code}, tostring(r))
       assert.matches("contents differ", r.stderr, 1, true)
     end)
 
     it("the multi-connection client exits non-zero", function()
-      local server = process.start(process.temp_file(CORRUPTING_ECHO, ".lua"))
+      local server = T.spawn(T.tempfile(CORRUPTING_ECHO))
       local r = python(MULTICONN, "127.0.0.1", server.port, 3)
-      assert.is_false(r.timed_out, show(r))
-      assert.same({"exit", 1}, {r.how, r.code}, show(r))
+      assert.is_false(r.timed_out, tostring(r))
+      assert.same({"exit", 1}, {r.how, r.code}, tostring(r))
       assert.matches("connection 1:", r.stderr, 1, true)
     end)
   end)

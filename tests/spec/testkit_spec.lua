@@ -1,7 +1,8 @@
 -- testkit_spec.lua: specs of the test kit itself (lua/luahost/test.lua). Each one would
 -- fail if the kit were broken: servers on every backend, the leak check, load failures,
 -- bounded client waits, the virtual clock, in-process reloads, spawned executables (and
--- their cleanup when a test fails), and the kit's promise that sim specs are fast.
+-- their cleanup when a test fails), clients of processes, process waits and readings,
+-- T.run, T.wait_until, T.tempfile, and the kit's promise that sim specs are fast.
 local luahost = require "luahost"
 local lfs = require "lfs"
 local T = require "luahost.test"
@@ -563,6 +564,323 @@ end)
         assert.matches("finally 1\n", text, 1, true)
         assert.matches("finally 2\n", text, 1, true)
       end)
+  end)
+
+  describe("clients of a process", function()
+    -- An echo that never reads what arrives once it has been sent "stop reading".
+    local STALLING = [[
+local luahost = require "luahost"
+local sel = luahost.selector
+local server = assert(luahost.listen("127.0.0.1", 0))
+sel:register(server, luahost.EVENT_READ, function(s)
+  local conn = s:accept()
+  if not conn then return end
+  sel:register(conn, luahost.EVENT_READ, function(c)
+    local data = c:recv()
+    if data == "" then return c:close() end
+    if data == "stop reading" then return sel:unregister(c) end
+    if data then c:write(data) end
+  end)
+end)
+]]
+
+    it("T.client waits until connected, and fails naming the address when refused", function()
+      local p = T.spawn("scripts/echo.lua")
+      local c = T.client(p.host, p.port)
+      assert.is_not_nil(c.sock:getpeername())
+      local took = c:echo("round trip")
+      assert.is_true(took >= 0 and took < T.TIMEOUT, "took " .. took .. " s")
+      local port = p.port
+      T.assert_graceful_stop(p)
+      local err = error_of(T.client, "127.0.0.1", port)
+      assert.matches("^[^:]*testkit_spec%.lua:%d+: T%.client: connect 127%.0%.0%.1:" .. port
+        .. ": Connection refused$", err)
+    end)
+
+    it("echo returns the round trip's seconds, and fails saying where the bytes differ",
+      function()
+        local p = T.spawn("tests/support/bad_echo.lua", {"127.0.0.1:0", "upper"})
+        local c = T.client(p.host, p.port, {timeout = 1})
+        assert.is_true(c:echo("123") >= 0) -- upper case changes no digit
+        local err = error_of(c.echo, c, "12a4")
+        assert.matches('echo: sent "12a4", got back "12A4" (first difference at byte 3)', err,
+          1, true)
+        c:send("abc")
+        assert.equal("ABC", c:read(3))
+      end)
+
+    it("read_all reads to the end, and fails on a server that keeps the connection, saying "
+      .. "what came", function()
+      local p = T.spawn("scripts/echo.lua")
+      local c = T.client(p.host, p.port)
+      c:send("last words")
+      local err = error_of(c.read_all, c, 0.2)
+      assert.matches('read_all: the server did not close the connection within 0.2 s; '
+        .. 'received: "last words"', err, 1, true)
+      c:shutdown()
+      assert.equal("last words", c:read_all())
+      assert.same({true, "eof"}, {c:closed(0)})
+    end)
+
+    it("closed says a reset from an end of stream, and read_all fails on the reset", function()
+      -- Closes each connection with what arrived unread: the kernel resets it.
+      local p = T.spawn(script([[
+local sel = luahost.selector
+sel:register(assert(luahost.listen("127.0.0.1", 0)), luahost.EVENT_READ, function(s)
+  local conn = s:accept()
+  if conn then sel:register(conn, luahost.EVENT_READ, function(c) c:close() end) end
+end)
+]]), {})
+      local c = T.client(p.host, p.port)
+      assert.is_false(c:closed(0.1))
+      c:send("x")
+      local closed, how = c:closed(1)
+      assert.is_true(closed)
+      assert.equal("Connection reset by peer", how)
+      local d = T.client(p.host, p.port)
+      d:send("y")
+      assert.matches("read_all: the connection ended in an error (Connection reset by peer) "
+        .. "after 0 bytes", error_of(d.read_all, d, 1), 1, true)
+    end)
+
+    it("fill sends until the server stops taking bytes, and received and local_port say what "
+      .. "came and from where", function()
+      local p = T.spawn(script(STALLING), {})
+      local c = T.client(p.host, p.port, {rcvbuf = 4096})
+      c:send("hello")
+      T.wait_until(function() return c:received() == "hello" end, 1, "the echo")
+      c:send("stop reading")
+      T.sleep(0.1)
+      local t0 = now()
+      local sent = c:fill(64 * 1024 * 1024, 0.2)
+      assert.is_true(sent > 0 and sent < 64 * 1024 * 1024, sent .. " bytes sent")
+      local took = now() - t0
+      assert.is_true(took >= 0.2 and took < 1, "took " .. took .. " s") -- settle, not more
+      local d = T.client(p.host, p.port)
+      assert.same({256, 0}, {d:fill(256), d:fill(0)})
+      local _, port = c.sock:getsockname()
+      assert.equal(port, c:local_port())
+    end)
+
+    it("T.clients connects n at a time and T.echo_each says how each echo went", function()
+      local p = T.spawn("scripts/echo.lua")
+      local list = T.clients(p.host, p.port, 30, {batch = 7})
+      assert.equal(30, #list)
+      local outcomes, counts = T.echo_each(list, "ping", 2)
+      assert.same({echoed = 30, closed = 0, wrong = 0, timeout = 0}, counts)
+      assert.equal("echoed", outcomes[30])
+      local upper = T.spawn("tests/support/bad_echo.lua", {"127.0.0.1:0", "upper"})
+      local abort = T.spawn("tests/support/bad_echo.lua", {"127.0.0.1:0", "abort"})
+      local stall = T.spawn(script(STALLING), {})
+      local quiet = T.client(stall.host, stall.port)
+      quiet:send("stop reading")
+      T.sleep(0.1)
+      local mixed = {T.client(upper.host, upper.port), T.client(abort.host, abort.port), quiet,
+        T.client(p.host, p.port)}
+      outcomes, counts = T.echo_each(mixed, "abc", 1)
+      assert.same({"wrong", "closed", "timeout", "echoed"}, outcomes)
+      assert.same({echoed = 1, closed = 1, wrong = 1, timeout = 1}, counts)
+    end)
+
+    it("T.clients with wait = false returns at once, and fails naming a refused connection",
+      function()
+        local p = T.spawn("scripts/echo.lua")
+        local storm = T.clients(p.host, p.port, 50, {wait = false})
+        assert.equal(50, #storm)
+        local _, counts = T.echo_each(storm, "x", 2)
+        assert.equal(50, counts.echoed)
+        local port = p.port
+        T.assert_graceful_stop(p)
+        assert.matches("T%.clients: connection 1 of 3 to 127%.0%.0%.1:" .. port
+          .. ": Connection refused$", error_of(T.clients, "127.0.0.1", port, 3))
+      end)
+
+    local kept -- a client of the test before
+    it("a client of a process, made by one test", function()
+      local p = T.spawn("scripts/echo.lua")
+      kept = T.client(p.host, p.port)
+      assert.is_true(kept.sock:fileno() >= 0)
+    end)
+
+    it("was closed when that test ended", function()
+      assert.is_true(kept.sock:fileno() < 0, "the client's socket is still open")
+    end)
+  end)
+
+  describe("processes", function()
+    -- Logs a line, then waits for SIGTERM: no listener.
+    local QUIET = [[
+io.stderr:write("started with ", table.concat(arg, " "), "\n")
+io.stdout:write("to stdout\n")
+luahost.every(60, function() end)
+]]
+    -- Listens; once a client connects, its callback spins for good.
+    local STUCK = [[
+local server = assert(luahost.listen("127.0.0.1", 0))
+luahost.selector:register(server, luahost.EVENT_READ, function(listener)
+  if listener:accept() then
+    luahost.log("info", "stuck")
+    while true do end
+  end
+end)
+]]
+
+    it("T.spawn passes selector, log level and options, and with listen = false returns at "
+      .. "once", function()
+      local p = T.spawn(script(QUIET), {"a", "b"}, {selector = "poll", log_level = "warn",
+        options = {"--max-output", "4096"}, listen = false})
+      assert.is_nil(p.port)
+      assert.equal("a b", p:wait_log("^started with (.*)$", 2))
+      assert.matches(" --selector poll --log-level warn --max-output 4096 ", cmdline(p.pid), 1,
+        true)
+      assert.is_true(p:alive())
+      assert.is_nil(p:wait(0.05)) -- still running
+      p:signal("TERM")
+      assert.same({how = "exit", code = 0}, p:wait(2))
+      assert.is_false(p:alive())
+      assert.equal("to stdout\n", p:stdout())
+      assert.same({how = "exit", code = 0}, (p:stop())) -- stopping a stopped one is harmless
+    end)
+
+    it("T.spawn fails with the log of a script that does not listen", function()
+      local err = error_of(T.spawn, script(QUIET), {}, {timeout = 0.3})
+      assert.matches('T.spawn: no "listening on" line from', err, 1, true)
+      assert.matches("not a line matching /.*/ within 0.3 s; its log:\n.*started with", err)
+    end)
+
+    it("wait_log returns captures, counts lines, and says what was logged when none matches",
+      function()
+        local p = T.spawn("scripts/echo.lua")
+        local host, port = p:wait_log("listening on ([%d.]+):(%d+)$")
+        assert.same({"127.0.0.1", tostring(p.port)}, {host, port})
+        assert.same({"listening on"}, {p:wait_log("listening on")})
+        local err = error_of(p.wait_log, p, "no such line", 0.2)
+        assert.matches("^[^:]*testkit_spec%.lua:%d+: wait_log: not a line matching /no such "
+          .. "line/ within 0%.2 s; its log:\n.*listening on 127%.0%.0%.1:" .. p.port, err)
+        err = error_of(p.wait_log, p, "listening on", 0.2, 2)
+        assert.matches("not 2 lines (it has 1) matching /listening on/", err, 1, true)
+        assert.equal(1, #p:log_lines("listening on %d"))
+        assert.equal(0, #p:log_lines("listening on %d", true))
+        p:signal("TERM")
+        err = error_of(p.wait_log, p, "never logged", 5)
+        assert.matches("wait_log: scripts/echo.lua ended with exit 0 before logging a line "
+          .. "matching /never logged/", err, 1, true)
+      end)
+
+    it("stop kills what SIGTERM does not end, and says so; assert_graceful_stop fails then",
+      function()
+        local p = T.spawn(script(STUCK), {}, {options = {"--max-instructions", "0"}})
+        T.client(p.host, p.port)
+        p:wait_log("stuck", 2)
+        local t0 = now()
+        local status, killed = p:stop("TERM", 0.3)
+        assert.is_true(killed)
+        assert.same({how = "signal", code = 9}, status)
+        assert.is_true(now() - t0 < 2)
+        local q = T.spawn(script(STUCK), {}, {options = {"--max-instructions", "0"}})
+        T.client(q.host, q.port)
+        q:wait_log("stuck", 2)
+        assert.matches("did not stop within 0.3 s of SIGTERM and was killed; its log:\n",
+          error_of(T.assert_graceful_stop, q, "TERM", 0.3), 1, true)
+        local r = T.spawn("scripts/echo.lua")
+        T.assert_graceful_stop(r, "INT")
+        assert.matches("SIGINT received", r:stderr())
+      end)
+
+    it("reads the process's fds, memory, CPU time and listening ports", function()
+      local p = T.spawn("scripts/echo.lua", {"127.0.0.1:0"}, {stats = true})
+      T.client(p.host, p.port):echo("warm up")
+      local base = p:settled_fd_count()
+      assert.same({p.port}, p:listening_ports())
+      local list = T.clients(p.host, p.port, 5)
+      T.wait_until(function()
+        local n = p:fd_count()
+        return n == base + 5, n
+      end, 2, "five more fds")
+      local sockets = 0
+      for _, target in pairs(p:fds()) do
+        if target:match("^socket:") then sockets = sockets + 1 end
+      end
+      assert.is_true(sockets >= 7) -- the listener, the first client's, the five
+      assert.is_true(p:rss() > 1024 * 1024)
+      assert.is_true(p:cpu_seconds() >= 0)
+      local stats = p:stats()
+      assert.equal(6, stats.connections)
+      assert.is_true(stats.lua_bytes > 0)
+      for _, c in ipairs(list) do c:close() end
+      T.wait_until(function() return p:stats().connections == 1 end, 3, "the five to go")
+      T.assert_graceful_stop(p)
+      assert.matches("has no /proc/%d+/status: it has exited", error_of(p.rss, p))
+      local plain = T.spawn("scripts/echo.lua")
+      assert.matches("stats: start the process with T.spawn(..., {stats = true})",
+        error_of(plain.stats, plain), 1, true)
+    end)
+
+    it("T.run returns status, output and time, and kills a run past its timeout", function()
+      local r = T.run({script("io.write('out') io.stderr:write('err') os.exit(3)")})
+      assert.same({"exit", 3, "out", "err", false},
+        {r.how, r.code, r.stdout, r.stderr, r.timed_out})
+      assert.is_true(r.elapsed >= 0 and r.elapsed < 5)
+      assert.equal("status exit 3\nstdout:\nout\nstderr:\nerr", tostring(r))
+      local t0 = now()
+      r = T.run({script("while true do end")}, {timeout = 0.3})
+      assert.is_true(r.timed_out)
+      assert.same({"signal", 9}, {r.how, r.code})
+      assert.is_true(now() - t0 < 3)
+      assert.matches("^status signal 9 %(timed out, killed%)\n", tostring(r))
+    end)
+
+    it("T.run_command runs any program, with variables set and unset", function()
+      local r = T.run_command({"sh", "-c", 'echo "[$KIT_SET] [${KIT_UNSET-unset}]"'},
+        {env = {KIT_SET = "yes", KIT_UNSET = false}})
+      assert.same({"exit", 0, "[yes] [unset]\n"}, {r.how, r.code, r.stdout})
+    end)
+
+    it("opts.nofile runs the program under that fd limit", function()
+      if not T.has_prlimit() then
+        pending("needs prlimit (util-linux)")
+        return
+      end
+      local r = T.run_command({"sh", "-c", "ulimit -Sn; ulimit -Hn"}, {nofile = {100, 200}})
+      assert.equal("100\n200\n", r.stdout, tostring(r))
+      local p = T.spawn("scripts/echo.lua", nil, {nofile = 64})
+      p:wait_log("fd limit 64: ", 2)
+    end)
+  end)
+
+  describe("T.wait_until", function()
+    it("returns pred's value, and fails naming what it waited for and what it last saw",
+      function()
+        local n = 0
+        assert.equal(3, T.wait_until(function()
+          n = n + 1
+          return n >= 3 and n
+        end, 1))
+        local t0 = now()
+        local err = error_of(T.wait_until, function() return false, "seven" end, 0.1,
+          "a miracle")
+        assert.is_true(now() - t0 >= 0.1)
+        assert.matches("^[^:]*testkit_spec%.lua:%d+: wait_until: a miracle still false after "
+          .. "0%.1 s; last seen: seven$", err)
+        err = error_of(T.wait_until, function() return nil end, 0,
+          function() return "described " .. "late" end)
+        assert.matches("wait_until: described late still false after 0 s$", err)
+      end)
+  end)
+
+  describe("T.tempfile", function()
+    local path
+    it("writes a file in a directory of its own, made by one test", function()
+      path = T.tempfile("return 42\n", "answer.lua")
+      assert.matches("/answer%.lua$", path)
+      assert.equal(42, dofile(path))
+      assert.matches("/script%.lua$", T.tempfile(""))
+    end)
+
+    it("which is gone once that test ended", function()
+      assert.is_nil(io.open(path, "r"), path .. " is still there")
+      assert.is_nil(io.open(path:match("^(.*)/"), "r"), "its directory is still there")
+    end)
   end)
 
   describe("the timing promise", function()
