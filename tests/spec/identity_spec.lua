@@ -5,7 +5,7 @@
 -- address got a timer accepted as a socket and the host crashed (about one run in four).
 -- The attack runs in a child process, under the executable and under lua5.4 with
 -- luahost.so, so that a crash fails the spec instead of ending busted.
-local helpers = require "support.helpers"
+local T = require "luahost.test"
 
 -- The attack: for each of many rounds, a timer made to sit where a dropped one was,
 -- with an interval whose bytes hold the mark that address would have had; then every
@@ -49,18 +49,6 @@ end
 print(string.format("refused %d calls", refused))
 ]]
 
-local function write_script(text)
-  local path = os.tmpname() .. ".lua"
-  local f = assert(io.open(path, "w"))
-  f:write(text)
-  f:close()
-  return path
-end
-
-local function executable()
-  return os.getenv("LUAHOST_BIN") or "build/luahost"
-end
-
 -- Whether the old mark can be forged at all depends on where the heap lies (the
 -- interval must come out a positive number of seconds below 1e9), which changes with
 -- every process: about half can, so the attack runs in 16 (all failing to: one chance
@@ -98,26 +86,25 @@ describe("a userdata that is not a socket", function()
   end)
 
   it("is refused under the executable, however its bytes were forged", function()
-    local path = write_script(ATTACK)
-    finally(function() os.remove(path) end)
+    local path = T.tempfile(ATTACK)
     local refused = 0
     for _ = 1, PROCESSES do
-      local p = assert(io.popen(string.format("timeout -s KILL 60 %s %s %d 2>&1",
-        executable(), path, ROUNDS)))
-      local out = p:read("a")
-      local ok, how, code = p:close()
-      assert(ok, ("the executable ended with %s %s:\n%s"):format(how, code, out))
-      refused = refused + summary(out)
+      local r = T.run({path, tostring(ROUNDS)}, {timeout = 60})
+      assert(r.code == 0 and not r.timed_out, tostring(r))
+      refused = refused + summary(r.stdout)
     end
     assert.is_true(refused > 0, "no forgery could be made in any process")
   end)
 
   it("is refused under lua5.4 with luahost.so, however its bytes were forged", function()
+    local path = T.tempfile(ATTACK)
+    -- lua5.4 finds luahost.so where this process did
+    local env = {LUA_CPATH_5_4 = package.cpath, LUA_PATH_5_4 = package.path}
     local refused = 0
     for _ = 1, PROCESSES do
-      local out, ok = helpers.run_lua(ATTACK:gsub("tonumber%(%(%.%.%.%)%)", ROUNDS), 60)
-      assert(ok, "lua5.4 failed:\n" .. out)
-      refused = refused + summary(out)
+      local r = T.run_command({"lua5.4", path, tostring(ROUNDS)}, {timeout = 60, env = env})
+      assert(r.code == 0 and not r.timed_out, tostring(r))
+      refused = refused + summary(r.stdout)
     end
     assert.is_true(refused > 0, "no forgery could be made in any process")
   end)

@@ -1,0 +1,84 @@
+-- lifetime_spec.lua: what the host keeps alive, and for how long. Regressions: an
+-- on_drain callback, held strongly by the host, kept alive forever a socket the script
+-- had dropped (and its fd open); every luahost.open (one per T.start) left a closed host
+-- of at least 64 KiB until the Lua state closed.
+local luahost = require "luahost"
+local T = require "luahost.test"
+local helpers = require "support.helpers"
+
+local function full_gc()
+  collectgarbage()
+  collectgarbage()
+end
+
+describe("a socket the script dropped", function()
+  it("is collected and its fd closed, though its on_drain callback refers to it", function()
+    local client, conn = helpers.pair()
+    local fd = conn:fileno()
+    local function holding(sock) return function() return sock end end
+    conn:on_drain(holding(conn)) -- the callback holds its socket
+    conn = nil -- luacheck: ignore 311
+    full_gc()
+    assert.is_false(helpers.fd_open(fd), "the dropped socket's fd is still open")
+    assert.equal("", client:recv(10) or "", "the peer sees the connection end")
+    client:close()
+  end)
+
+  it("keeps its on_drain callback while the script holds it", function()
+    local client, conn = helpers.pair()
+    finally(function()
+      client:close()
+      conn:close()
+    end)
+    local drained = 0
+    conn:on_drain(function() drained = drained + 1 end)
+    full_gc()
+    assert(conn:setlimit(64 * 1024 * 1024))
+    conn:write(string.rep("x", 4 * 1024 * 1024))
+    helpers.read_n(client, 4 * 1024 * 1024)
+    helpers.step_until(function() return drained > 0 end, nil, "on_drain after a GC")
+  end)
+end)
+
+describe("a host closed by luahost.shutdown", function()
+  it("is collected once nothing refers to it", function()
+    local hosts = setmetatable({}, {__mode = "k"})
+    for _ = 1, 5 do
+      local host = luahost.open({selector = "sim", log = "capture"})
+      local server = assert(host.listen("127.0.0.1", 0))
+      host.selector:register(server, host.EVENT_READ, function(l)
+        local conn = l:accept()
+        host.selector:register(conn, host.EVENT_READ, function(c) c:write(c:recv()) end)
+      end)
+      local client = host.sim.connect(server)
+      client:send("hi")
+      host.step(0)
+      host.step(0)
+      assert.equal("hi", client:recv(10))
+      host.every(1, function() end)
+      host.shutdown(0)
+      hosts[host] = true
+    end
+    full_gc()
+    assert.is_nil(next(hosts), "a closed host's module is still alive")
+  end)
+
+  it("leaves no memory behind, however many are opened and closed", function()
+    local function cycle(n)
+      for _ = 1, n do
+        local host = luahost.open({selector = "sim", log = "capture"})
+        local server = assert(host.listen("127.0.0.1", 0))
+        host.selector:register(server, host.EVENT_READ, function() end)
+        host.after(10, function() end)
+        host.shutdown(0)
+      end
+      full_gc()
+      return collectgarbage("count")
+    end
+    cycle(5) -- what the first hosts leave for good (metatables, interned strings)
+    local before = cycle(0)
+    local after = cycle(40)
+    assert.is_true(after - before < 40, -- KiB, for 40 hosts
+      ("40 hosts opened and closed left %.1f KiB"):format(after - before))
+  end)
+end)
