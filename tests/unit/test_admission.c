@@ -1,0 +1,197 @@
+/* test_admission.c: proves which connections the host takes on: none past
+ * max_connections or beyond what the selector can watch (accepted and closed at once,
+ * counted and logged), a round's share of a connect storm, and, when fds run out, the
+ * waiting connections shed and accepting paused until the pause is over. The kernel's
+ * accept is scripted; time is a virtual clock. */
+#include "admission.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "check.h"
+
+/* An accept that fails with `fail` the next `fails` times, then hands out new fds (one
+ * end of a socketpair each; the other end is closed) while `waiting` lasts. */
+typedef struct scripted {
+    net_io io;
+    int fail, fails;
+    int waiting;
+} scripted;
+
+static int scripted_accept(const net_io *io, int listen_fd, net_addr *peer)
+{
+    scripted *k = (scripted *)io;
+    int sv[2];
+    (void)listen_fd;
+    memset(peer, 0, sizeof *peer);
+    if (k->fails > 0) {
+        k->fails--;
+        return -k->fail;
+    }
+    if (k->waiting == 0)
+        return -EAGAIN;
+    k->waiting--;
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) < 0)
+        return -errno;
+    close(sv[1]);
+    return sv[0];
+}
+
+static int fd_is_open(int fd)
+{
+    return fcntl(fd, F_GETFD) >= 0;
+}
+
+typedef struct fixture {
+    scripted k;
+    timer_clock clock;
+    lh_logger log;
+    admission a;
+} fixture;
+
+static void setup(fixture *f, int watch_limit)
+{
+    memset(f, 0, sizeof *f);
+    f->k.io = net_io_kernel;
+    f->k.io.accept = scripted_accept;
+    f->clock.is_virtual = 1;
+    f->clock.virtual_now = 1000;
+    f->log.level = LH_DEBUG;
+    CHECK(lh_log_capture_start(&f->log) == 0);
+    adm_init(&f->a, &f->log, &f->clock, &f->k.io, watch_limit);
+    CHECK(f->a.spare_fd >= 0);
+}
+
+static void teardown(fixture *f)
+{
+    adm_free(&f->a);
+    lh_log_capture_free(&f->log);
+}
+
+static const char *logged(const fixture *f)
+{
+    return f->log.capture->text ? f->log.capture->text : "";
+}
+
+/* Accepted connections are counted until closed; closing what was not accepted
+ * changes no count. */
+static void test_counts(void)
+{
+    fixture f;
+    net_addr peer;
+    const char *why = NULL;
+    setup(&f, 0);
+    f.k.waiting = 2;
+    conn a, b, other;
+    conn_init(&a, adm_accept(&f.a, 3, &peer, &why), CONN_SOCKET, 10);
+    conn_init(&b, adm_accept(&f.a, 3, &peer, &why), CONN_SOCKET, 10);
+    CHECK(a.fd >= 0 && b.fd >= 0 && f.a.connections == 2);
+    CHECK(adm_accept(&f.a, 3, &peer, &why) == -EAGAIN);
+    a.flags |= CONN_ACCEPTED;
+    b.flags |= CONN_ACCEPTED;
+    int fd = a.fd;
+    adm_close(&f.a, &a);
+    CHECK(a.fd == -1 && !fd_is_open(fd) && f.a.connections == 1);
+    adm_close(&f.a, &a); /* twice: harmless */
+    CHECK(f.a.connections == 1);
+    conn_init(&other, dup(0), CONN_SOCKET, 10);
+    adm_close(&f.a, &other);
+    CHECK(f.a.connections == 1);
+    adm_close(&f.a, &b);
+    CHECK(f.a.connections == 0);
+    teardown(&f);
+}
+
+/* Past max_connections, or on an fd the selector cannot watch, a connection is
+ * accepted and closed at once, counted, and logged at most once a second. */
+static void test_refusals(void)
+{
+    fixture f;
+    net_addr peer;
+    const char *why = NULL;
+    setup(&f, 0);
+    f.a.max_connections = 1;
+    f.k.waiting = 3;
+    int fd = adm_accept(&f.a, 3, &peer, &why);
+    CHECK(fd >= 0);
+    CHECK(adm_accept(&f.a, 3, &peer, &why) == ADM_REFUSED);
+    CHECK(why && strstr(why, "--max-connections"));
+    CHECK(adm_accept(&f.a, 3, &peer, &why) == ADM_REFUSED);
+    CHECK(f.a.refused == 2 && f.a.connections == 1);
+    CHECK(strstr(logged(&f), "refusing connections: too many connections") != NULL);
+    CHECK(strstr(strstr(logged(&f), "refusing") + 1, "refusing") == NULL); /* once a second */
+    close(fd);
+    teardown(&f);
+
+    setup(&f, 1); /* every fd is beyond a limit of 1 */
+    f.k.waiting = 1;
+    CHECK(adm_accept(&f.a, 3, &peer, &why) == ADM_REFUSED);
+    CHECK(why && strstr(why, "beyond what the selector backend can watch"));
+    CHECK(f.a.connections == 0 && f.a.refused == 1);
+    teardown(&f);
+}
+
+/* While the host dispatches a round, a connect storm gets its share and then waits. */
+static void test_round_share(void)
+{
+    fixture f;
+    net_addr peer;
+    const char *why = NULL;
+    int fds[ADM_ACCEPTS_PER_ROUND];
+    setup(&f, 0);
+    f.k.waiting = ADM_ACCEPTS_PER_ROUND + 10;
+    adm_begin_round(&f.a);
+    for (int i = 0; i < ADM_ACCEPTS_PER_ROUND; i++)
+        CHECK((fds[i] = adm_accept(&f.a, 3, &peer, &why)) >= 0);
+    CHECK(adm_accept(&f.a, 3, &peer, &why) == -EAGAIN);
+    adm_end_round(&f.a);
+    int more = adm_accept(&f.a, 3, &peer, &why);
+    CHECK(more >= 0); /* outside a round, no share applies */
+    close(more);
+    for (int i = 0; i < ADM_ACCEPTS_PER_ROUND; i++)
+        close(fds[i]);
+    teardown(&f);
+}
+
+/* Out of fds: the connections waiting are accepted with the spare fd's room and closed,
+ * accepting pauses for ADM_PAUSE_SECONDS, and the spare is taken back. */
+static void test_out_of_fds(void)
+{
+    fixture f;
+    net_addr peer;
+    const char *why = NULL;
+    setup(&f, 0);
+    f.k.fail = EMFILE;
+    f.k.fails = 1;
+    f.k.waiting = 3;
+    CHECK(adm_accept(&f.a, 3, &peer, &why) == -EMFILE);
+    CHECK(f.k.waiting == 0 && f.a.refused == 3 && f.a.connections == 0);
+    CHECK(f.a.spare_fd >= 0);
+    CHECK(adm_paused(&f.a));
+    CHECK(adm_timeout_ms(&f.a) == (int)(ADM_PAUSE_SECONDS * 1000) + 1);
+    CHECK(strstr(logged(&f), "out of file descriptors (Too many open files) with 0 "
+                             "connections open: closed 3 waiting connections") != NULL);
+    CHECK(!adm_resume_due(&f.a));
+    f.clock.virtual_now += ADM_PAUSE_SECONDS;
+    CHECK(adm_resume_due(&f.a));
+    CHECK(!adm_resume_due(&f.a) && !adm_paused(&f.a) && adm_timeout_ms(&f.a) == -1);
+    teardown(&f);
+}
+
+int main(void)
+{
+    test_counts();
+    test_refusals();
+    test_round_share();
+    test_out_of_fds();
+    if (failures) {
+        printf("test_admission: %lu of %lu checks failed\n", failures, checks);
+        return 1;
+    }
+    printf("test_admission: %lu checks passed\n", checks);
+    return 0;
+}
