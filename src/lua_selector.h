@@ -84,7 +84,7 @@ static inline int lhsel_script_mask(lua_State *L, const lh_selector *s, const se
     const sel_key *slot = sel_slot(s->core, f->fd);
     int mask = sel_deliverable_in(slot, f);
     if (mask && (mask & slot->host_events)) {
-        s->ctx->host_ready(s->ctx->host_ready_ud, L, (conn *)slot->host_data);
+        s->ctx->host_ready(s->ctx->host_ready_ud, L, (conn *)sel_host_data(s->core, f->fd));
         slot = sel_slot(s->core, f->fd);
         mask = sel_deliverable_in(slot, f);
     }

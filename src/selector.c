@@ -13,8 +13,12 @@
 
 #include "backend.h"
 
+/* A batch holds at most this many ready fds: more come with the next wait, so a batch's
+ * buffers (here and in the backend) stay small however many connections there are. */
 #define SEL_FIRED_MIN 64
-#define SEL_FIRED_MAX 4096
+#define SEL_FIRED_MAX 1024
+
+_Static_assert(sizeof(sel_key) == 8, "a slot per fd: keep it small");
 
 struct selector {
     const sel_backend *be;
@@ -26,6 +30,9 @@ struct selector {
     size_t in_use;     /* slots in use by the script or the host */
     size_t host_count; /* slots with host interest */
     uint32_t next_gen;
+    void **host_data; /* by fd, for slots with host interest: kept apart from the slots, so
+                         that a connection the host never flushes for costs 8 bytes less */
+    int host_cap;     /* entries of host_data */
     sel_fired *fired; /* the current batch */
     int fired_cap;
     int nfired;
@@ -79,6 +86,7 @@ void sel_free(selector *sel)
         return;
     sel->be->destroy(sel->state);
     free(sel->keys);
+    free(sel->host_data);
     free(sel->fired);
     free(sel);
 }
@@ -250,6 +258,23 @@ int sel_unregister(selector *sel, int fd)
     return sel_apply(sel, fd, next);
 }
 
+/* Makes room for fd in host_data, zeroing new entries; -ENOMEM leaves it as it was. */
+static int sel_grow_host_data(selector *sel, int fd)
+{
+    if (fd < sel->host_cap)
+        return 0;
+    size_t n = sel->host_cap ? (size_t)sel->host_cap : 64;
+    while (n <= (size_t)fd)
+        n *= 2;
+    void **data = realloc(sel->host_data, n * sizeof *data);
+    if (!data)
+        return sel_fail(sel, -ENOMEM, "no memory for fd %d", fd);
+    memset(data + sel->host_cap, 0, (n - (size_t)sel->host_cap) * sizeof *data);
+    sel->host_data = data;
+    sel->host_cap = (int)n;
+    return 0;
+}
+
 /* Host interest keeps the slot (and its generation) alive after the script lets go. */
 int sel_set_host_events(selector *sel, int fd, int host_events, void *host_data)
 {
@@ -258,14 +283,23 @@ int sel_set_host_events(selector *sel, int fd, int host_events, void *host_data)
         return sel_fail(sel, -EINVAL, "invalid fd %d", fd);
     if ((rc = sel_check_events(sel, host_events, 1)) < 0)
         return rc;
-    if (host_events && (rc = sel_check_fd(sel, fd)) < 0)
+    if (host_events && ((rc = sel_check_fd(sel, fd)) < 0 || (rc = sel_grow_host_data(sel, fd)) < 0))
         return rc;
     sel_key next = sel_load(sel, fd);
     if (!next.gen && !host_events)
         return 0;
     next.host_events = (uint8_t)host_events;
-    next.host_data = host_events ? host_data : NULL;
-    return sel_apply(sel, fd, next);
+    if ((rc = sel_apply(sel, fd, next)) < 0)
+        return rc;
+    if (fd < sel->host_cap)
+        sel->host_data[fd] = host_events ? host_data : NULL;
+    return 0;
+}
+
+void *sel_host_data(const selector *sel, int fd)
+{
+    const sel_key *k = sel_slot(sel, fd);
+    return k && k->host_events && fd < sel->host_cap ? sel->host_data[fd] : NULL;
 }
 
 /* Pausing belongs to the slot, not to one registration: it lasts until the host lifts

@@ -27,16 +27,15 @@ typedef struct sel_fired {
 } sel_fired;
 
 /* One fd's slot. A slot is in use while the script registered it or the host has its
- * own interest in it (flushing output); gen is non-zero exactly while it is in use. */
+ * own interest in it (flushing output); gen is non-zero exactly while it is in use.
+ * Eight bytes: there is one per fd, up to the highest fd in use. */
 typedef struct sel_key {
     uint32_t gen;
-    /* Bit fields keep a slot at 16 bytes: there is one per fd, up to the fd limit. */
     unsigned registered : 1;  /* registered by the script */
     unsigned events : 2;      /* the script's interest, SEL_READ|SEL_WRITE */
     unsigned host_events : 2; /* the host's own interest, apart from the script's */
     unsigned paused : 2;      /* script events withheld from the backend (backpressure) */
     unsigned armed : 2;       /* the mask the backend currently watches */
-    void *host_data;          /* owner of host_events, for the host's dispatch */
 } sel_key;
 
 typedef struct selector selector;
@@ -62,8 +61,11 @@ int sel_register(selector *sel, int fd, int events);
 int sel_modify(selector *sel, int fd, int events);
 int sel_unregister(selector *sel, int fd);
 
-/* The host's own interest in fd (0 removes it), kept apart from the script's events. */
+/* The host's own interest in fd (0 removes it), kept apart from the script's events,
+ * with host_data, its owner, for the host's dispatch. */
 int sel_set_host_events(selector *sel, int fd, int host_events, void *host_data);
+/* The host_data of fd's host interest, or NULL when the host has none in fd. */
+void *sel_host_data(const selector *sel, int fd);
 /* Withholds some of the script's events from the backend without changing them. */
 int sel_set_paused(selector *sel, int fd, int paused);
 

@@ -216,7 +216,7 @@ static void check_conn(const cmodel *m)
     if (k) {
         CHECK(k->host_events == (m->pending ? SEL_WRITE : 0), "host events %d, %zu pending",
               k->host_events, m->pending);
-        CHECK(!m->pending || k->host_data == c, "host_data is not the conn");
+        CHECK(!m->pending || sel_host_data(m->sel, c->fd) == c, "host_data is not the conn");
         CHECK(k->paused == (paused ? SEL_READ : 0), "slot paused %d, conn flag %d", k->paused,
               paused);
     }

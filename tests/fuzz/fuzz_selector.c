@@ -373,8 +373,8 @@ static void check_slot(int fd)
           (unsigned)m->gen);
     CHECK(k->registered == m->registered && k->events == m->events, "fd %d: events %d/%d", fd,
           k->events, m->events);
-    CHECK(k->host_events == m->host && k->host_data == m->host_data, "fd %d: host %d/%d", fd,
-          k->host_events, m->host);
+    CHECK(k->host_events == m->host && sel_host_data(M.sel, fd) == m->host_data,
+          "fd %d: host %d/%d", fd, k->host_events, m->host);
     CHECK(k->paused == m->paused, "fd %d: paused %d, model %d", fd, k->paused, m->paused);
     CHECK(k->armed == m->armed, "fd %d: armed %d, model %d", fd, k->armed, m->armed);
 }

@@ -69,8 +69,9 @@ static void step(fixture *f)
     for (int i = 0; i < n; i++) {
         const sel_fired *fired = sel_fired_at(f->sel, i);
         const sel_key *k = sel_slot(f->sel, fired->fd);
-        if (k && k->host_data && ((conn *)k->host_data)->kind == CONN_LINGER)
-            linger_flush(&f->linger, (linger_rec *)k->host_data);
+        conn *owner = (conn *)sel_host_data(f->sel, fired->fd);
+        if (k && owner && owner->kind == CONN_LINGER)
+            linger_flush(&f->linger, (linger_rec *)owner);
     }
 }
 

@@ -241,7 +241,7 @@ static void test_host_and_paused(void)
     CHECK(sel_register(sel, sv[0], SEL_READ) == 0);
     uint32_t gen = sel_get(sel, sv[0])->gen;
     CHECK(sel_set_host_events(sel, sv[0], SEL_WRITE, &owner) == 0);
-    CHECK(sel_slot(sel, sv[0])->host_data == &owner);
+    CHECK(sel_host_data(sel, sv[0]) == &owner);
     CHECK(ready_mask(sel, sv[0]) == SEL_BOTH);
     CHECK(sel_set_paused(sel, sv[0], SEL_READ) == 0);
     CHECK(sel_get(sel, sv[0])->events == SEL_READ);

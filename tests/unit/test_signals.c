@@ -16,7 +16,7 @@ static int pipe_ready(selector *sel, const signals *s)
     int n = sel_select(sel, 1000);
     for (int i = 0; i < n; i++) {
         const sel_fired *f = sel_fired_at(sel, i);
-        if (f->fd == s->conn.fd && sel_slot(sel, f->fd)->host_data == &s->conn)
+        if (f->fd == s->conn.fd && sel_host_data(sel, f->fd) == &s->conn)
             return 1;
     }
     return 0;
