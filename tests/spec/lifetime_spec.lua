@@ -3,7 +3,6 @@
 -- had dropped (and its fd open); every luahost.open (one per T.start) left a closed host
 -- of at least 64 KiB until the Lua state closed.
 local luahost = require "luahost"
-local T = require "luahost.test"
 local helpers = require "support.helpers"
 
 local function full_gc()
@@ -61,6 +60,22 @@ describe("a host closed by luahost.shutdown", function()
     end
     full_gc()
     assert.is_nil(next(hosts), "a closed host's module is still alive")
+  end)
+
+  it("leaves the sockets still held working as plain sockets, on sim too", function()
+    local host = luahost.open({selector = "sim", log = "capture"})
+    local server = assert(host.listen("127.0.0.1", 0))
+    local client = host.sim.connect(server) -- the test's end, made by the sim host
+    host.step(0)
+    host.shutdown(0)
+    full_gc()
+    -- Its calls go to the kernel now (the sim's state went with the host's selector):
+    -- the host's end is closed, so the client reads the end of the stream.
+    assert(client:setblocking(false))
+    assert.equal("", client:recv(10))
+    assert.has_no.errors(function() client:send("x") end)
+    assert.matches("luahost.socket", tostring(client))
+    client:close()
   end)
 
   it("leaves no memory behind, however many are opened and closed", function()
