@@ -29,6 +29,8 @@ static void release_c(lh_host *host)
     theap_free(&host->timers.heap);
     free(host->sockets.scratch);
     host->sockets.scratch = NULL;
+    /* The selector's socket calls may be its backend's own (sim's), which go with it. */
+    host->sockets.io = host->adm.io = &net_io_kernel;
     sel_free(host->sel);
     host->sel = NULL;
     host->linger.sel = NULL;

@@ -534,7 +534,6 @@ void lhsock_release(lua_State *L, lh_sockets *ctx)
 {
     ctx->closed = 1;
     ctx->sel = NULL;
-    ctx->io = &net_io_kernel; /* a backend's own goes with its selector */
     free(ctx->scratch);
     ctx->scratch = NULL;
     int *refs[] = {&ctx->listeners_ref, &ctx->drain_ref, &ctx->handles_ref};
