@@ -419,16 +419,19 @@ function T.clients(host, port, n, opts)
 end
 
 -- Sends data (a few bytes: one send each) on every client and waits, all at once, up to
--- timeout seconds (default T.TIMEOUT) for each to get it back or be closed. Returns the
--- outcomes, one per client: "echoed", "closed" (end of stream or reset), "wrong" (other
--- bytes came back) or "timeout"; and their counts.
+-- timeout seconds (default T.TIMEOUT) for each to get it back or be closed. data may be
+-- a function of the client's index, so that each sends its own (a reply crossed between
+-- connections then shows). Returns the outcomes, one per client: "echoed", "closed"
+-- (end of stream or reset), "wrong" (other bytes came back) or "timeout"; and their
+-- counts.
 function T.echo_each(clients, data, timeout)
   local deadline = now() + (timeout or T.TIMEOUT)
   local sel, outcomes, open = luahost.new_selector(), {}, 0
   for i, c in ipairs(clients) do
-    local n, err = c.sock:send(data)
-    if n == #data then
-      sel:register(c.sock, READ, {index = i, got = ""})
+    local want = type(data) == "function" and data(i) or data
+    local n, err = c.sock:send(want)
+    if n == #want then
+      sel:register(c.sock, READ, {index = i, want = want, got = ""})
       open = open + 1
     else
       outcomes[i] = (n or err == "wouldblock") and "timeout" or "closed"
@@ -443,7 +446,7 @@ function T.echo_each(clients, data, timeout)
         outcome = "closed"
       elseif chunk then
         st.got = st.got .. chunk
-        if #st.got >= #data then outcome = st.got == data and "echoed" or "wrong" end
+        if #st.got >= #st.want then outcome = st.got == st.want and "echoed" or "wrong" end
       end
       if outcome then
         outcomes[st.index] = outcome

@@ -30,48 +30,6 @@ local function own_nofile()
   return tonumber(soft) or math.huge, tonumber(hard) or math.huge -- "unlimited"
 end
 
--- Sends "NNNNN\n" (the index) on every client and reads each reply until it is complete,
--- all at once over one selector on their sockets. Returns one outcome per client:
--- "echoed", "wrong ...", "closed" or "timeout".
-local function echo_unique(clients, timeout)
-  local deadline = luahost.now() + timeout
-  local sel, outcomes, open = luahost.new_selector(), {}, 0
-  for i, c in ipairs(clients) do
-    local sock = c.sock
-    local payload = string.format("%05d\n", i)
-    local n = sock:send(payload)
-    if n == #payload then
-      sel:register(sock, luahost.EVENT_READ, {index = i, want = payload, got = ""})
-      open = open + 1
-    else
-      outcomes[i] = "send failed"
-    end
-  end
-  while open > 0 and luahost.now() < deadline do
-    for key in sel:select(math.min(deadline - luahost.now(), 1)) do
-      local st = key.data
-      local chunk, err = key.fileobj:recv(64)
-      local outcome
-      if chunk == "" or (chunk == nil and err ~= "wouldblock") then
-        outcome = "closed"
-      elseif chunk then
-        st.got = st.got .. chunk
-        if #st.got >= #st.want then
-          outcome = st.got == st.want and "echoed" or ("wrong: got " .. st.got:gsub("\n", "|"))
-        end
-      end
-      if outcome then
-        outcomes[st.index] = outcome
-        sel:unregister(key.fileobj)
-        open = open - 1
-      end
-    end
-  end
-  for _, key in pairs(sel:get_map()) do outcomes[key.data.index] = "timeout" end
-  sel:close()
-  return outcomes
-end
-
 describe("reliability: scale", function()
   for _, backend in ipairs({"epoll", "poll"}) do
     local cap = TIME_CAP[backend]
@@ -111,7 +69,8 @@ describe("reliability: scale", function()
       assert(left > 0, "connecting alone took longer than " .. cap .. " s")
       -- Each connection sends its own number, so a reply crossed between connections or
       -- lost shows; all are in flight at once.
-      local outcomes = echo_unique(socks, left)
+      local outcomes = T.echo_each(socks, function(i) return string.format("%05d\n", i) end,
+        left)
       local took = luahost.now() - t0
       local counts, wrong = {}, {}
       for i, o in ipairs(outcomes) do
