@@ -5,6 +5,7 @@
 -- value to echo.lua, and 100,000 lines in one write to chat.lua.
 local luahost = require "luahost"
 local T = require "luahost.test"
+local hostile = require "support.hostile"
 local chat = require "support.chat"
 local helpers = require "support.helpers"
 
@@ -45,14 +46,6 @@ local function slow_echo(c, data, per_read, pause, timeout)
     T.sleep(pause)
   end
   return table.concat(parts)
-end
-
--- Runs tests/support/hostile.py (bounded); the sanitizer runtime a sanitized build
--- preloads is meant for luahost, not python3, so it is left out.
-local function hostile(args, timeout)
-  local argv = {"python3", "tests/support/hostile.py"}
-  for _, a in ipairs(args) do argv[#argv + 1] = tostring(a) end
-  return T.run_command(argv, {env = {LD_PRELOAD = false}, timeout = timeout})
 end
 
 -- A client of the server, its waits bounded by 5 s.

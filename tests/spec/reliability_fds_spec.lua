@@ -5,6 +5,7 @@
 -- reused fd, and a failed non-blocking connect reported as ECONNREFUSED.
 local luahost = require "luahost"
 local T = require "luahost.test"
+local hostile = require "support.hostile"
 local helpers = require "support.helpers"
 local tcp = require "support.tcp"
 
@@ -59,14 +60,6 @@ end
 -- A client of the server, its waits bounded by 5 s.
 local function connect(server)
   return T.client("127.0.0.1", server.port, {timeout = 5})
-end
-
--- Runs tests/support/hostile.py (bounded); the sanitizer runtime a sanitized build
--- preloads is meant for luahost, not python3, so it is left out.
-local function hostile(args, timeout)
-  local argv = {"python3", "tests/support/hostile.py"}
-  for _, a in ipairs(args) do argv[#argv + 1] = tostring(a) end
-  return T.run_command(argv, {env = {LD_PRELOAD = false}, timeout = timeout})
 end
 
 -- Seconds since midnight of a log line's UTC stamp (2026-01-02T03:04:05.678Z).

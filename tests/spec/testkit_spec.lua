@@ -672,6 +672,7 @@ end)
       -- Each its own bytes, of its own length.
       outcomes, counts = T.echo_each(list, function(i) return ("%d\n"):format(i * 1000) end, 2)
       assert.equal(30, counts.echoed)
+      assert.equal("echoed", outcomes[1])
       local upper = T.spawn("tests/support/bad_echo.lua", {"127.0.0.1:0", "upper"})
       local abort = T.spawn("tests/support/bad_echo.lua", {"127.0.0.1:0", "abort"})
       local stall = T.spawn(script(STALLING), {})
