@@ -46,11 +46,13 @@ static void pause_accepting(lua_State *L, lh_loop *loop)
     lhsock_pause_listeners(L, loop->sockets, 1);
 }
 
-/* After a callback raised: log it with the peer's address, then close its socket (which
- * unregisters it everywhere), or for another kind of fileobj unregister the key if it is
+/* After the callback of fd's registration (generation gen) raised: log it with the
+ * peer's address, then abort its socket (which unregisters it everywhere; what it had
+ * buffered is dropped: a connection whose script failed is in no known state), or for
+ * a listener pause accepting, or for another kind of fileobj unregister the key if it is
  * still the registration that raised. The key and the error message are on the stack;
  * both are popped. */
-static void callback_failed(lua_State *L, lh_loop *loop, lh_selector *s, const sel_fired *f)
+static void callback_failed(lua_State *L, lh_loop *loop, lh_selector *s, int fd, uint32_t gen)
 {
     char where[NET_ADDRSTRLEN + 16];
     lua_getiuservalue(L, -2, 1);
@@ -58,14 +60,14 @@ static void callback_failed(lua_State *L, lh_loop *loop, lh_selector *s, const s
     if (sock && sock->conn.fd >= 0)
         lhsock_describe(sock, where, sizeof where);
     else
-        snprintf(where, sizeof where, "fd %d", f->fd);
+        snprintf(where, sizeof where, "fd %d", fd);
     lh_log(loop->log, LH_ERROR, "error in callback for %s: %s", where, lua_tostring(L, -2));
-    const sel_key *slot = s->core ? sel_get(s->core, f->fd) : NULL;
+    const sel_key *slot = s->core ? sel_get(s->core, fd) : NULL;
     if (sock && (sock->flags & LH_LISTENING))
         pause_accepting(L, loop);
     else if (sock)
         lhsock_close(L, sock, 0);
-    else if (slot && slot->gen == f->gen && lhsel_unregister_fd(L, s, f->fd) == 0)
+    else if (slot && slot->gen == gen && lhsel_unregister_fd(L, s, fd) == 0)
         lua_pop(L, 1);
     lua_pop(L, 3);
 }
@@ -97,13 +99,15 @@ static void withhold_if_finished(lua_State *L, lh_loop *loop, lh_selector *s, co
 }
 
 /* A batch being dispatched: the selector's fired entries from `next` on are still to be
- * looked at; `calling` is set while a script's callback runs, the fired entry it was
- * called for being next - 1. */
+ * looked at. While a script's callback runs, `calling` is set and `fd`, `gen` say which
+ * registration it was called for. */
 typedef struct lh_batch {
     lh_loop *loop;
     lh_selector *s;
     int n, next, calls;
     int calling;
+    int fd;
+    uint32_t gen;
 } lh_batch;
 
 /* Calls key.data(key.fileobj, mask, key) for the batch's deliverable events from
@@ -128,6 +132,8 @@ static int run_batch(lua_State *L)
         lua_pushinteger(L, mask);
         lua_pushvalue(L, 3);
         b->calls++;
+        b->fd = f->fd;
+        b->gen = f->gen;
         b->calling = 1;
         budget_begin(b->loop->budget, L);
         lua_call(L, 3, 0);
@@ -141,12 +147,11 @@ static int run_batch(lua_State *L)
 }
 
 /* Dispatches the n events select() returned; returns the number of callbacks run. When
- * a callback raises, the fired entry it was called for (fd and generation, kept in the
- * batch) tells whose it was: if that registration is still the fd's, its key is the
- * one that raised. */
+ * a callback raises, the fd and generation kept in the batch tell whose it was: if that
+ * registration is still the fd's, its key is the one that raised. */
 static int dispatch(lua_State *L, lh_loop *loop, lh_selector *s, int n)
 {
-    lh_batch b = {loop, s, n, 0, 0, 0};
+    lh_batch b = {loop, s, n, 0, 0, 0, -1, 0};
     lua_pushcfunction(L, lh_traceback);
     int handler = lua_gettop(L), keys = handler + 1;
     lhsel_push_keys(L, s);
@@ -163,17 +168,16 @@ static int dispatch(lua_State *L, lh_loop *loop, lh_selector *s, int n)
         }
         budget_end(loop->budget, L);
         b.calling = 0;
-        const sel_fired *f = sel_fired_at(s->core, b.next - 1);
-        const sel_key *slot = s->core ? sel_get(s->core, f->fd) : NULL;
-        if (!slot || slot->gen != f->gen) { /* it closed or let go of its fd itself */
+        const sel_key *slot = s->core ? sel_get(s->core, b.fd) : NULL;
+        if (!slot || slot->gen != b.gen) { /* it closed or let go of its fd itself */
             char where[32];
-            snprintf(where, sizeof where, "error in callback for fd %d", f->fd);
+            snprintf(where, sizeof where, "error in callback for fd %d", b.fd);
             lh_report_error(L, loop->log, where);
             continue;
         }
-        lua_rawgeti(L, keys, f->fd);
+        lua_rawgeti(L, keys, b.fd);
         lua_insert(L, -2);
-        callback_failed(L, loop, s, f);
+        callback_failed(L, loop, s, b.fd, b.gen);
     }
     lua_settop(L, handler - 1);
     return b.calls;
