@@ -12,6 +12,7 @@
 #include <lauxlib.h>
 #include <lualib.h>
 
+#include "blocks.h"
 #include "luahost.h"
 
 #define SHUTDOWN_GRACE_SECONDS 3.0
@@ -343,7 +344,10 @@ int main(int argc, char **argv)
     if (status >= 0)
         return status;
     lh_memory memory = {0, o.max_memory > 0 ? (size_t)o.max_memory : 0};
-    lua_State *L = lua_newstate(budget_alloc, &memory);
+    /* Without --max-memory nothing needs counting, and small blocks are recycled. */
+    blocks small = {0};
+    lua_State *L =
+        memory.limit ? lua_newstate(budget_alloc, &memory) : lua_newstate(blocks_alloc, &small);
     if (!L) {
         fprintf(stderr, "%s: cannot create a Lua state: not enough memory\n", progname);
         return 1;
@@ -357,5 +361,6 @@ int main(int argc, char **argv)
         report(&o, msg ? msg : "(error object is not a string)");
     }
     lua_close(L);
+    blocks_release(&small);
     return status == LUA_OK ? 0 : 1;
 }
