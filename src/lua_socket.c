@@ -230,7 +230,10 @@ static int sock_recv(lua_State *L)
 {
     lh_socket *s = lhsock_check_open(L, 1);
     lh_sockets *ctx = s->ctx;
-    lua_Integer want = luaL_optinteger(L, 2, LH_SCRATCH_SIZE);
+    int is_integer;
+    lua_Integer want = lua_tointegerx(L, 2, &is_integer);
+    if (!is_integer) /* the usual case is an integer: the auxiliary library costs ~40 more */
+        want = luaL_optinteger(L, 2, LH_SCRATCH_SIZE);
     luaL_argcheck(L, want > 0, 2, "size must be positive");
     if (want <= LH_SCRATCH_SIZE) {
         ssize_t n = ctx->io->recv(ctx->io, s->conn.fd, ctx->scratch, (size_t)want);
