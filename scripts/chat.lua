@@ -287,8 +287,13 @@ local function next_guest_name()
   return "guest-" .. CHAT.guests
 end
 
+-- Takes every client waiting, up to ACCEPTS_PER_EVENT: one accept per wakeup lets a
+-- burst of connects overflow the kernel's listen queue, and a client whose handshake
+-- the kernel then dropped believes it is connected while nobody serves it. (The host
+-- ends a round's accepts at 64 with "wouldblock", so connected clients are served too.)
+local ACCEPTS_PER_EVENT = 1000 -- as Redis
 local function on_accept(server)
-  for _ = 1, 64 do -- a few per wakeup, so a burst of connects is taken quickly
+  for _ = 1, ACCEPTS_PER_EVENT do
     local conn = server:accept()
     if not conn then return end
     local client = { conn = conn, name = next_guest_name(), pieces = {}, held = 0,
