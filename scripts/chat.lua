@@ -3,6 +3,8 @@
 --
 -- Usage: luahost scripts/chat.lua [[HOST:]PORT] [--idle-timeout SECONDS] [--max-line BYTES]
 --        (default 127.0.0.1:12345, idle timeout 300 s, max line 65536 bytes)
+-- A client that sends no complete line for the idle timeout is closed; bytes of a line
+-- that does not end do not count.
 --
 -- A line starting with "{" or "[" is JSON and must be an object:
 --   {"type":"say","text":"..."}  {"type":"nick","name":"..."}  {"type":"who"}
