@@ -39,7 +39,9 @@ test-sanitize: deps
 bench: build
 	lua5.4 tests/bench/run.lua
 
+# Its tools have a list of their own: lua-check pulls in lua5.1, which Debian makes `lua`.
 lint:
+	vendor/install vendor/lint-packages.txt
 	$(if $(C_FILES),clang-format --dry-run --Werror $(C_FILES))
 	luacheck scripts tests examples lua
 

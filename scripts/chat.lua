@@ -3,6 +3,8 @@
 --
 -- Usage: luahost scripts/chat.lua [[HOST:]PORT] [--idle-timeout SECONDS] [--max-line BYTES]
 --        (default 127.0.0.1:12345, idle timeout 300 s, max line 65536 bytes)
+-- A client that sends no complete line for the idle timeout is closed; bytes of a line
+-- that does not end do not count.
 --
 -- A line starting with "{" or "[" is JSON and must be an object:
 --   {"type":"say","text":"..."}  {"type":"nick","name":"..."}  {"type":"who"}
@@ -41,7 +43,9 @@ local opts = parse_args(arg)
 -- What must outlive a reload lives in one global table: when this file is loaded anew
 -- (SIGHUP, or luahost.reload), the new code finds the connected clients there.
 CHAT = CHAT or { clients = {}, by_name = {}, guests = 0 }
-local clients = CHAT.clients -- conn -> { conn, name, partial, discarding, last_active }
+-- conn -> { conn, name, pieces (of a partial line), held (its bytes), discarding,
+--          last_active (when its last complete line came), slot, gone }
+local clients = CHAT.clients
 local by_name = CHAT.by_name -- name -> client
 -- The connections as a sequence, for write_all (which reads a sequence faster than a
 -- table's keys); client.slot is each one's index. An older version of this script kept
@@ -54,6 +58,14 @@ if not CHAT.members then
   end
 end
 local members = CHAT.members
+-- An older version kept a partial line as one string, client.partial.
+for _, client in pairs(clients) do
+  if not client.pieces then
+    local partial = client.partial
+    client.pieces, client.held = { partial ~= "" and partial or nil }, #partial
+    client.partial = nil
+  end
+end
 
 local function encode(msg)
   return cjson.encode(msg) .. "\n"
@@ -150,6 +162,28 @@ function handlers.who(client)
   send(client, { type = "who", names = names })
 end
 
+-- What kind of JSON value a message's type is, for a reply: never tostring of a client's
+-- value, which for an object or null tells the client a heap address ("table: 0x55..").
+-- cjson decodes {} and [] alike, so for an empty one the line itself is read: with
+-- escapes and strings masked, nested values collapsed, the last "type" member wins, as
+-- in cjson.
+local EMPTY_KIND = { ["{"] = "object", ["["] = "array" }
+local function kind_of_type(msg, line)
+  local v = msg.type
+  if v == cjson.null then return "null" end
+  if type(v) == "string" then return 'string "' .. v .. '"' end
+  if type(v) ~= "table" then return type(v) end -- number, boolean: JSON names them alike
+  local key = next(v)
+  if key ~= nil then return type(key) == "number" and "array" or "object" end
+  local plain = line:gsub("\\.", "__") -- a backslash is in a string: keep each position
+  plain = plain:gsub('()"[^"]*"()', function(i, j)
+    return cjson.decode(line:sub(i, j - 1)) == "type" and '"type"' or '""'
+  end)
+  local body = plain:match("^%s*{(.*)}%s*$") or ""
+  local c = body:gsub("%b{}", "{}"):gsub("%b[]", "[]"):match('.*"type"%s*:%s*(.)')
+  return EMPTY_KIND[c] or "object or array"
+end
+
 -- One complete line (without its line ending) from a client.
 local function handle_line(client, line)
   if line == "" then return end
@@ -167,36 +201,75 @@ local function handle_line(client, line)
   else
     msg = { type = "say", text = line }
   end
+  if msg.type == nil then return reply_error(client, "missing type") end
   local handler = type(msg.type) == "string" and handlers[msg.type]
-  if not handler then return reply_error(client, "unknown type " .. tostring(msg.type)) end
+  if not handler then return reply_error(client, "unknown type: " .. kind_of_type(msg, line)) end
   handler(client, msg)
 end
 
--- Splits received bytes into lines: partial lines wait for the rest, and a line longer
--- than max_line gets one error and is discarded up to its end, so memory stays bounded.
+-- A piece of a line shorter than this is joined to the piece before it when that is
+-- short too: a line trickling in a byte at a time is kept in a few strings, not one a byte.
+local SMALL_PIECE = 512
+
+-- The line made of the client's pieces and data[i..j], without the CR of a CRLF. The
+-- pieces are joined once, here: a line that arrives in n pieces costs O(its length),
+-- where joining them at every recv cost O(length * n).
+local function take_line(client, data, i, j)
+  local pieces = client.pieces
+  local cr = data:byte(j) == 13 -- the byte before i, if any, is a LF: never this CR
+  if cr then j = j - 1 end
+  if #pieces == 0 then return data:sub(i, j) end
+  if j >= i then
+    pieces[#pieces + 1] = data:sub(i, j)
+  elseif not cr and pieces[#pieces]:byte(-1) == 13 then -- the CR came in the last piece
+    pieces[#pieces] = pieces[#pieces]:sub(1, -2)
+  end
+  client.pieces, client.held = {}, 0
+  return table.concat(pieces)
+end
+
+-- Keeps data[start..], the start of a line whose end has not come. A line longer than
+-- max_line gets one error and is discarded up to its end, so memory stays bounded.
+local function keep(client, data, start)
+  local rest = start == 1 and data or data:sub(start)
+  local pieces = client.pieces
+  local n = #pieces
+  if n > 0 and #rest < SMALL_PIECE and #pieces[n] < SMALL_PIECE then
+    pieces[n] = pieces[n] .. rest
+  else
+    pieces[n + 1] = rest
+  end
+  client.held = client.held + #rest
+  -- The limit is on the line without its ending, and a "\r" may still be waiting for "\n".
+  if client.held - (rest:byte(-1) == 13 and 1 or 0) > opts.max_line then
+    reply_error(client, "line too long")
+    client.discarding, client.pieces, client.held = true, {}, 0
+  end
+end
+
+-- Splits received bytes into lines. Only a complete line makes a client active: one
+-- that sends a byte a minute and never a newline is idle, and is swept.
 local function feed(client, data)
-  local buf, start = client.partial .. data, 1
+  local start = 1
   while not client.gone do
-    local nl = buf:find("\n", start, true)
+    local nl = data:find("\n", start, true)
     if not nl then break end
-    -- A CR before the LF is dropped (gsub("\r$", "") would try the pattern at every byte).
-    local line = buf:sub(start, buf:byte(nl - 1) == 13 and nl - 2 or nl - 1)
-    start = nl + 1
+    client.last_active = luahost.now()
     if client.discarding then
       client.discarding = false
-    elseif #line > opts.max_line then
-      reply_error(client, "line too long")
     else
-      handle_line(client, line)
+      local line = take_line(client, data, start, nl - 1)
+      if #line > opts.max_line then
+        reply_error(client, "line too long")
+      else
+        handle_line(client, line)
+      end
     end
+    start = nl + 1
   end
-  local rest = buf:sub(start)
-  -- The limit is on the line without its ending, and a "\r" may still be waiting for "\n".
-  if not client.discarding and #rest - (rest:sub(-1) == "\r" and 1 or 0) > opts.max_line then
-    reply_error(client, "line too long")
-    client.discarding = true
+  if start <= #data and not client.gone and not client.discarding then
+    keep(client, data, start)
   end
-  client.partial = client.discarding and "" or rest
 end
 
 local function on_readable(conn)
@@ -207,7 +280,6 @@ local function on_readable(conn)
   elseif data == "" then
     drop(client, "quit")
   else
-    client.last_active = luahost.now()
     feed(client, data)
   end
 end
@@ -217,11 +289,16 @@ local function next_guest_name()
   return "guest-" .. CHAT.guests
 end
 
+-- Takes every client waiting, up to ACCEPTS_PER_EVENT: one accept per wakeup lets a
+-- burst of connects overflow the kernel's listen queue, and a client whose handshake
+-- the kernel then dropped believes it is connected while nobody serves it. (The host
+-- ends a round's accepts at 64 with "wouldblock", so connected clients are served too.)
+local ACCEPTS_PER_EVENT = 1000 -- as Redis
 local function on_accept(server)
-  for _ = 1, 64 do -- a few per wakeup, so a burst of connects is taken quickly
+  for _ = 1, ACCEPTS_PER_EVENT do
     local conn = server:accept()
     if not conn then return end
-    local client = { conn = conn, name = next_guest_name(), partial = "",
+    local client = { conn = conn, name = next_guest_name(), pieces = {}, held = 0,
                      last_active = luahost.now() }
     clients[conn], by_name[client.name] = client, client
     members[#members + 1] = conn
@@ -232,7 +309,7 @@ local function on_accept(server)
   end
 end
 
--- Disconnects clients that sent nothing for idle_timeout seconds.
+-- Disconnects clients that sent no complete line for idle_timeout seconds.
 local function sweep_idle()
   local now = luahost.now()
   for _, client in pairs(clients) do

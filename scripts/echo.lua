@@ -25,10 +25,16 @@ local function on_read(conn)
   end
 end
 
--- Called when the listening socket is readable: a client is waiting to be accepted.
+-- Called when the listening socket is readable: clients are waiting to be accepted.
+-- All of them are taken, up to ACCEPTS_PER_EVENT: one accept per wakeup lets a burst of
+-- connects overflow the kernel's listen queue, and a client whose handshake the kernel
+-- then dropped believes it is connected while nobody serves it. (The host ends a round's
+-- accepts at 64 with "wouldblock", so clients already connected are served in between.)
+local ACCEPTS_PER_EVENT = 1000 -- as Redis
 local function on_accept(server)
-  local conn = server:accept()
-  if conn then
+  for _ = 1, ACCEPTS_PER_EVENT do
+    local conn = server:accept()
+    if not conn then return end -- none left waiting (or one refused: the rest next time)
     sel:register(conn, READ, on_read)
   end
 end

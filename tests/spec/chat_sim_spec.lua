@@ -100,6 +100,96 @@ describe("chat.lua on sim", function()
         srv:stop()
         T.assert_clean(srv)
       end)
+
+    -- Regression: any byte reset a client's idle time, so one that sent a byte a minute
+    -- and never a newline held its slot forever.
+    it("closes a client that trickles bytes without a newline; a completed line counts",
+      function()
+        local srv = start()
+        local trickler, talker = connect(srv, 2) -- t = 0
+        for _ = 1, 9 do
+          T.advance(1)
+          trickler:send("x") -- t = 1 .. 9: a byte a second, no newline
+        end
+        T.advance(0.5) -- t = 9.5
+        talker:send("/who\n")
+        local names = {talker.name, trickler.name}
+        table.sort(names)
+        assert.same({type = "who", names = names}, talker:json())
+        T.advance(0.51) -- t = 10.01: the sweep at 10 finds the trickler silent for 10 s
+        closed_after(trickler, {type = "error", reason = "idle timeout"})
+        assert.same({type = "leave", name = trickler.name, reason = "idle timeout"},
+          talker:json())
+        -- The talker's line at 9.5 and then one it completes at 19 keep it.
+        T.advance(5) -- t = 15.01
+        talker:send("hel")
+        T.advance(4) -- t = 19.01
+        talker:send("lo\n")
+        T.advance(1.5) -- t = 20.51: 11 s after the who, 1.5 s after the completed line
+        assert.is_false(talker:closed(0), "closed though its last line came 1.5 s ago")
+        quiet(talker)
+        T.advance(9.5) -- t = 30.01: the sweep at 30 finds it silent for 10.99 s
+        closed_after(talker, {type = "error", reason = "idle timeout"})
+        srv:stop()
+        T.assert_clean(srv)
+      end)
+  end)
+
+  describe("a long line arriving in small pieces, --max-line raised", function()
+    -- Regression: each piece was joined to everything before it, so a 20 MB line took
+    -- 23 s and 139 MB. With the collector stopped, what the feed allocates is what it
+    -- copies: kept as its pieces, the line costs about its length; joined at every recv
+    -- it cost the sum of its prefixes (2 GiB here: the loop stops well before).
+    it("allocates about its length while it comes, then is delivered whole", function()
+      local SIZE, PIECE = 4 * 1024 * 1024, 4096
+      local srv = T.start("scripts/chat.lua", {"127.0.0.1:0", "--max-line", tostring(2 * SIZE)},
+        {selector = "sim", max_output = 2 * SIZE}) -- the say to b is one write of 4 MiB
+      local a, b = connect(srv, 2)
+      local piece = string.rep("x", PIECE - 1) .. "y"
+      local bound = 2 * SIZE -- the pieces, and what the kit and the host use on the way
+      local grown, sent = 0, 0
+      finally(function() collectgarbage("restart") end)
+      collectgarbage()
+      collectgarbage("stop")
+      local base = collectgarbage("count") * 1024
+      while sent < SIZE and grown <= bound do
+        a:send(piece)
+        sent = sent + PIECE
+        grown = collectgarbage("count") * 1024 - base
+      end
+      collectgarbage("restart")
+      assert(grown <= bound, ("%d bytes allocated for the first %d of a %d-byte line")
+        :format(grown, sent, SIZE))
+      quiet(b, "told something before the line ended")
+      a:send("\r\n")
+      local say = b:json()
+      assert.equal(SIZE, #say.text)
+      assert.equal(piece:rep(SIZE / PIECE), say.text)
+      quiet(a)
+      srv:stop()
+      T.assert_clean(srv)
+    end)
+
+    it("keeps a line trickling in a byte at a time in a few strings, not one a byte",
+      function()
+        local SIZE = 8192
+        local srv = start()
+        local a, b = connect(srv, 2)
+        collectgarbage()
+        collectgarbage()
+        local base = collectgarbage("count") * 1024
+        for i = 1, SIZE do a:send(string.char(97 + i % 26)) end
+        collectgarbage()
+        collectgarbage()
+        local held = collectgarbage("count") * 1024 - base
+        -- as one piece a byte it held 130 KB: a table slot a byte (one-byte strings are
+        -- shared)
+        assert(held < 4 * SIZE, ("%d bytes held for %d bytes of a line"):format(held, SIZE))
+        a:send("\n")
+        assert.equal(SIZE, #b:json().text)
+        srv:stop()
+        T.assert_clean(srv)
+      end)
   end)
 
   describe("a line split at every byte", function()
@@ -109,6 +199,7 @@ describe("chat.lua on sim", function()
       {"a JSON say line", '{"type":"say","text":"a \\"quoted\\" w\195\182rd\\n"}\n',
         'a "quoted" w\195\182rd\n'},
       {"a say line ending in CRLF", "over and out\r\n", "over and out"},
+      {"a say line ending in CR, CRLF", "cr\r\r\n", "cr\r"},
     }
     for _, case in ipairs(cases) do
       local what, line, text = table.unpack(case)
@@ -211,6 +302,25 @@ describe("chat.lua on sim", function()
       b:close()
       assert.equal(b.name, a:json().name)
       assert.equal(b.name, c:json().name)
+      srv:stop()
+      T.assert_clean(srv)
+    end)
+  end)
+
+  describe("a reload from a version that kept a partial line as one string", function()
+    it("keeps the start of the line, and the line ends as sent", function()
+      local srv = start()
+      local a, b = connect(srv, 2)
+      a:send("half a li")
+      for _, client in pairs(srv.env.CHAT.clients) do -- as the older chat.lua left them
+        client.partial = table.concat(client.pieces)
+        client.pieces, client.held = nil, nil
+      end
+      assert.is_true(srv:reload())
+      a:send("ne\n")
+      assert.same({type = "say", from = a.name, text = "half a line"}, b:json())
+      b:send("whole\n")
+      assert.same({type = "say", from = b.name, text = "whole"}, a:json())
       srv:stop()
       T.assert_clean(srv)
     end)

@@ -279,8 +279,8 @@ describe("scripts/chat.lua on sim", function()
         {"[1,2]", "expected a JSON object"},
         {'["say","x"]', "expected a JSON object"},
         {"[nope", "malformed JSON"},
-        {'{"type":"dance"}', "unknown type dance"},
-        {'{"text":"no type"}', "unknown type nil"},
+        {'{"type":"dance"}', 'unknown type: string "dance"'},
+        {'{"text":"no type"}', "missing type"},
         {'{"type":"say"}', "say needs a text string"},
         {'{"type":"say","text":5}', "say needs a text string"},
         {"bad \255\254 bytes", "invalid UTF-8"},
@@ -290,12 +290,41 @@ describe("scripts/chat.lua on sim", function()
         a:send(case[1] .. "\n")
         assert.same({type = "error", reason = case[2]}, a:json(), ("reply to %q"):format(case[1]))
       end
-      -- a type that is not a string is unknown too (how the number is shown is not fixed)
-      a:send('{"type":7}\n')
-      assert.matches("^unknown type 7", expect(a, {type = "error"}).reason)
       quiet(b) -- nothing bad was broadcast
       a:send("still here\n")
       expect(b, {type = "say", from = a.name, text = "still here"})
+    end)
+
+    -- Regression: {"type":{}} was answered "unknown type table: 0x55...", a heap address;
+    -- null as "userdata: (nil)" and 123 as "123.0", Lua's names for what the client sent.
+    it("names the JSON type of a type that is no known name, never a Lua value", function()
+      local a, b = connect(2)
+      for _, case in ipairs({
+        {'{"type":{}}', "object"},
+        {'{"type":{"say":"x"}}', "object"},
+        {'{"type":null}', "null"},
+        {'{"type":123}', "number"},
+        {'{"type":-1.5e3}', "number"},
+        {'{"type":[]}', "array"},
+        {'{"type":["say"]}', "array"},
+        {'{"type":"str"}', 'string "str"'},
+        {'{"type":true}', "boolean"},
+        {'{"type":false}', "boolean"},
+        -- cjson decodes {} and [] alike: the line itself tells them apart
+        {'{"a":{"type":[]},"type":{},"b":"type"}', "object"},
+        {'{"type": [ ] , "x":{"type":{}}}', "array"},
+        {'{"t\\"":"[","\\u0074ype":[]}', "array"}, -- an escaped quote, an escaped name
+        {'{"type":{},"type":[]}', "array"}, -- the last one counts, as in cjson
+      }) do
+        a:send(case[1] .. "\n")
+        local reason = expect(a, {type = "error"}).reason
+        local what = ("reply to %s: %q"):format(case[1], reason)
+        assert.equal("unknown type: " .. case[2], reason, what)
+        for _, lua_word in ipairs({"0x", "table:", "userdata", "nil", "123"}) do
+          assert.is_nil(reason:find(lua_word, 1, true), what)
+        end
+      end
+      quiet(b)
     end)
   end)
 

@@ -3,32 +3,13 @@
 -- fds (epoll and poll; select stops at FD_SETSIZE, which echo_e2e_spec covers).
 local luahost = require "luahost"
 local T = require "luahost.test"
+local helpers = require "support.helpers"
 
 local CONNECTIONS = 10000
--- Seconds for connecting and echoing. poll(2) looks at every fd on every call and
--- echo.lua accepts one connection per wakeup, so 10,000 accepts cost some 5*10^7 fd
--- checks there (about 20 s on two cores); epoll takes a few seconds.
+-- Seconds for connecting and echoing: bounds, not measurements. poll(2) looks at every
+-- fd on every call (when echo.lua accepted one connection per wakeup, 10,000 accepts cost
+-- some 5*10^7 fd checks there, about 20 s on two cores; now a round takes up to 64).
 local TIME_CAP = {epoll = 60, poll = 90}
-
--- Raises this process's soft fd limit to its hard one with prlimit(1), if installed: a
--- soft limit of 1024 (a common default) would otherwise leave the test pending.
-local function raise_own_nofile()
-  if not T.has_prlimit() then return end
-  local sh = io.popen("echo $PPID") -- the shell's parent is this process
-  local pid = tonumber(sh:read("l"))
-  sh:close()
-  if pid then
-    os.execute(("prlimit --pid %d --nofile=$(ulimit -Hn):$(ulimit -Hn) 2>/dev/null"):format(pid))
-  end
-end
-
--- The soft and hard fd limits of this process, from the shell it starts.
-local function own_nofile()
-  local sh = io.popen("ulimit -Sn; ulimit -Hn")
-  local soft, hard = sh:read("l", "l")
-  sh:close()
-  return tonumber(soft) or math.huge, tonumber(hard) or math.huge -- "unlimited"
-end
 
 describe("reliability: scale", function()
   for _, backend in ipairs({"epoll", "poll"}) do
@@ -36,8 +17,7 @@ describe("reliability: scale", function()
     it(("serves %d concurrent connections to echo.lua, each echoing its own bytes, within "
       .. "%d s (--selector %s)"):format(CONNECTIONS, cap, backend), function()
       -- The clients live in this process; the host raises its own limit to the hard one.
-      raise_own_nofile()
-      local soft, hard = own_nofile()
+      local soft, hard = helpers.raise_own_nofile()
       local need = CONNECTIONS + 200
       if soft < need or hard < need then
         pending(("needs an fd limit of %d for this process and the host; ulimit -n is %s "

@@ -238,6 +238,25 @@ function helpers.fd_open(fd)
   return lfs.symlinkattributes("/proc/self/fd/" .. fd) ~= nil
 end
 
+-- Raises this process's soft fd limit to its hard one with prlimit(1), if installed (a
+-- soft limit of 1024, a common default, would leave a spec of thousands of clients
+-- pending), and returns the soft and hard limits then, math.huge for "unlimited".
+function helpers.raise_own_nofile()
+  if require("luahost.test").has_prlimit() then
+    local sh = io.popen("echo $PPID") -- the shell's parent is this process
+    local pid = tonumber(sh:read("l"))
+    sh:close()
+    if pid then
+      os.execute(("prlimit --pid %d --nofile=$(ulimit -Hn):$(ulimit -Hn) 2>/dev/null")
+        :format(pid))
+    end
+  end
+  local sh = io.popen("ulimit -Sn; ulimit -Hn")
+  local soft, hard = sh:read("l", "l")
+  sh:close()
+  return tonumber(soft) or math.huge, tonumber(hard) or math.huge
+end
+
 -- Whether fd has O_NONBLOCK set, from /proc/self/fdinfo (flags are octal).
 function helpers.fd_nonblocking(fd)
   local f = assert(io.open("/proc/self/fdinfo/" .. fd))
