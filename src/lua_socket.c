@@ -266,7 +266,7 @@ static int sock_send(lua_State *L)
 
 /* Writes through s's output buffer. Past the limit the socket is closed, with the
  * reason logged, and -ENOBUFS returned. */
-static ssize_t write_or_close(lua_State *L, lh_socket *s, const char *data, size_t len)
+ssize_t lhsock_write(lua_State *L, lh_socket *s, const char *data, size_t len)
 {
     lh_sockets *ctx = s->ctx;
     if (!ctx->sel)
@@ -287,7 +287,7 @@ static int sock_write(lua_State *L)
     lh_socket *s = lhsock_check_open(L, 1);
     size_t len;
     const char *data = luaL_checklstring(L, 2, &len);
-    ssize_t pending = write_or_close(L, s, data, len);
+    ssize_t pending = lhsock_write(L, s, data, len);
     if (pending >= 0) {
         lua_pushinteger(L, pending);
         return 1;
@@ -313,7 +313,7 @@ static int write_all_one(lua_State *L, const void *mt, const lh_socket *except, 
         lua_pop(L, 1 + has_mt);
         return 0;
     }
-    ssize_t rc = write_or_close(L, s, data, len);
+    ssize_t rc = lhsock_write(L, s, data, len);
     if (rc >= 0) {
         lua_pop(L, 2);
         return 1;
@@ -566,31 +566,18 @@ static const luaL_Reg module_functions[] = {
     {NULL, NULL},
 };
 
-/* Sets funcs into the table at index t, each with the socket metatable (at index mt) as
- * upvalue 1, which lhsock_check compares a userdata's metatable with. */
-static void set_with_metatable(lua_State *L, const luaL_Reg *funcs, int t, int mt)
-{
-    t = lua_absindex(L, t);
-    mt = lua_absindex(L, mt);
-    for (; funcs->name; funcs++) {
-        lua_pushvalue(L, mt);
-        lua_pushcclosure(L, funcs->func, 1);
-        lua_setfield(L, t, funcs->name);
-    }
-}
-
 void lhsock_add_methods(lua_State *L, const luaL_Reg *methods)
 {
     luaL_getmetatable(L, LH_SOCKET);
     lua_getfield(L, -1, "__index");
-    set_with_metatable(L, methods, -1, -2);
+    lh_set_methods(L, methods, -1, -2);
     lua_pop(L, 2);
 }
 
 void lhsock_open(lua_State *L, int module, int host, lh_sockets *ctx)
 {
     if (luaL_newmetatable(L, LH_SOCKET)) {
-        set_with_metatable(L, socket_metamethods, -1, -1);
+        lh_set_methods(L, socket_metamethods, -1, -1);
         lua_newtable(L);
         lua_setfield(L, -2, "__index");
         lhsock_add_methods(L, socket_methods);

@@ -98,6 +98,11 @@ static inline lh_socket *lhsock_check_open(lua_State *L, int index)
     return s;
 }
 
+/* s:write(data) without the type check: buffers what the kernel does not take; past the
+ * output limit logs it, closes s at once and returns -ENOBUFS. Returns the bytes
+ * pending or -errno. */
+ssize_t lhsock_write(lua_State *L, lh_socket *s, const char *data, size_t len);
+
 /* Pushes an address as two results, host and port; returns 2. */
 int lhsock_push_addr(lua_State *L, const net_addr *addr);
 
