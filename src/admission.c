@@ -137,6 +137,19 @@ int adm_accept(admission *a, int listen_fd, net_addr *peer, const char **refusal
     return fd;
 }
 
+void adm_close_reset(admission *a, conn *c, const char *peer, const char *why, size_t dropped)
+{
+    if (c->fd < 0)
+        return;
+    int unacked = net_unacked(c->fd);
+    lh_log(a->log, LH_WARN,
+           "closing %s: %s; reset, %zu bytes of output dropped (and %d "
+           "unacknowledged in the kernel)",
+           peer, why, dropped, unacked > 0 ? unacked : 0);
+    net_reset_on_close(c->fd); /* a pipe cannot be reset, and is closed all the same */
+    adm_close(a, c);
+}
+
 void adm_close(admission *a, conn *c)
 {
     if (c->fd < 0)

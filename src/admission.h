@@ -50,6 +50,11 @@ int adm_accept(admission *a, int listen_fd, net_addr *peer, const char **refusal
 
 /* Closes c's fd (if open), counting an accepted connection as gone. */
 void adm_close(admission *a, conn *c);
+/* The same with a reset (net_reset_on_close), for a connection whose output was cut short
+ * (a FIN would let the peer take the cut stream for a whole one), logging for whom
+ * (peer), why, and the bytes dropped: those the host held, and those the kernel held
+ * unacknowledged, which the reset discards too. */
+void adm_close_reset(admission *a, conn *c, const char *peer, const char *why, size_t dropped);
 
 /* Pauses accepting for ADM_PAUSE_SECONDS: the caller withholds its listeners' READ. */
 void adm_pause(admission *a);
