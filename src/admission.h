@@ -23,6 +23,8 @@ typedef struct admission {
     size_t connections;     /* accepted connections whose fd is still open */
     size_t max_connections; /* 0: no limit */
     size_t refused;         /* connections accepted and closed at once */
+    size_t refused_unsaid;  /* refused since the last "refusing connections" line */
+    const char *refusal;    /* why the last one was refused */
     long long fd_limit;     /* RLIMIT_NOFILE as the executable left it, for the log (0: unknown) */
     int watch_limit;        /* fds the selector can watch (select: FD_SETSIZE), 0: any */
     int spare_fd;           /* given up when fds run out, so waiting connections can be shed */
@@ -65,8 +67,15 @@ int adm_resume_due(admission *a);
 /* Milliseconds until a pause runs out, or -1 when none is on. */
 int adm_timeout_ms(const admission *a);
 
-/* Accepts while the host dispatches a round are counted against its share. */
+/* Accepts while the host dispatches a round are counted against its share. The end of a
+ * round also says how many connections were refused since the last line, once a second
+ * may pass (adm_timeout_ms wakes the loop for it). */
 void adm_begin_round(admission *a);
 void adm_end_round(admission *a);
+
+/* The most connections the host can hold now: max_connections (0: no limit, SIZE_MAX
+ * here), or fewer when the selector watches only fds below watch_limit and some of
+ * those are taken. */
+size_t adm_ceiling(const admission *a);
 
 #endif
