@@ -43,7 +43,8 @@ void linger_add(linger_list *l, conn *c)
 {
     linger_rec *rec = (linger_rec *)malloc(sizeof *rec);
     if (!rec || !l->sel || sel_set_host_events(l->sel, c->fd, SEL_WRITE, &rec->conn) < 0) {
-        drop_and_close(l, c, "cannot linger (out of memory)");
+        drop_and_close(l, c,
+                       rec ? "cannot linger: the host is closing" : "cannot linger: out of memory");
         free(rec);
         return;
     }

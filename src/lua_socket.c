@@ -4,10 +4,10 @@
 #include "lua_socket.h"
 
 #include <errno.h>
-#include <stdlib.h>
-#include <string.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/socket.h>
 
 static int new_table_ref(lua_State *L, const char *mode)
