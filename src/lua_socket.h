@@ -98,12 +98,22 @@ static inline lh_socket *lhsock_check_open(lua_State *L, int index)
     return s;
 }
 
+/* Turns Nagle's algorithm off on a TCP socket (family AF_INET or AF_INET6), as Redis,
+ * nginx and Go do: a server's small replies go out at once rather than wait for the
+ * peer's ACK, which a client with delayed ACKs holds back up to 40 ms. A script opts out
+ * with setsockopt("nodelay", false). Failure is ignored. */
+void lhsock_nodelay(const lh_sockets *ctx, int fd, int family);
+
 /* Pushes an address as two results, host and port; returns 2. */
 int lhsock_push_addr(lua_State *L, const net_addr *addr);
 
 /* Closes s: unregisters it everywhere, then hands its pending output to the lingering
- * closes (graceful) or drops it. The socket is closed to Lua at once. */
+ * closes (graceful) or drops it, closing with a reset then (and logging it) so that the
+ * peer does not take the cut stream for a whole one. The socket is closed to Lua at once. */
 void lhsock_close(lua_State *L, lh_socket *s, int graceful);
+/* Closes s at once with a reset whatever it had pending, logging the peer, why, and the
+ * bytes dropped: those pending plus refused (bytes of a write the limit turned away). */
+void lhsock_reset(lua_State *L, lh_socket *s, size_t refused, const char *why);
 /* The peer's address (a listener's own), else "fd N"; returns whether it had one. */
 int lhsock_describe(const lh_socket *s, char *out, size_t outlen);
 
