@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -58,12 +59,33 @@ int adm_resume_due(admission *a)
     return 1;
 }
 
+/* Milliseconds until at, at least 0. */
+static int ms_until(const admission *a, double at)
+{
+    double left = at - timer_clock_now(a->clock);
+    return left <= 0 ? 0 : (int)(left * 1000.0) + 1;
+}
+
 int adm_timeout_ms(const admission *a)
 {
-    if (a->resume_at <= 0)
-        return -1;
-    double left = a->resume_at - timer_clock_now(a->clock);
-    return left <= 0 ? 0 : (int)(left * 1000.0) + 1;
+    int pause = a->resume_at > 0 ? ms_until(a, a->resume_at) : -1;
+    if (a->refused_unsaid == 0)
+        return pause;
+    int say = ms_until(a, a->last_warning + 1.0);
+    return pause >= 0 && pause < say ? pause : say;
+}
+
+/* Says how many were refused since the last such line, at most once a second: a flood of
+ * refusals is counted whole without flooding the log. */
+static void say_refused(admission *a)
+{
+    if (a->refused_unsaid == 0 || !may_warn(a))
+        return;
+    lh_log(a->log, LH_WARN,
+           "refusing connections: %s (%zu refused since the last such line, %zu "
+           "in all)",
+           a->refusal, a->refused_unsaid, a->refused);
+    a->refused_unsaid = 0;
 }
 
 void adm_begin_round(admission *a)
@@ -75,6 +97,18 @@ void adm_begin_round(admission *a)
 void adm_end_round(admission *a)
 {
     a->in_round = 0;
+    say_refused(a);
+}
+
+size_t adm_ceiling(const admission *a)
+{
+    size_t most = a->max_connections ? a->max_connections : SIZE_MAX;
+    if (a->watch_limit <= 0)
+        return most;
+    size_t free_fds = 0;
+    for (int fd = 0; fd < a->watch_limit; fd++)
+        free_fds += fcntl(fd, F_GETFD) < 0 && errno == EBADF;
+    return free_fds < most ? free_fds : most;
 }
 
 /* Out of fds with connections waiting: give up the spare fd so they can be accepted and
@@ -128,13 +162,26 @@ int adm_accept(admission *a, int listen_fd, net_addr *peer, const char **refusal
     if (*refusal) {
         close(fd);
         a->refused++;
-        if (may_warn(a))
-            lh_log(a->log, LH_WARN, "refusing connections: %s (%zu refused so far)", *refusal,
-                   a->refused);
+        a->refused_unsaid++;
+        a->refusal = *refusal;
+        say_refused(a);
         return ADM_REFUSED;
     }
     a->connections++;
     return fd;
+}
+
+void adm_close_reset(admission *a, conn *c, const char *peer, const char *why, size_t dropped)
+{
+    if (c->fd < 0)
+        return;
+    int unacked = net_unacked(c->fd);
+    lh_log(a->log, LH_WARN,
+           "closing %s: %s; reset, %zu bytes of output dropped (and %d "
+           "unacknowledged in the kernel)",
+           peer, why, dropped, unacked > 0 ? unacked : 0);
+    net_reset_on_close(c->fd); /* a pipe cannot be reset, and is closed all the same */
+    adm_close(a, c);
 }
 
 void adm_close(admission *a, conn *c)

@@ -23,6 +23,8 @@ typedef struct admission {
     size_t connections;     /* accepted connections whose fd is still open */
     size_t max_connections; /* 0: no limit */
     size_t refused;         /* connections accepted and closed at once */
+    size_t refused_unsaid;  /* refused since the last "refusing connections" line */
+    const char *refusal;    /* why the last one was refused */
     long long fd_limit;     /* RLIMIT_NOFILE as the executable left it, for the log (0: unknown) */
     int watch_limit;        /* fds the selector can watch (select: FD_SETSIZE), 0: any */
     int spare_fd;           /* given up when fds run out, so waiting connections can be shed */
@@ -50,6 +52,11 @@ int adm_accept(admission *a, int listen_fd, net_addr *peer, const char **refusal
 
 /* Closes c's fd (if open), counting an accepted connection as gone. */
 void adm_close(admission *a, conn *c);
+/* The same with a reset (net_reset_on_close), for a connection whose output was cut short
+ * (a FIN would let the peer take the cut stream for a whole one), logging for whom
+ * (peer), why, and the bytes dropped: those the host held, and those the kernel held
+ * unacknowledged, which the reset discards too. */
+void adm_close_reset(admission *a, conn *c, const char *peer, const char *why, size_t dropped);
 
 /* Pauses accepting for ADM_PAUSE_SECONDS: the caller withholds its listeners' READ. */
 void adm_pause(admission *a);
@@ -60,8 +67,15 @@ int adm_resume_due(admission *a);
 /* Milliseconds until a pause runs out, or -1 when none is on. */
 int adm_timeout_ms(const admission *a);
 
-/* Accepts while the host dispatches a round are counted against its share. */
+/* Accepts while the host dispatches a round are counted against its share. The end of a
+ * round also says how many connections were refused since the last line, once a second
+ * may pass (adm_timeout_ms wakes the loop for it). */
 void adm_begin_round(admission *a);
 void adm_end_round(admission *a);
+
+/* The most connections the host can hold now: max_connections (0: no limit, SIZE_MAX
+ * here), or fewer when the selector watches only fds below watch_limit and some of
+ * those are taken. */
+size_t adm_ceiling(const admission *a);
 
 #endif

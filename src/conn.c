@@ -66,7 +66,8 @@ static int finish_drain(conn *c, selector *sel)
     return 0;
 }
 
-ssize_t conn_write(conn *c, selector *sel, const net_io *io, const char *data, size_t len)
+ssize_t conn_write(conn *c, selector *sel, const net_io *io, const char *data, size_t len,
+                   size_t *refused)
 {
     size_t pending = conn_pending(c);
     if (c->flags & CONN_WRITE_CLOSED)
@@ -81,8 +82,11 @@ ssize_t conn_write(conn *c, selector *sel, const net_io *io, const char *data, s
         if (len == 0)
             return 0;
     }
-    if (len > c->limit || pending > c->limit - len)
+    if (len > c->limit || pending > c->limit - len) {
+        if (refused)
+            *refused = len;
         return -ENOBUFS;
+    }
     if (!c->out && (c->out = (buffer *)malloc(sizeof *c->out)) != NULL)
         buf_init(c->out);
     if (!c->out || buf_append(c->out, data, len) < 0)

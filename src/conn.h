@@ -33,9 +33,11 @@ void conn_init(conn *c, int fd, int kind, uint32_t limit);
 
 /* Sends through io what the kernel takes now and keeps the rest, asking sel to report the
  * fd writable to the host. Returns the bytes still pending, -ENOBUFS when they would pass
- * the limit (then nothing is queued, though what the kernel took at once was sent),
- * -ENOMEM, or the send error. */
-ssize_t conn_write(conn *c, selector *sel, const net_io *io, const char *data, size_t len);
+ * the limit (then nothing is queued, though what the kernel took at once was sent, and
+ * *refused, unless NULL, is set to the bytes of data not sent), -ENOMEM, or the send
+ * error. */
+ssize_t conn_write(conn *c, selector *sel, const net_io *io, const char *data, size_t len,
+                   size_t *refused);
 
 /* Sends buffered bytes; called when sel reported the fd writable. Returns the bytes still
  * pending (0 once drained and the host interest withdrawn), or the send error, in which

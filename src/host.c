@@ -75,7 +75,9 @@ static int l_log(lua_State *L)
         luaL_addvalue(&b);
     }
     luaL_pushresult(&b);
-    lh_log(log, level, "%s", lua_tostring(L, -1));
+    size_t len;
+    const char *text = lua_tolstring(L, -1, &len);
+    lh_log_text(log, level, NULL, text, len); /* with its length: a NUL hides nothing */
     return 0;
 }
 

@@ -3,6 +3,7 @@
 #include "lhaux.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 
 int lh_push_error(lua_State *L, int neg_errno, const char *what)
@@ -34,10 +35,20 @@ static void push_raise_position(lua_State *L)
     lua_pushliteral(L, "");
 }
 
+/* Pushes the string at the stack top followed by a traceback, in place of it. The
+ * message goes apart from luaL_traceback, which would cut it at a NUL. */
+static void append_traceback(lua_State *L)
+{
+    lua_pushliteral(L, "\n");
+    luaL_traceback(L, L, NULL, 1);
+    lua_concat(L, 3);
+}
+
 int lh_traceback(lua_State *L)
 {
     if (lua_type(L, 1) == LUA_TSTRING) {
-        luaL_traceback(L, L, lua_tostring(L, 1), 1);
+        lua_settop(L, 1);
+        append_traceback(L);
         return 1;
     }
     push_raise_position(L);
@@ -51,14 +62,21 @@ int lh_traceback(lua_State *L)
             lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
     }
     lua_concat(L, 2);
-    luaL_traceback(L, L, lua_tostring(L, -1), 1);
+    append_traceback(L);
     return 1;
 }
 
 void lh_report_error(lua_State *L, lh_logger *log, const char *where)
 {
-    const char *msg = lua_tostring(L, -1);
-    lh_log(log, LH_ERROR, "%s: %s", where, msg ? msg : "(error object is not a string)");
+    char head[256];
+    size_t len;
+    const char *msg = lua_tolstring(L, -1, &len);
+    snprintf(head, sizeof head, "%s: ", where);
+    if (!msg) {
+        msg = "(error object is not a string)";
+        len = strlen(msg);
+    }
+    lh_log_text(log, LH_ERROR, head, msg, len);
     lua_pop(L, 1);
 }
 

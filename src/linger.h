@@ -32,20 +32,21 @@ void linger_init(linger_list *l, selector *sel, admission *adm, lh_logger *log,
                  const timer_clock *clock);
 
 /* Takes over c's fd and pending output (c is left with neither) to finish sending within
- * LINGER_SECONDS. If that cannot be arranged, the output is dropped and the fd closed. */
+ * LINGER_SECONDS. If that cannot be arranged, the output is dropped and the fd reset. */
 void linger_add(linger_list *l, conn *c);
 
 /* The fd of rec turned writable: sends more, and finishes rec once all is sent or the
  * send failed. */
 void linger_flush(linger_list *l, linger_rec *rec);
 
-/* Drops the output of records past their deadline, saying so, and closes them. */
+/* Drops the output of records past their deadline and closes them with a reset, logging
+ * the peer and the bytes dropped. */
 void linger_expire(linger_list *l);
 
 /* Milliseconds until the next deadline, or -1 when nothing lingers. */
 int linger_timeout_ms(const linger_list *l);
 
-/* Finishes every record now, dropping what was not sent. */
+/* Finishes every record now, dropping what was not sent (reset and logged, as above). */
 void linger_close_all(linger_list *l);
 
 #endif

@@ -21,7 +21,19 @@ typedef struct lh_logger {
     lh_log_capture *capture; /* NULL: lines go to stderr */
 } lh_logger;
 
+/* The most a line's message takes once escaped; past it the message is cut, saying so. */
+#define LH_LOG_LINE_MAX 8192
+
+/* One event, one line: every control character in the message (newline, NUL, ESC...) and
+ * the backslash are written as escapes (\n, \t, \r, \\, \xHH), so that bytes a client
+ * sent can neither start a line of their own nor hide what follows them. */
 void lh_log(lh_logger *log, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* The same for a message that may hold NULs: head (ours, NUL-terminated, may be NULL)
+ * followed by the len bytes of text. */
+void lh_log_text(lh_logger *log, int level, const char *head, const char *text, size_t len);
+/* Escapes the len bytes of text into out (NUL-terminated, at most outlen bytes with the
+ * NUL) as lh_log writes them; returns how many bytes of text fitted whole. */
+size_t lh_log_escape(char *out, size_t outlen, const char *text, size_t len);
 
 /* The level of "debug", "info", "warn" or "error", else -1; and back. */
 int lh_log_level_from_name(const char *name);

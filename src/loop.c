@@ -61,12 +61,16 @@ static void callback_failed(lua_State *L, lh_loop *loop, lh_selector *s, int fd,
         lhsock_describe(sock, where, sizeof where);
     else
         snprintf(where, sizeof where, "fd %d", fd);
-    lh_log(loop->log, LH_ERROR, "error in callback for %s: %s", where, lua_tostring(L, -2));
+    char head[sizeof where + 32];
+    size_t len;
+    const char *msg = lua_tolstring(L, -2, &len);
+    snprintf(head, sizeof head, "error in callback for %s: ", where);
+    lh_log_text(loop->log, LH_ERROR, head, msg ? msg : "?", msg ? len : 1);
     const sel_key *slot = s->core ? sel_get(s->core, fd) : NULL;
     if (sock && (sock->flags & LH_LISTENING))
         pause_accepting(L, loop);
     else if (sock)
-        lhsock_close(L, sock, 0);
+        lhsock_reset(L, sock, 0, "its callback failed");
     else if (slot && slot->gen == gen && lhsel_unregister_fd(L, s, fd) == 0)
         lua_pop(L, 1);
     lua_pop(L, 3);

@@ -110,6 +110,8 @@ static int l_socket(lua_State *L)
     if (fd < 0)
         return lh_push_error(L, fd, NULL);
     s->conn.fd = fd;
+    if (type == SOCK_STREAM) /* set before connecting, it holds once connected */
+        lhsock_nodelay(s->ctx, fd, family);
     return 1;
 }
 
@@ -217,6 +219,7 @@ static int l_connect(lua_State *L)
     if (fd < 0)
         return lh_push_error(L, fd, NULL);
     s->conn.fd = fd;
+    lhsock_nodelay(s->ctx, fd, addr.ss.ss_family);
     int rc = net_connect(fd, &addr);
     if (rc < 0 && rc != -EINPROGRESS) {
         lhsock_close(L, s, 0);

@@ -422,6 +422,12 @@ lh_selector *lhsel_push_new(lua_State *L, lh_selectors *ctx, const char *backend
     char err[160];
     lh_selector *s = push_selector(L);
     s->core = sel_new(backend, err, sizeof err);
+    if (!s->core && (errno == EMFILE || errno == ENFILE)) {
+        /* Out of fds: unreferenced selectors may hold some until collected (as Lua's io
+         * library does for fopen, collect them all and try once more). */
+        lua_gc(L, LUA_GCCOLLECT);
+        s->core = sel_new(backend, err, sizeof err);
+    }
     if (!s->core)
         luaL_error(L, "%s", err);
     s->owns_core = 1;

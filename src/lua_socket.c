@@ -4,6 +4,8 @@
 #include "lua_socket.h"
 
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -40,6 +42,13 @@ void lhsock_init(lua_State *L, lh_sockets *ctx, selector *sel, uint32_t max_outp
     ctx->listeners_ref = new_table_ref(L, NULL);
     ctx->drain_ref = new_table_ref(L, "k");
     ctx->handles_ref = new_table_ref(L, "v");
+}
+
+void lhsock_nodelay(const lh_sockets *ctx, int fd, int family)
+{
+    /* A failure costs latency, not correctness: the socket is served all the same. */
+    if (net_is_tcp_family(family))
+        (void)ctx->io->setsockopt(ctx->io, fd, IPPROTO_TCP, TCP_NODELAY, 1);
 }
 
 lh_socket *lhsock_test(lua_State *L, int index)
@@ -123,14 +132,34 @@ static void forget_drain(lua_State *L, lh_socket *s)
     lua_pop(L, 2);
 }
 
-void lhsock_close(lua_State *L, lh_socket *s, int graceful)
+/* Closes s's fd, with a reset when output is lost: bytes still pending, refused ones
+ * (of a write past the limit), or always (why given, e.g. its callback failed: the
+ * stream ends at no point the script chose). The reset is logged with the peer, why and
+ * the bytes dropped. */
+static void close_fd(lh_sockets *ctx, lh_socket *s, size_t refused, const char *why)
+{
+    size_t dropped = conn_pending(&s->conn) + refused;
+    if (ctx->sel)
+        conn_drop(&s->conn, ctx->sel);
+    conn_free(&s->conn);
+    if (dropped == 0 && !why) {
+        adm_close(ctx->adm, &s->conn);
+        return;
+    }
+    char peer[NET_ADDRSTRLEN];
+    lhsock_describe(s, peer, sizeof peer);
+    adm_close_reset(ctx->adm, &s->conn, peer, why ? why : "aborted", dropped);
+}
+
+/* lhsock_close and lhsock_reset: unregisters s everywhere, then lingers (graceful) or
+ * closes its fd. */
+static void close_socket(lua_State *L, lh_socket *s, int graceful, size_t refused, const char *why)
 {
     lh_sockets *ctx = s->ctx;
     if (s->conn.fd < 0)
         return;
     if (ctx->closed) {
-        conn_free(&s->conn);
-        adm_close(ctx->adm, &s->conn);
+        close_fd(ctx, s, refused, why);
         return;
     }
     if (s->registrations > 0)
@@ -142,9 +171,17 @@ void lhsock_close(lua_State *L, lh_socket *s, int graceful)
         linger_add(ctx->linger, &s->conn);
         return;
     }
-    conn_drop(&s->conn, ctx->sel);
-    conn_free(&s->conn);
-    adm_close(ctx->adm, &s->conn);
+    close_fd(ctx, s, refused, why);
+}
+
+void lhsock_close(lua_State *L, lh_socket *s, int graceful)
+{
+    close_socket(L, s, graceful, 0, NULL);
+}
+
+void lhsock_reset(lua_State *L, lh_socket *s, size_t refused, const char *why)
+{
+    close_socket(L, s, 0, refused, why);
 }
 
 static int sock_close(lua_State *L)
@@ -210,6 +247,7 @@ static int sock_accept(lua_State *L)
     c->conn.flags |= CONN_ACCEPTED;
     c->conn.fd = fd;
     c->family = (uint8_t)peer.ss.ss_family;
+    lhsock_nodelay(ctx, fd, c->family);
     return 1 + lhsock_push_addr(L, &peer);
 }
 
@@ -271,14 +309,14 @@ ssize_t lhsock_write(lua_State *L, lh_socket *s, const char *data, size_t len)
     lh_sockets *ctx = s->ctx;
     if (!ctx->sel)
         return luaL_error(L, "the host's selector is closed");
-    ssize_t pending = conn_write(&s->conn, ctx->sel, ctx->io, data, len);
+    size_t refused = 0;
+    ssize_t pending = conn_write(&s->conn, ctx->sel, ctx->io, data, len, &refused);
     if (pending != -ENOBUFS)
         return pending;
-    char where[NET_ADDRSTRLEN];
-    lhsock_describe(s, where, sizeof where);
-    lh_log(ctx->log, LH_WARN, "closing %s: output buffer full (%zu bytes pending, limit %u)", where,
-           conn_pending(&s->conn), (unsigned)s->conn.limit);
-    lhsock_close(L, s, 0);
+    char why[96];
+    snprintf(why, sizeof why, "output buffer full (%zu bytes pending, limit %u)",
+             conn_pending(&s->conn), (unsigned)s->conn.limit);
+    lhsock_reset(L, s, refused, why);
     return -ENOBUFS;
 }
 

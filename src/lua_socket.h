@@ -99,16 +99,26 @@ static inline lh_socket *lhsock_check_open(lua_State *L, int index)
 }
 
 /* s:write(data) without the type check: buffers what the kernel does not take; past the
- * output limit logs it, closes s at once and returns -ENOBUFS. Returns the bytes
+ * output limit resets s at once (logged) and returns -ENOBUFS. Returns the bytes
  * pending or -errno. */
 ssize_t lhsock_write(lua_State *L, lh_socket *s, const char *data, size_t len);
+
+/* Turns Nagle's algorithm off on a TCP socket (family AF_INET or AF_INET6), as Redis,
+ * nginx and Go do: a server's small replies go out at once rather than wait for the
+ * peer's ACK, which a client with delayed ACKs holds back up to 40 ms. A script opts out
+ * with setsockopt("nodelay", false). Failure is ignored. */
+void lhsock_nodelay(const lh_sockets *ctx, int fd, int family);
 
 /* Pushes an address as two results, host and port; returns 2. */
 int lhsock_push_addr(lua_State *L, const net_addr *addr);
 
 /* Closes s: unregisters it everywhere, then hands its pending output to the lingering
- * closes (graceful) or drops it. The socket is closed to Lua at once. */
+ * closes (graceful) or drops it, closing with a reset then (and logging it) so that the
+ * peer does not take the cut stream for a whole one. The socket is closed to Lua at once. */
 void lhsock_close(lua_State *L, lh_socket *s, int graceful);
+/* Closes s at once with a reset whatever it had pending, logging the peer, why, and the
+ * bytes dropped: those pending plus refused (bytes of a write the limit turned away). */
+void lhsock_reset(lua_State *L, lh_socket *s, size_t refused, const char *why);
 /* The peer's address (a listener's own), else "fd N"; returns whether it had one. */
 int lhsock_describe(const lh_socket *s, char *out, size_t outlen);
 

@@ -43,12 +43,32 @@ void lhtimer_init(lua_State *L, lh_timers *t, const timer_clock *clock, lh_budge
     t->scheduled_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
-static int schedule(lua_State *L, double interval)
+/* The longest delay or interval: deadlines stay exact to well under a millisecond below
+ * it (timer.c), and nothing a server waits for is further away. */
+#define LH_TIMER_MAX_SECONDS 1e9
+
+/* The seconds at index: from 0 (above 0 when positive) to below LH_TIMER_MAX_SECONDS.
+ * Raises saying which bound was passed, named as what. */
+static lua_Number check_seconds(lua_State *L, int index, int positive, const char *what)
+{
+    lua_Number n = luaL_checknumber(L, index);
+    if (n != n)
+        luaL_argerror(L, index, lua_pushfstring(L, "%s is NaN, not a number of seconds", what));
+    if (positive ? !(n > 0) : !(n >= 0))
+        luaL_argerror(
+            L, index,
+            lua_pushfstring(L, "%s must be %s", what, positive ? "positive" : "0 or more seconds"));
+    if (!(n < LH_TIMER_MAX_SECONDS))
+        luaL_argerror(L, index,
+                      lua_pushfstring(L, "%s must be under %d seconds (about 31 years)", what,
+                                      (int)LH_TIMER_MAX_SECONDS));
+    return n;
+}
+
+static int schedule(lua_State *L, lua_Number delay, double interval)
 {
     lh_timers *t = (lh_timers *)LH_CTX(L);
-    lua_Number delay = luaL_checknumber(L, 1);
     luaL_checktype(L, 2, LUA_TFUNCTION);
-    luaL_argcheck(L, delay >= 0 && delay < 1e9, 1, "delay must be 0 or more seconds");
     if (t->closed)
         return luaL_error(L, "the host is closed");
     lh_timer *tm = (lh_timer *)lua_newuserdatauv(L, sizeof *tm, 1);
@@ -74,14 +94,13 @@ static int schedule(lua_State *L, double interval)
 
 static int l_after(lua_State *L)
 {
-    return schedule(L, 0);
+    return schedule(L, check_seconds(L, 1, 0, "delay"), 0);
 }
 
 static int l_every(lua_State *L)
 {
-    lua_Number interval = luaL_checknumber(L, 1);
-    luaL_argcheck(L, interval > 0, 1, "interval must be positive");
-    return schedule(L, interval);
+    lua_Number interval = check_seconds(L, 1, 1, "interval");
+    return schedule(L, interval, interval);
 }
 
 void lhtimer_cancel(lua_State *L, int index)

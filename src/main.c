@@ -271,6 +271,20 @@ static lh_host *open_host(lua_State *L, const options *o)
     return host;
 }
 
+/* Says how many connections the host can hold: the fd limit's share, or fewer when the
+ * backend watches only fds below a bound (select: FD_SETSIZE) and some are taken. */
+static void say_ceiling(lh_host *host)
+{
+    size_t most = adm_ceiling(&host->adm);
+    if (most < host->adm.max_connections)
+        lh_log(&host->log, LH_INFO,
+               "fd limit %lld: up to %zu connections (the %s backend watches only fds below %d)",
+               host->adm.fd_limit, most, sel_backend_name(host->sel), host->adm.watch_limit);
+    else
+        lh_log(&host->log, LH_INFO, "fd limit %lld: up to %zu connections", host->adm.fd_limit,
+               host->adm.max_connections);
+}
+
 /* Runs the loop once the main chunk has returned, then closes down gracefully. Signals
  * are routed into the loop only now: while the main chunk runs (a client script may run
  * its own select loop there) SIGINT and SIGTERM act as they do for lua. */
@@ -288,8 +302,7 @@ static int serve(lua_State *L, const options *o, lh_host *host)
     /* Said once the script is serving, so that an operator's mistake stays one line and a
      * client script that ran its own loop prints nothing of the host's. */
     if (!loop_is_idle(&host->loop))
-        lh_log(&host->log, LH_INFO, "fd limit %lld: up to %zu connections", host->adm.fd_limit,
-               host->adm.max_connections);
+        say_ceiling(host);
     int err = 0;
     if (!loop_run(L, &host->loop, -1, &err))
         return luaL_error(L, "select: %s", strerror(-err));

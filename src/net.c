@@ -11,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -102,6 +104,23 @@ int net_set_nonblocking(int fd, int nonblocking)
         return -errno;
     flags = nonblocking ? (flags | O_NONBLOCK) : (flags & ~O_NONBLOCK);
     return fcntl(fd, F_SETFL, flags) < 0 ? -errno : 0;
+}
+
+int net_reset_on_close(int fd)
+{
+    struct linger lg = {1, 0};
+    return setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg) < 0 ? -errno : 0;
+}
+
+int net_unacked(int fd)
+{
+    int n = 0;
+    return ioctl(fd, SIOCOUTQ, &n) < 0 ? -errno : n;
+}
+
+int net_is_tcp_family(int family)
+{
+    return family == AF_INET || family == AF_INET6;
 }
 
 int net_is_nonblocking(int fd)

@@ -29,6 +29,15 @@ int net_accept(int fd, net_addr *peer);
 /* Starts or completes a connect; 0, -EINPROGRESS on a non-blocking socket, or -errno. */
 int net_connect(int fd, const net_addr *addr);
 int net_set_nonblocking(int fd, int nonblocking);
+/* Makes the next close(fd) send a reset (SO_LINGER 0) instead of a FIN, and drop what the
+ * kernel still holds unsent: for a connection whose output was cut, so the peer learns
+ * that it was. 0 or -errno (-ENOTSOCK for a pipe, which has no peer to tell). */
+int net_reset_on_close(int fd);
+/* Bytes of output the kernel holds for fd that the peer has not acknowledged (SIOCOUTQ),
+ * or -errno. */
+int net_unacked(int fd);
+/* Whether a socket of this family speaks TCP, where TCP_NODELAY means something. */
+int net_is_tcp_family(int family);
 int net_is_nonblocking(int fd);
 
 /* send/recv that retry EINTR and never raise SIGPIPE; bytes or -errno. */

@@ -63,6 +63,7 @@ selector *sel_new(const char *backend_name, char *err, size_t errlen)
         sel_backend_names_list(names, sizeof(names));
         snprintf(err, errlen, "unknown selector backend \"%s\" (available: %s)", backend_name,
                  names);
+        errno = EINVAL;
         return NULL;
     }
     selector *sel = calloc(1, sizeof(*sel));
@@ -74,9 +75,11 @@ selector *sel_new(const char *backend_name, char *err, size_t errlen)
     if (!sel->state)
         goto error;
     return sel;
-error:
-    snprintf(err, errlen, "cannot create %s selector: %s", be->name, strerror(errno));
+error:;
+    int saved = errno; /* the caller may retry on EMFILE, once it has freed fds */
+    snprintf(err, errlen, "cannot create %s selector: %s", be->name, strerror(saved));
     free(sel);
+    errno = saved;
     return NULL;
 }
 

@@ -41,7 +41,8 @@ typedef struct sel_key {
 typedef struct selector selector;
 
 /* Creates a selector on the named backend ("epoll", "poll", "select"; "sim" for tests), or
- * on the best available when name is NULL. Returns NULL with a message in err on failure. */
+ * on the best available when name is NULL. Returns NULL with a message in err on failure,
+ * and errno saying why (EMFILE when fds ran out, EINVAL for an unknown backend). */
 selector *sel_new(const char *backend_name, char *err, size_t errlen);
 void sel_free(selector *sel);
 const char *sel_backend_name(const selector *sel);

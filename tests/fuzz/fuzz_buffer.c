@@ -241,7 +241,7 @@ static void conn_model_write(cmodel *m, size_t len)
     conn *c = &m->c;
     size_t before = m->peer >= 0 ? in_flight(m) : 0, pos = m->sent_pos + m->pending;
     fill(scratch, pos, len);
-    ssize_t rc = conn_write(c, m->sel, &net_io_kernel, scratch, len);
+    ssize_t rc = conn_write(c, m->sel, &net_io_kernel, scratch, len, NULL);
     size_t sent = m->peer >= 0 ? in_flight(m) - before : 0;
     note("write %zu with %zu pending, limit %u: sent %zu, returned %zd", len, m->pending,
          (unsigned)c->limit, sent, rc);

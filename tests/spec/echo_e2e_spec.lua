@@ -179,6 +179,16 @@ describe("echo.lua under the luahost executable", function()
         early:close()
         assert(counts.wrong == 0 and counts.timeout == 0, summary)
         if backend ~= "select" then assert.equal(1100, counts.echoed, summary) end
+        -- The ceiling the host logged at start is the one it kept (the early client
+        -- took one of it).
+        local ceiling = tonumber(server:stderr():match("up to (%d+) connections"))
+        if backend == "select" then
+          assert.equal(ceiling - 1, counts.echoed, summary)
+          assert.matches("(the select backend watches only fds below 1024)", server:stderr(),
+            1, true)
+        else
+          assert(ceiling > 1100, summary)
+        end
         T.assert_graceful_stop(server)
       end)
 

@@ -34,7 +34,7 @@ local function timer_errors(log, message)
   local found = {}
   for line in log:gmatch("[^\n]+") do
     if line:find("error in timer: ", 1, true)
-      and line:match("error in timer: .-:%d+: (.*)$") == message then
+      and line:match("error in timer: .-:%d+: (.-)\\nstack traceback:") == message then
       found[#found + 1] = line
     end
   end

@@ -144,7 +144,7 @@ describe("luahost.after", function()
     end, "delay must be 0 or more seconds", 1, true)
     assert.error_matches(function()
       luahost.after(0 / 0, function() end)
-    end, "delay must be 0 or more seconds", 1, true)
+    end, "delay is NaN, not a number of seconds", 1, true)
     assert.error_matches(function()
       luahost.after(1, "not a function")
     end, "function expected")
@@ -196,11 +196,29 @@ describe("luahost.every", function()
   end)
 
   it("raises on an interval that is not positive", function()
-    for _, bad in ipairs({0, -1}) do
+    for _, bad in ipairs({0, -1, -math.huge}) do
       assert.error_matches(function()
         luahost.every(bad, function() end)
       end, "interval must be positive", 1, true)
     end
+    assert.error_matches(function()
+      luahost.every(0 / 0, function() end)
+    end, "interval is NaN, not a number of seconds", 1, true)
+  end)
+
+  -- Regression: after(1e308) said "must be 0 or more seconds", a bound it met.
+  it("raises on a delay or interval too long to keep, naming the bound", function()
+    for _, bad in ipairs({1e9, 1e308, math.huge}) do
+      assert.error_matches(function()
+        luahost.after(bad, function() end)
+      end, "delay must be under 1000000000 seconds (about 31 years)", 1, true)
+      assert.error_matches(function()
+        luahost.every(bad, function() end)
+      end, "interval must be under 1000000000 seconds (about 31 years)", 1, true)
+    end
+    local t = luahost.after(1e9 - 1, function() end) -- just below is kept
+    assert.is_true(t:active())
+    t:cancel()
   end)
 end)
 

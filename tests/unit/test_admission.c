@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -182,10 +183,73 @@ static void test_out_of_fds(void)
     teardown(&f);
 }
 
+/* Regression: "(1 refused so far)" was the only line when 168 were refused in that
+ * second. The first refusal is said at once; the rest of the second's are counted and
+ * said, all of them, once the second has passed, at the end of a round, whose timeout
+ * wakes the loop for it; with nothing refused, nothing more is said. */
+static void test_refusal_count(void)
+{
+    fixture f;
+    net_addr peer;
+    const char *why = NULL;
+    setup(&f, 0);
+    f.a.max_connections = 1;
+    f.k.waiting = 170;
+    int fd = adm_accept(&f.a, 3, &peer, &why);
+    CHECK(fd >= 0);
+    CHECK(adm_timeout_ms(&f.a) == -1);
+    for (int i = 0; i < 168; i++)
+        CHECK(adm_accept(&f.a, 3, &peer, &why) == ADM_REFUSED);
+    CHECK(strstr(logged(&f), "(1 refused since the last such line, 1 in all)") != NULL);
+    adm_end_round(&f.a); /* within the second: nothing more yet */
+    CHECK(strstr(logged(&f), "167 refused") == NULL);
+    CHECK(adm_timeout_ms(&f.a) > 0 && adm_timeout_ms(&f.a) <= 1001);
+    f.clock.virtual_now += 1.0;
+    CHECK(adm_timeout_ms(&f.a) == 0);
+    adm_end_round(&f.a);
+    CHECK(strstr(logged(&f), "refusing connections: too many connections (--max-connections) "
+                             "(167 refused since the last such line, 168 in all)") != NULL);
+    CHECK(adm_timeout_ms(&f.a) == -1);
+    size_t len = f.log.capture->len;
+    f.clock.virtual_now += 5.0;
+    adm_end_round(&f.a);
+    CHECK(f.log.capture->len == len);
+    CHECK(adm_accept(&f.a, 3, &peer, &why) == ADM_REFUSED); /* a second on: said at once */
+    CHECK(strstr(logged(&f), "(1 refused since the last such line, 169 in all)") != NULL);
+    close(fd);
+    teardown(&f);
+}
+
+/* With a watch limit, the ceiling is the fds below it not yet open, or max_connections
+ * if that is fewer; without one, max_connections (0: no limit). */
+static void test_ceiling(void)
+{
+    fixture f;
+    setup(&f, 64);
+    size_t free_fds = 0;
+    for (int fd = 0; fd < 64; fd++)
+        free_fds += !fd_is_open(fd);
+    CHECK(adm_ceiling(&f.a) == free_fds);
+    int extra = dup(0);
+    CHECK(extra >= 0 && extra < 64 && adm_ceiling(&f.a) == free_fds - 1);
+    close(extra);
+    f.a.max_connections = 3;
+    CHECK(adm_ceiling(&f.a) == 3);
+    teardown(&f);
+    setup(&f, 0);
+    f.a.max_connections = 5;
+    CHECK(adm_ceiling(&f.a) == 5);
+    f.a.max_connections = 0;
+    CHECK(adm_ceiling(&f.a) == SIZE_MAX);
+    teardown(&f);
+}
+
 int main(void)
 {
     test_counts();
     test_refusals();
+    test_refusal_count();
+    test_ceiling();
     test_round_share();
     test_out_of_fds();
     if (failures) {

@@ -98,7 +98,7 @@ static void test_write_through(void)
     fixture f;
     scripted *k = new_scripted(1000);
     setup(&f, 4096);
-    CHECK(conn_write(&f.c, f.sel, &k->io, "hello", 5) == 0);
+    CHECK(conn_write(&f.c, f.sel, &k->io, "hello", 5, NULL) == 0);
     CHECK(conn_pending(&f.c) == 0 && f.c.out == NULL);
     CHECK(host_events(&f) == 0);
     CHECK(k->nsent == 5 && memcmp(k->sent, "hello", 5) == 0);
@@ -113,11 +113,11 @@ static void test_partial_then_flush(void)
     fixture f;
     scripted *k = new_scripted(3);
     setup(&f, 4096);
-    CHECK(conn_write(&f.c, f.sel, &k->io, "abcdefgh", 8) == 5);
+    CHECK(conn_write(&f.c, f.sel, &k->io, "abcdefgh", 8, NULL) == 5);
     CHECK(host_events(&f) == SEL_WRITE);
     /* While bytes are queued, a new write does not overtake them: it is queued too. */
     int calls = k->calls;
-    CHECK(conn_write(&f.c, f.sel, &k->io, "ij", 2) == 7);
+    CHECK(conn_write(&f.c, f.sel, &k->io, "ij", 2, NULL) == 7);
     CHECK(k->calls == calls);
     k->take = 4;
     CHECK(conn_flush(&f.c, f.sel, &k->io) == 0);
@@ -135,7 +135,7 @@ static void test_flush_blocked_and_failed(void)
     fixture f;
     scripted *k = new_scripted(0);
     setup(&f, 4096);
-    CHECK(conn_write(&f.c, f.sel, &k->io, "queued", 6) == 6);
+    CHECK(conn_write(&f.c, f.sel, &k->io, "queued", 6, NULL) == 6);
     CHECK(conn_flush(&f.c, f.sel, &k->io) == 6);
     CHECK(host_events(&f) == SEL_WRITE);
     k->fail = ECONNRESET;
@@ -154,20 +154,33 @@ static void test_limit(void)
     setup(&f, 100);
     char data[200];
     memset(data, 'x', sizeof data);
-    CHECK(conn_write(&f.c, f.sel, &k->io, data, 60) == 60);
-    CHECK(conn_write(&f.c, f.sel, &k->io, data, 41) == -ENOBUFS);
+    CHECK(conn_write(&f.c, f.sel, &k->io, data, 60, NULL) == 60);
+    size_t refused = 0;
+    CHECK(conn_write(&f.c, f.sel, &k->io, data, 41, &refused) == -ENOBUFS);
+    CHECK(refused == 41);
     CHECK(conn_pending(&f.c) == 60);
-    CHECK(conn_write(&f.c, f.sel, &k->io, data, 40) == 100);
+    CHECK(conn_write(&f.c, f.sel, &k->io, data, 40, NULL) == 100);
     teardown(&f);
     free(k);
 
     /* Only what the kernel leaves counts against the limit. */
     setup(&f, 100);
     k = new_scripted(150);
-    CHECK(conn_write(&f.c, f.sel, &k->io, data, 200) == 50);
+    CHECK(conn_write(&f.c, f.sel, &k->io, data, 200, NULL) == 50);
     k->take = 0;
-    CHECK(conn_write(&f.c, f.sel, &k->io, data, 51) == -ENOBUFS);
+    CHECK(conn_write(&f.c, f.sel, &k->io, data, 51, NULL) == -ENOBUFS);
     CHECK(conn_pending(&f.c) == 50);
+    teardown(&f);
+    free(k);
+
+    /* The kernel took part of a write that then passed the limit: the rest is refused,
+     * which the caller must count as output lost (it resets the connection). */
+    setup(&f, 100);
+    k = new_scripted(30);
+    refused = 0;
+    CHECK(conn_write(&f.c, f.sel, &k->io, data, 200, &refused) == -ENOBUFS);
+    CHECK(refused == 170);
+    CHECK(conn_pending(&f.c) == 0);
     teardown(&f);
     free(k);
 }
@@ -182,9 +195,9 @@ static void test_backpressure(void)
     CHECK(conn_high_water(&f.c) == 400 && conn_low_water(&f.c) == 100);
     char data[1600];
     memset(data, 'y', sizeof data);
-    CHECK(conn_write(&f.c, f.sel, &k->io, data, 400) == 400);
+    CHECK(conn_write(&f.c, f.sel, &k->io, data, 400, NULL) == 400);
     CHECK(paused(&f) == 0);
-    CHECK(conn_write(&f.c, f.sel, &k->io, data, 1) == 401);
+    CHECK(conn_write(&f.c, f.sel, &k->io, data, 1, NULL) == 401);
     CHECK(paused(&f) == SEL_READ && (f.c.flags & CONN_PAUSED));
     CHECK(sel_get(f.sel, f.c.fd)->events == SEL_READ);
     k->take = 1000;
@@ -205,9 +218,9 @@ static void test_shutdown_write(void)
     scripted *k = new_scripted(0);
     char got[16];
     setup(&f, 4096);
-    CHECK(conn_write(&f.c, f.sel, &k->io, "tail", 4) == 4);
+    CHECK(conn_write(&f.c, f.sel, &k->io, "tail", 4, NULL) == 4);
     CHECK(conn_shutdown_write(&f.c, f.sel) == 0);
-    CHECK(conn_write(&f.c, f.sel, &k->io, "more", 4) == -EPIPE);
+    CHECK(conn_write(&f.c, f.sel, &k->io, "more", 4, NULL) == -EPIPE);
     /* The real kernel now: the queued bytes reach the peer, then its end of stream. */
     CHECK(conn_flush(&f.c, f.sel, &net_io_kernel) == 0);
     CHECK(read(f.sv[1], got, sizeof got) == 4 && memcmp(got, "tail", 4) == 0);
@@ -224,7 +237,7 @@ static void test_drop(void)
     setup(&f, 100);
     char data[50];
     memset(data, 'z', sizeof data);
-    CHECK(conn_write(&f.c, f.sel, &k->io, data, 50) == 50);
+    CHECK(conn_write(&f.c, f.sel, &k->io, data, 50, NULL) == 50);
     CHECK(paused(&f) == SEL_READ && host_events(&f) == SEL_WRITE);
     conn_drop(&f.c, f.sel);
     CHECK(conn_pending(&f.c) == 0 && f.c.out == NULL);

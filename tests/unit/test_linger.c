@@ -1,6 +1,7 @@
 /* test_linger.c: proves lingering closes: a closed connection's queued output is still
  * sent, in order, and its fd closed once all has gone; past the deadline what is left is
- * dropped, said in the log, and the fd closed; an accepted connection counts until then.
+ * dropped, said in the log, and the fd closed with a reset (a TCP peer reads
+ * ECONNRESET, not an end of stream); an accepted connection counts until then.
  * The kernel is real (a socketpair with small buffers); time is a virtual clock. */
 #include "linger.h"
 
@@ -57,7 +58,7 @@ static size_t queue_output(fixture *f, char *data, size_t len)
 {
     for (size_t i = 0; i < len; i++)
         data[i] = (char)('a' + i % 26);
-    ssize_t pending = conn_write(&f->c, f->sel, &net_io_kernel, data, len);
+    ssize_t pending = conn_write(&f->c, f->sel, &net_io_kernel, data, len, NULL);
     CHECK(pending > 0);
     return (size_t)pending;
 }
@@ -121,9 +122,60 @@ static void test_deadline_drops(void)
     linger_expire(&f.linger);
     CHECK(f.linger.count == 0 && f.adm.connections == 0 && linger_timeout_ms(&f.linger) == -1);
     char want[128];
-    snprintf(want, sizeof want, "dropping %zu unsent bytes after 5 s closing", pending);
+    snprintf(want, sizeof want,
+             "closing fd %d: output not taken within 5 s of closing; reset, %zu bytes of "
+             "output dropped",
+             f.sv[0], pending);
     CHECK(strstr(f.log.capture->text, want) != NULL);
     CHECK(sel_host_count(f.sel) == 0);
+    teardown(&f);
+}
+
+/* A TCP peer that never read: past the deadline, and when the host stops with output
+ * still lingering, the peer reads what arrived and then a reset, not an end of stream
+ * that would pass the cut output off as whole; the log names the peer and the count. */
+static void test_reset_over_tcp(int at_stop)
+{
+    fixture f;
+    static char data[1024 * 1024], got[65536];
+    setup(&f);
+    int ls = net_socket(AF_INET, SOCK_STREAM, 0), cl = net_socket(AF_INET, SOCK_STREAM, 0);
+    int small = 4096;
+    net_addr addr, client;
+    char err[64], want[160], peer[NET_ADDRSTRLEN];
+    CHECK(net_resolve("127.0.0.1", 0, 1, &addr, err, sizeof err) == 0);
+    CHECK(net_bind_listen(ls, &addr, 4, 0) == 0 && net_sockname(ls, &addr) == 0);
+    CHECK(setsockopt(cl, SOL_SOCKET, SO_RCVBUF, &small, sizeof small) == 0);
+    CHECK(net_connect(cl, &addr) == 0);
+    close(f.c.fd);
+    f.c.fd = net_accept(ls, &client);
+    CHECK(f.c.fd >= 0 && net_sockname(cl, &client) == 0);
+    CHECK(setsockopt(f.c.fd, SOL_SOCKET, SO_SNDBUF, &small, sizeof small) == 0);
+    net_addr_format(&client, peer, sizeof peer);
+    size_t pending = queue_output(&f, data, sizeof data);
+    linger_add(&f.linger, &f.c);
+    if (at_stop) {
+        linger_close_all(&f.linger);
+        snprintf(want, sizeof want, "closing %s: the host is stopping; reset, %zu bytes", peer,
+                 pending);
+    } else {
+        f.clock.virtual_now += LINGER_SECONDS + 1;
+        linger_expire(&f.linger);
+        snprintf(want, sizeof want,
+                 "closing %s: output not taken within 5 s of closing; reset, "
+                 "%zu bytes",
+                 peer, pending);
+    }
+    CHECK(f.linger.count == 0 && f.adm.connections == 0);
+    CHECK(strstr(f.log.capture->text, want) != NULL);
+    ssize_t n;
+    size_t received = 0;
+    while ((n = net_recv(cl, got, sizeof got)) > 0)
+        received += (size_t)n;
+    CHECK(n == -ECONNRESET);
+    CHECK(received < sizeof data - pending + 1);
+    close(cl);
+    close(ls);
     teardown(&f);
 }
 
@@ -137,7 +189,7 @@ static void test_no_selector(void)
     int fd = f.c.fd;
     conn_drop(&f.c, f.sel);
     f.linger.sel = NULL;
-    CHECK(conn_write(&f.c, f.sel, &net_io_kernel, "x", 1) >= 0);
+    CHECK(conn_write(&f.c, f.sel, &net_io_kernel, "x", 1, NULL) >= 0);
     linger_add(&f.linger, &f.c);
     CHECK(f.c.fd == -1 && f.linger.count == 0 && f.adm.connections == 0);
     CHECK(fcntl(fd, F_GETFD) < 0);
@@ -148,6 +200,8 @@ int main(void)
 {
     test_sends_the_rest_then_closes();
     test_deadline_drops();
+    test_reset_over_tcp(0);
+    test_reset_over_tcp(1);
     test_no_selector();
     if (failures) {
         printf("test_linger: %lu of %lu checks failed\n", failures, checks);
