@@ -16,6 +16,7 @@
 #ifndef KEEP
 #define KEEP BLOCKS_KEEP
 #endif
+static const unsigned blocks_keep = KEEP;
 
 static size_t class_of(size_t size)
 {
@@ -36,7 +37,7 @@ static void *take(blocks *b, size_t size)
 static void give(blocks *b, void *block, size_t size)
 {
     size_t c = class_of(size);
-    if (b->kept[c] >= KEEP) {
+    if (b->kept[c] >= blocks_keep) {
         free(block);
         return;
     }
