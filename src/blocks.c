@@ -20,7 +20,12 @@ static const unsigned blocks_keep = KEEP;
 
 static size_t class_of(size_t size)
 {
-    return (size - 1) / BLOCKS_STEP;
+    return (size + 7) / 16;
+}
+
+static size_t class_size(size_t c)
+{
+    return 16 * c + 8;
 }
 
 static void *take(blocks *b, size_t size)
@@ -28,7 +33,7 @@ static void *take(blocks *b, size_t size)
     size_t c = class_of(size);
     void *block = b->free[c];
     if (!block)
-        return malloc((c + 1) * BLOCKS_STEP);
+        return malloc(class_size(c));
     memcpy(&b->free[c], block, sizeof(void *));
     b->kept[c]--;
     return block;
