@@ -413,9 +413,16 @@ local function against(value, limit)
 end
 
 -- The targets of the "Performance II" issue (upper limits), then the earlier ones.
--- Returns the table and the list of callgrind modes ("echo", "chat") whose target missed.
+-- Returns the table and the callgrind modes ("echo", "chat") with a target missed: echo's
+-- instructions, or the CPU or p99 of echo on the clock; chat's instructions.
 local function targets(results, irres)
   local rows, missed = {}, {}
+  local function miss(mode)
+    for _, m in ipairs(missed) do
+      if m == mode then return end
+    end
+    missed[#missed + 1] = mode
+  end
   local function add(what, target, measured, v)
     rows[#rows + 1] = { what, target, measured, v or "-" }
   end
@@ -430,7 +437,7 @@ local function targets(results, irres)
           thousands(lh.per_msg) .. (c and not c.skipped
             and string.format(" (C %s)", thousands(c.per_msg)) or ""),
           against(lh.per_msg, limit))
-      if lh.per_msg > limit then missed[#missed + 1] = mode end
+      if lh.per_msg > limit then miss(mode) end
     end
   end
   for _, id in ipairs({ "echo-100", "echo-1000" }) do
@@ -440,10 +447,12 @@ local function targets(results, irres)
       local r = lh.cpu_us / c.cpu_us
       add(id, "total CPU/msg ≤ 1.1x C", string.format("%.2f vs %.2f µs (%.2fx)", lh.cpu_us,
                                                        c.cpu_us, r), against(r, 1.1))
+      if r > 1.1 then miss("echo") end
       if id == "echo-100" then
         r = lh.p99 / c.p99
         add(id, "p99 ≤ 1.5x C's", string.format("%.0f vs %.0f µs (%.2fx)", lh.p99, c.p99, r),
             against(r, 1.5))
+        if r > 1.5 then miss("echo") end
       end
     end
   end
@@ -656,8 +665,11 @@ local function report(results, irres, plotted, elapsed)
   local lat = latency_table(results)
   if lat then section("Latency per message, luahost and the C server", lat) end
   for _, mode in ipairs(missed) do
-    section(string.format("Where luahost's %s instructions go (callgrind, inclusive top 10)",
-                          mode), top_table(irres[mode].by_key.luahost, mode))
+    local r = irres[mode] and irres[mode].by_key.luahost
+    if r and r.dump_data then
+      section(string.format("Where luahost's %s instructions go (callgrind, inclusive top 10)",
+                            mode), top_table(r, mode))
+    end
   end
   if plotted then
     parts[#parts + 1] = "![echo throughput, p99 latency and server user CPU per message"
