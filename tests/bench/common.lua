@@ -77,9 +77,17 @@ function M.build_tools()
   if not M.sh("test -x build/luahost") then M.die("build/luahost is missing: run make build") end
 end
 
--- Ports from 21100 up (below the ephemeral range, so no client port collides), skipping
--- any that something listens on.
-local next_port = 21100
+-- Ports below the ephemeral range, so no client port collides, skipping any that
+-- something listens on; from a point that differs from run to run, so that two benches
+-- on one machine rarely try the same ports.
+local function own_pid()
+  local f = io.open("/proc/self/stat")
+  local pid = f and tonumber(f:read("a"):match("^(%d+)")) or 0
+  if f then f:close() end
+  return pid
+end
+math.randomseed(os.time(), own_pid())
+local next_port = 20000 + math.random(0, 8000)
 function M.free_port()
   repeat
     next_port = next_port + 1

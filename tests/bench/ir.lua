@@ -95,6 +95,19 @@ function M.top(d, n)
   return list
 end
 
+-- Whether the server pid (still alive: the port answering is its own) listens on port
+-- within a minute (callgrind starts a Python slowly).
+local function listening(pid, port)
+  for _ = 1, 60 do
+    if not common.alive(pid) then return false end
+    if common.sh(string.format("%s/loadgen --mode probe --port %d --cap 1 2>/dev/null",
+                               common.BIN, port)) then
+      return common.alive(pid)
+    end
+  end
+  return false
+end
+
 -- Measures server (an entry of common.ECHO_SERVERS or CHAT_SERVERS) under mode's load.
 -- Returns msgs, instructions, per_msg, heap and lua_alloc (calls per message), top (for
 -- M.top) and dump (the kept dump's path, when keep is given); or skipped = why.
@@ -113,7 +126,7 @@ function M.measure(server, mode, conns, secs, opts)
     "sh -c 'exec valgrind --tool=callgrind --callgrind-out-file=%s/out %s >%s/log 2>&1"
       .. " </dev/null' & echo $!", dir, cmd, dir)))
   local r = { skipped = "did not start under callgrind" }
-  if common.sh(string.format("%s/loadgen --mode probe --port %d --cap 60", common.BIN, port)) then
+  if listening(pid, port) then
     local cap = M.WARMUP + secs + 60
     r = common.parse(common.capture(string.format(
       "timeout -k 5 %d %s/loadgen --mode %s --port %d -c %d -s 64 -d 1 --warmup %g"

@@ -85,7 +85,8 @@ local function start_server(server, port, logfile)
   local pid = capture(string.format(
     "sh -c 'exec prlimit --nofile=%d:%d taskset -c %d %s >%s 2>&1 </dev/null' & echo $!",
     FD_LIMIT, FD_LIMIT, SERVER_CPU, cmd, logfile))
-  if not sh(string.format("%s/loadgen --mode probe --port %d --cap 10", BIN, port)) then
+  if not sh(string.format("%s/loadgen --mode probe --port %d --cap 10", BIN, port))
+    or not alive(pid) then -- another process answering on the port is not our server
     return nil
   end
   return tonumber(pid)
@@ -291,7 +292,7 @@ local function md_table(header, rows)
 end
 
 local function load_table(res)
-  local ref = res.by_key.c
+  local ref = res.by_key.c or {} -- BENCH_SERVERS may leave the C server out
   local unit = res.scenario.mode == "chat" and "deliveries/s" or "msgs/s"
   local per = res.scenario.mode == "chat" and "delivery" or "msg"
   local rows = {}
