@@ -25,10 +25,10 @@ M.WARMUP = 1 -- seconds of load before the counters are zeroed
 -- Allocation, counted two ways. Every server's calls into the C library's heap (what
 -- all of them share; CPython serves objects of up to 512 bytes from its own pools, which
 -- this does not see), and for the Lua servers their Lua allocator function (luahost's
--- budget_alloc, lua5.4's l_alloc), which every allocation and free of a Lua object goes
--- through.
+-- blocks_alloc, or budget_alloc under --max-memory; lua5.4's l_alloc), which every
+-- allocation and free of a Lua object goes through.
 local HEAP = { malloc = true, calloc = true, realloc = true, free = true }
-local LUA_ALLOC = { budget_alloc = true, l_alloc = true }
+local LUA_ALLOC = { budget_alloc = true, blocks_alloc = true, l_alloc = true }
 
 -- Reads a callgrind dump (Ir only): the total, and by function name its self and
 -- inclusive instructions and the calls made to it, by caller. Names are compressed: "(ID) NAME" the
