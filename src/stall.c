@@ -54,8 +54,10 @@ static void report_and_exit(const lh_budget *b)
     if (source && (source[0] == '@' || source[0] == '=')) {
         put(line, &n, cap, "defined at ", 16);
         put(line, &n, cap, source + 1, 200);
-        put(line, &n, cap, ":", 1);
-        put_int(line, &n, cap, b->where.line);
+        if (b->where.line > 0) { /* 0: a main chunk */
+            put(line, &n, cap, ":", 1);
+            put_int(line, &n, cap, b->where.line);
+        }
     } else {
         put(line, &n, cap, source ? "defined in a string chunk" : "where unknown", 32);
     }
