@@ -309,12 +309,13 @@ static void start_watchdogs(lua_State *L, const options *o, lh_host *host)
     if (host->budget.max_instructions > 0 && budget_start_watchdog(&host->budget) < 0)
         lh_log(&host->log, LH_WARN,
                "cannot start the watchdog; every callback instruction is counted");
-    if (o->max_callback_seconds > 0 &&
-        stall_start(&host->budget, L, (long)o->max_callback_seconds) < 0)
+    int rc = o->max_callback_seconds > 0
+                 ? stall_start(&host->budget, L, (long)o->max_callback_seconds)
+                 : 0;
+    if (rc < 0)
         lh_log(&host->log, LH_WARN,
-               "cannot start the stall watchdog: %s; "
-               "--max-callback-seconds is off",
-               strerror(errno));
+               "cannot start the stall watchdog (%s): --max-callback-seconds is off",
+               strerror(-rc));
 }
 
 /* Lua's warnings, logged; they must outlive the Lua state. */
