@@ -134,11 +134,8 @@ int budget_pcall_chunk(lua_State *L, lh_budget *b, int nargs, int per_wait)
     return status;
 }
 
-void budget_suspend(lh_budget *b, lh_budget_saved *saved)
+void budget_put_aside(lh_budget *b, lh_budget_saved *saved)
 {
-    saved->in_callback = b->in_callback;
-    if (!saved->in_callback)
-        return;
     saved->running = b->running;
     saved->used = b->used;
     saved->what = b->what;
@@ -151,10 +148,8 @@ void budget_suspend(lh_budget *b, lh_budget_saved *saved)
     b->per_wait = 0;
 }
 
-void budget_resume(lh_budget *b, const lh_budget_saved *saved)
+void budget_take_up(lh_budget *b, const lh_budget_saved *saved)
 {
-    if (!saved->in_callback)
-        return;
     b->where.source = saved->source;
     b->where.line = saved->line;
     b->where.fd = saved->fd;

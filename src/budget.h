@@ -71,9 +71,22 @@ int budget_pcall(lua_State *L, lh_budget *b, int nargs, int nresults);
 int budget_pcall_chunk(lua_State *L, lh_budget *b, int nargs, int per_wait);
 
 /* Puts aside the running bracket, if any, while the host loop runs from inside it, and
- * takes it up again (counted afresh if per_wait). */
-void budget_suspend(lh_budget *b, lh_budget_saved *saved);
-void budget_resume(lh_budget *b, const lh_budget_saved *saved);
+ * takes it up again (counted afresh if per_wait). Inline: the loop calls them every
+ * round, and mostly there is no bracket. */
+void budget_put_aside(lh_budget *b, lh_budget_saved *saved);
+void budget_take_up(lh_budget *b, const lh_budget_saved *saved);
+static inline void budget_suspend(lh_budget *b, lh_budget_saved *saved)
+{
+    saved->in_callback = b->in_callback;
+    if (saved->in_callback)
+        budget_put_aside(b, saved);
+}
+
+static inline void budget_resume(lh_budget *b, const lh_budget_saved *saved)
+{
+    if (saved->in_callback)
+        budget_take_up(b, saved);
+}
 
 /* Around a wait that may block: returns 1 if the running bracket (a main chunk counted
  * per wait) was put aside for it, to pass to budget_wait_end. */
