@@ -6,17 +6,10 @@ local helpers = require "support.helpers"
 
 local MiB = 1024 * 1024
 
-local function tight_pair()
-  local client, conn = helpers.pair()
-  assert(conn:setsockopt("sndbuf", 65536))
-  assert(client:setsockopt("rcvbuf", 65536))
-  return client, conn
-end
-
 -- n connected pairs: the clients' ends and the server's ends.
 local function pairs_of(n)
   local clients, conns = {}, {}
-  for i = 1, n do clients[i], conns[i] = tight_pair() end
+  for i = 1, n do clients[i], conns[i] = helpers.tight_pair() end
   return clients, conns
 end
 
@@ -88,7 +81,7 @@ describe("luahost.group", function()
     end)
 
   it("holds its members: a member only the group refers to is not collected", function()
-    local client, conn = tight_pair()
+    local client, conn = helpers.tight_pair()
     local group = luahost.group()
     group:add(conn)
     local weak = setmetatable({conn}, {__mode = "v"})
@@ -105,7 +98,7 @@ describe("luahost.group", function()
   it("raises on what is not a socket, or a closed one, and on a method called on "
     .. "something else", function()
       local group = luahost.group()
-      local client, conn = tight_pair()
+      local client, conn = helpers.tight_pair()
       local timer = luahost.after(60, function() end)
       for _, other in ipairs({timer, luahost.selector, {}, "socket", 42}) do
         assert.error_matches(function() group:add(other) end, "luahost.socket expected")

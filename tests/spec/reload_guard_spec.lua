@@ -5,7 +5,6 @@
 -- SIGTERM is honoured. Under --watch a file still being written is not loaded until its
 -- writer closes it, and a load that would leave nothing registered and no timer is
 -- refused unless it calls luahost.stop(). On every backend.
-local luahost = require "luahost"
 local T = require "luahost.test"
 
 local BACKENDS = {"epoll", "poll", "select"}
@@ -37,18 +36,11 @@ local function literal(s)
   return (s:gsub("[%^%$%(%)%%%.%[%]%*%+%-%?]", "%%%0"))
 end
 
-local function free_port()
-  local probe = assert(luahost.listen(HOST, 0))
-  local _, port = probe:getsockname()
-  probe:close()
-  return port
-end
-
 -- Starts SERVER (a file the test may edit) at a free port, on backend; a reload runs with
 -- the arguments of the first load, so port 0 would not do. Returns the process and path.
 local function start(backend, options)
   local path = T.tempfile(SERVER)
-  local port = free_port()
+  local port = T.free_port()
   local server = T.spawn(path, {HOST .. ":" .. port}, {selector = backend, options = options})
   assert.equal(port, server.port)
   return server, path
@@ -92,7 +84,7 @@ describe("reloads and starts that never end", function()
         local original = io.open(path):read("a")
         local c = T.client(HOST, server.port, {timeout = 5})
         assert.equal("v1:before", ask(c, "before"))
-        local extra = free_port()
+        local extra = T.free_port()
         write_file(path, changing_then(server.port, extra, "while true do end\n"))
         for i = 1, 3 do
           server:signal("HUP")
@@ -135,7 +127,7 @@ describe("reloads and starts that never end", function()
           "--max-instructions", "0"})
         local c = T.client(HOST, server.port, {timeout = 5})
         assert.equal("v1:before", ask(c, "before"))
-        local extra = free_port()
+        local extra = T.free_port()
         write_file(path, changing_then(server.port, extra,
           "local hoard = {}\nwhile true do hoard[#hoard + 1] = {#hoard} end\n"))
         server:signal("HUP")
