@@ -36,6 +36,7 @@ typedef struct lh_sockets {
     int listeners_ref; /* table: socket pointer -> listening socket */
     int drain_ref;     /* weak-keyed: socket -> its on_drain callback */
     int handles_ref;   /* weak-valued: socket pointer -> socket, to call on_drain with */
+    int spare_ref;     /* a socket accept made but found no client for, to use next time */
     /* Called before a socket's fd is closed, to unregister it from every selector, so no
      * event for a reused fd number can reach the old registration. */
     void (*closing)(void *ud, lua_State *L, lh_socket *s);

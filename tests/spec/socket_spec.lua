@@ -76,6 +76,28 @@ describe("luahost.listen", function()
     server:close()
   end)
 
+  it("makes no garbage for an accept that finds no client (an accept loop's last call)",
+    function()
+      local server = assert(luahost.listen("127.0.0.1", 0))
+      collectgarbage()
+      collectgarbage("stop")
+      local before = collectgarbage("count")
+      local failed = 0
+      for _ = 1, 10000 do
+        local conn, err = server:accept()
+        if not conn and err == "wouldblock" then failed = failed + 1 end
+      end
+      local grown = (collectgarbage("count") - before) * 1024
+      collectgarbage("restart")
+      assert.equal(10000, failed)
+      -- A socket made and dropped per call would be 10,000 userdata (~800 KB).
+      assert.is_true(grown < 64 * 1024, ("10,000 failed accepts made %d bytes"):format(grown))
+      local client, conn = helpers.pair(server) -- the kept socket serves the next client
+      assert.equal(0, conn:write("x"))
+      assert.equal("x", helpers.read_n(client, 1))
+      close_all(client, conn, server)
+    end)
+
   it("listens on ::1 (IPv6) with port 0", function()
     if not helpers.ipv6_available() then
       pending("no IPv6 loopback on this system")
