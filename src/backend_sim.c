@@ -247,13 +247,13 @@ int sim_connect(sim_state *st, int listen_fd)
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, pair) < 0)
         return -errno;
     int host_end = pair[0], test_end = pair[1];
-    sim_fd *hrec = sim_claim(st, host_end), *trec = sim_claim(st, test_end);
-    if (!hrec || !trec) {
+    if (!sim_claim(st, host_end) || !sim_claim(st, test_end)) {
         close(host_end);
         close(test_end);
         return -ENOMEM;
     }
-    sim_fd *lrec = &st->fds[listen_fd]; /* claiming may have moved the records */
+    /* Taken only now: each claim may have moved the records (the second one the first's). */
+    sim_fd *hrec = &st->fds[host_end], *trec = &st->fds[test_end], *lrec = &st->fds[listen_fd];
     hrec->partner = test_end;
     trec->partner = host_end;
     hrec->port = st->next_port;
