@@ -1,0 +1,520 @@
+-- luahost/task.lua: sequential-style sockets (LuaSocket's names, as copas and OpenResty
+-- give them) on coroutines, over the host's own selector: a stream's key holds the
+-- resumer of the task waiting on it, so tasks and callbacks mix in one script.
+-- See docs/task.md.
+local luahost = require "luahost"
+
+local sel = luahost.selector
+local READ, WRITE = luahost.EVENT_READ, luahost.EVENT_WRITE
+local now, after, log = luahost.now, luahost.after, luahost.log
+-- Taken when the module loads, so that under the executable it is the host's guarded
+-- resume: each resume counts against the budget of the callback that runs it.
+local create, resume, yield = coroutine.create, coroutine.resume, coroutine.yield
+local costatus, coclose = coroutine.status, coroutine.close
+local find, sub, byte = string.find, string.sub, string.byte
+
+local task = {}
+task.now = now
+
+local MAXLINE = 64 * 1024 -- default bound of one receive, per stream (setmaxline)
+local HIGH_WATER = 64 * 1024 -- send waits while more than this is buffered for output
+local CHUNK = 65536 -- the most one recv asks for
+local CANCELLED = setmetatable({}, {__tostring = function() return "task cancelled" end})
+
+local current -- the task running now, or nil in a callback or the main chunk
+local live = setmetatable({}, {__mode = "k"}) -- tasks not yet ended
+
+local Task = {}
+Task.__index = Task
+local Stream = {}
+Stream.__index = Stream
+
+---------------------------------------------------------------------------------------
+-- Running and waking tasks
+
+local finish -- defined below
+
+-- Resumes t with the values given (why it woke, or spawn's arguments); ends it if it
+-- returned or raised. A task that yielded by itself, not through a wait of this module,
+-- could never be woken: it fails.
+local function step(t, ...)
+  local prev = current
+  if prev and (not prev.co or costatus(prev.co) == "dead") then
+    prev = nil -- left by a resume the budget cut short, which raised past us
+  end
+  current = t
+  t.waiting = false
+  local ok, err = resume(t.co, ...)
+  current = prev
+  if costatus(t.co) == "dead" then
+    if ok then
+      finish(t, "done")
+    elseif err == CANCELLED then
+      finish(t, "cancelled")
+    else
+      local trace = debug.traceback(t.co, tostring(err))
+      coclose(t.co) -- runs its <close> variables, as a cancel does
+      finish(t, "failed", trace)
+    end
+  elseif not t.waiting then
+    coclose(t.co)
+    finish(t, "failed", "a task yielded outside luahost.task; it can never be woken")
+  end
+end
+
+-- Ends t's current wait (its stream slot and its timer) without resuming it.
+local function unhook(t)
+  local s, slot = t.stream, t.slot
+  if s then
+    if s[slot] == t then s[slot] = nil end
+    t.stream = nil
+  end
+  if t.timer then
+    t.timer:cancel()
+    t.timer = nil
+  end
+end
+
+-- Wakes t, which waits, with why: "ready", "timeout" or "closed".
+local function wake(t, why)
+  unhook(t)
+  step(t, why)
+end
+
+-- The callback in a stream's key: wakes the task that waits to read from (or connect
+-- or accept on) it; with none, the key is removed, so a level-triggered event does not
+-- come back round after round while the stream's task does something else.
+local function ready_callback(s)
+  return function()
+    local t = s.reader
+    if t then return wake(t, "ready") end
+    s.events = nil
+    sel:unregister(s.sock)
+  end
+end
+
+local function ensure_registered(s, events)
+  if s.events == events then return end
+  if s.events then
+    sel:modify(s.sock, events, s.on_ready)
+  else
+    sel:register(s.sock, events, s.on_ready)
+  end
+  s.events = events
+end
+
+-- The running task waits, on s (slot "reader": readiness for events; "drainer": its
+-- output all sent) or on nothing (a sleep), for at most timeout seconds (nil: no
+-- bound). Returns why it woke: "ready", "timeout" or "closed".
+local function wait(s, slot, events, timeout)
+  local t = current
+  if not t then error("luahost.task: a stream waits only inside a task (task.spawn)", 3) end
+  if t.cancelling then error(CANCELLED, 0) end
+  if s then
+    if s[slot] then error("luahost.task: another task already waits on this stream", 3) end
+    s[slot], t.stream, t.slot = t, s, slot
+    if events then
+      ensure_registered(s, events)
+    elseif not s.on_drain_set then
+      s.on_drain_set = true
+      s.sock:on_drain(function()
+        local d = s.drainer
+        if d then wake(d, "ready") end
+      end)
+    end
+  end
+  if timeout then
+    if timeout <= 0 then
+      unhook(t)
+      return "timeout"
+    end
+    t.timer = after(timeout, t.on_timeout)
+  end
+  t.waiting = true
+  return yield()
+end
+
+---------------------------------------------------------------------------------------
+-- Tasks
+
+-- Runs fn(...) in a new task now, until it first waits. Streams among the arguments
+-- become the new task's own: they are closed when it ends.
+function task.spawn(fn, ...)
+  assert(type(fn) == "function", "task.spawn: a function expected")
+  local t = setmetatable({co = create(fn), streams = {}, state = "running"}, Task)
+  t.on_timeout = function()
+    if t.timer then
+      t.timer = nil
+      wake(t, "timeout")
+    end
+  end
+  for i = 1, select("#", ...) do
+    local s = select(i, ...)
+    if getmetatable(s) == Stream then
+      if s.owner then s.owner.streams[s] = nil end
+      s.owner, t.streams[s] = t, true
+    end
+  end
+  live[t] = true
+  step(t, ...)
+  return t
+end
+
+-- "running" (it runs, or started the one that runs), "waiting", "done", "failed" or
+-- "cancelled".
+function Task:status()
+  if self.state ~= "running" then return self.state end
+  return costatus(self.co) == "suspended" and "waiting" or "running"
+end
+
+-- Ends the task: a waiting one at once (its <close> variables run, its streams close),
+-- the running one by raising in it, one that started the running one when it next
+-- waits. Returns false if it had already ended.
+function Task:cancel()
+  if self.state ~= "running" then return false end
+  local status = costatus(self.co)
+  if status == "running" then error(CANCELLED, 0) end
+  if status == "normal" then
+    self.cancelling = true
+    return true
+  end
+  unhook(self)
+  coclose(self.co)
+  finish(self, "cancelled")
+  return true
+end
+
+-- The address of the first of t's streams that has one, for the log.
+local function peer_of(t)
+  for s in pairs(t.streams) do
+    if s.peer then return s.peer end
+  end
+  return "no peer"
+end
+
+finish = function(t, how, err)
+  t.state = how
+  live[t] = nil
+  if err then log("error", "error in task for " .. peer_of(t) .. ": " .. err) end
+  local streams = t.streams
+  t.streams, t.co = {}, nil
+  for s in pairs(streams) do
+    s.owner = nil
+    -- A task that failed left its connections in no known state: reset them, as the
+    -- host does a connection whose callback raised.
+    if how == "failed" then s:abort() else s:close() end
+  end
+end
+
+function task.sleep(seconds)
+  assert(type(seconds) == "number", "task.sleep: seconds expected")
+  wait(nil, nil, nil, math.max(seconds, 0.001))
+end
+
+-- The running task, or nil.
+function task.current()
+  return current
+end
+
+-- How many tasks have not ended.
+function task.count()
+  local n = 0
+  for _ in pairs(live) do n = n + 1 end
+  return n
+end
+
+---------------------------------------------------------------------------------------
+-- Streams
+
+local function address(host, port)
+  if not host then return nil end
+  return (find(host, ":", 1, true) and "[" .. host .. "]" or host) .. ":" .. port
+end
+
+-- A stream over sock, owned by the running task (if any); peer is its address.
+local function new_stream(sock, peer)
+  local s = setmetatable({sock = sock, buf = "", maxline = MAXLINE, high = HIGH_WATER,
+    peer = peer, owner = current}, Stream)
+  s.on_ready = ready_callback(s)
+  if current then current.streams[s] = true end
+  return s
+end
+
+-- A stream over a luahost socket, listening or connected.
+function task.wrap(sock)
+  local ok, host, port = pcall(sock.getpeername, sock)
+  return new_stream(sock, ok and address(host, port) or nil)
+end
+
+-- The seconds left until deadline (nil: none).
+local function left(deadline)
+  return deadline and deadline - now()
+end
+
+local function is_open(s)
+  return not s.closed and s.sock:fileno() >= 0
+end
+
+-- Connects to host:port and returns a stream once the connection is up, or nil and why.
+-- opts.timeout bounds the wait.
+function task.connect(host, port, opts)
+  local sock, err = luahost.connect(host, port)
+  if not sock then return nil, err end
+  local s = new_stream(sock, address(host, port))
+  local why = wait(s, "reader", WRITE, opts and opts.timeout)
+  if why == "ready" and sock:getsockopt("error") == 0 then return s end
+  if why == "ready" then
+    local _, message = sock:recv(1) -- writable but not connected: recv says why
+    why = message or "connect failed"
+  end
+  s:close()
+  return nil, why
+end
+
+function Stream:socket()
+  return self.sock
+end
+
+-- nil or a negative number: operations wait as long as it takes.
+function Stream:settimeout(seconds)
+  self.timeout = (seconds and seconds >= 0) and seconds or nil
+  return 1
+end
+
+function Stream:setmaxline(n)
+  assert(math.type(n) == "integer" and n > 0, "setmaxline: a positive integer expected")
+  self.maxline = n
+end
+
+-- The output limit of the socket; send then waits while a quarter of it is buffered.
+function Stream:setlimit(bytes)
+  self.sock:setlimit(bytes)
+  self.high = bytes // 4
+end
+
+function Stream:__tostring()
+  return "luahost.task stream (" .. tostring(self.sock) .. ")"
+end
+
+-- Closes the stream (letting the socket send what it has buffered); a task waiting on it
+-- wakes with "closed".
+function Stream:close(how)
+  if self.closed then return 1 end
+  self.closed = true
+  if self.owner then
+    self.owner.streams[self] = nil
+    self.owner = nil
+  end
+  if how == "abort" then self.sock:abort() else self.sock:close() end -- unregisters it
+  self.events = nil
+  for _, slot in ipairs({"reader", "drainer"}) do
+    local t = self[slot]
+    if t then wake(t, "closed") end
+  end
+  return 1
+end
+
+-- Closes the stream at once, dropping buffered output (with a reset if there was some).
+function Stream:abort()
+  return self:close("abort")
+end
+
+-- A stream for the next client, with its address and port; nil and a message when an
+-- accept fails (the next call waits for the listener first).
+function Stream:accept()
+  local deadline = self.timeout and now() + self.timeout
+  while true do
+    if not is_open(self) then return nil, "closed" end
+    if not self.accept_failed then
+      local conn, host, port = self.sock:accept()
+      if conn then return new_stream(conn, address(host, port)), host, port end
+      if host ~= "wouldblock" then
+        self.accept_failed = true
+        return nil, host
+      end
+    end
+    self.accept_failed = false
+    local why = wait(self, "reader", READ, left(deadline))
+    if why ~= "ready" then return nil, why end
+  end
+end
+
+-- Reads once into the buffer, waiting for data first when the last read drained the
+-- socket. Returns true, or nil and why not ("closed" at end of stream).
+local function fill(s, deadline)
+  if not is_open(s) then return nil, "closed" end
+  local sock = s.sock
+  while true do
+    local l = left(deadline)
+    if s.drained and (not l or l > 0) then -- past the deadline: one last try, no wait
+      local why = wait(s, "reader", READ, l)
+      if why ~= "ready" then return nil, why end
+      if not is_open(s) then return nil, "closed" end
+    end
+    local data, err = sock:recv(CHUNK)
+    s.drained = data == nil or #data < CHUNK
+    if err == "wouldblock" and l and l <= 0 then return nil, "timeout" end
+    if data == "" then
+      return nil, "closed"
+    elseif data then
+      if s.discarding then -- the rest of a line too long, up to its end
+        local nl = find(data, "\n", 1, true)
+        if nl then
+          s.discarding = false
+          data = sub(data, nl + 1)
+        else
+          data = ""
+        end
+      end
+      s.buf = s.buf == "" and data or s.buf .. data
+      return true
+    elseif err ~= "wouldblock" then
+      return nil, err
+    end
+  end
+end
+
+-- Whatever the buffer holds, as the partial result of a failed operation.
+local function fail(s, err)
+  local partial = s.buf
+  s.buf = ""
+  return nil, err, partial
+end
+
+local function read_line(s, deadline)
+  local from = 1
+  while true do
+    local buf = s.buf
+    local nl = find(buf, "\n", from, true)
+    if nl then
+      local j = nl - 1
+      if byte(buf, j) == 13 then j = j - 1 end
+      s.buf = sub(buf, nl + 1)
+      if j > s.maxline then return nil, "line too long" end
+      return sub(buf, 1, j)
+    end
+    -- The bound is on the line without its ending, and a CR may wait for its LF.
+    if #buf - (byte(buf, -1) == 13 and 1 or 0) > s.maxline then
+      s.buf, s.discarding = "", true
+      return nil, "line too long"
+    end
+    from = #buf + 1
+    local ok, err = fill(s, deadline)
+    if not ok then return fail(s, err) end
+  end
+end
+
+local function read_count(s, n, deadline)
+  while #s.buf < n do
+    local ok, err = fill(s, deadline)
+    if not ok then return fail(s, err) end
+  end
+  local buf = s.buf
+  if #buf == n then
+    s.buf = ""
+    return buf
+  end
+  s.buf = sub(buf, n + 1)
+  return sub(buf, 1, n)
+end
+
+local function read_all(s, deadline)
+  while true do
+    if #s.buf > s.maxline then
+      s.buf = ""
+      return nil, "too long"
+    end
+    local ok, err = fill(s, deadline)
+    if not ok then
+      if err ~= "closed" then return fail(s, err) end
+      local buf = s.buf
+      s.buf = ""
+      return buf
+    end
+  end
+end
+
+-- receive("*l") a line without its end (LF or CRLF), "*a" all until the peer closes, or
+-- n bytes; prefix is put before the result. On failure: nil, why ("closed", "timeout",
+-- "line too long", a system message) and the partial data, as LuaSocket.
+function Stream:receive(pattern, prefix)
+  pattern = pattern or "*l"
+  local deadline = self.timeout and now() + self.timeout
+  local data, err, partial
+  if pattern == "*l" or pattern == "l" then
+    data, err, partial = read_line(self, deadline)
+  elseif pattern == "*a" or pattern == "a" then
+    data, err, partial = read_all(self, deadline)
+  elseif math.type(pattern) == "integer" and pattern >= 0 then
+    data, err, partial = read_count(self, pattern, deadline)
+  else
+    error("receive: pattern must be \"*l\", \"*a\" or a byte count", 2)
+  end
+  if prefix then
+    if data then return prefix .. data end
+    return nil, err, partial and prefix .. partial
+  end
+  return data, err, partial
+end
+
+-- The bytes before the next delimiter (which is consumed); nil, "too long" when more
+-- than max (default the stream's maxline) come without it.
+function Stream:receive_until(delimiter, max)
+  assert(type(delimiter) == "string" and #delimiter > 0, "receive_until: a delimiter expected")
+  max = max or self.maxline
+  local deadline = self.timeout and now() + self.timeout
+  local from = 1
+  while true do
+    local buf = self.buf
+    local i, j = find(buf, delimiter, from, true)
+    if i then
+      self.buf = sub(buf, j + 1)
+      if i - 1 > max then return nil, "too long" end
+      return sub(buf, 1, i - 1)
+    end
+    if #buf > max + #delimiter - 1 then
+      self.buf = ""
+      return nil, "too long"
+    end
+    from = math.max(1, #buf - #delimiter + 2)
+    local ok, err = fill(self, deadline)
+    if not ok then return fail(self, err) end
+  end
+end
+
+-- What has come (at most max bytes, default 65536), waiting only if nothing has.
+function Stream:receiveany(max)
+  max = max or CHUNK
+  if self.buf == "" then
+    local ok, err = fill(self, self.timeout and now() + self.timeout)
+    if not ok then return nil, err end
+  end
+  local buf = self.buf
+  if #buf <= max then
+    self.buf = ""
+    return buf
+  end
+  self.buf = sub(buf, max + 1)
+  return sub(buf, 1, max)
+end
+
+-- Buffers data for sending (the host sends it as the peer takes it), first waiting while
+-- the output buffered is over the high water. Returns #data, or nil, why and 0.
+function Stream:send(data)
+  if not is_open(self) then return nil, "closed", 0 end
+  local sock = self.sock
+  if sock:pending() > self.high then
+    local deadline = self.timeout and now() + self.timeout
+    repeat
+      local why = wait(self, "drainer", nil, left(deadline))
+      if why ~= "ready" then return nil, why, 0 end
+      if not is_open(self) then return nil, "closed", 0 end
+    until sock:pending() <= self.high
+  end
+  local pending, err = sock:write(data)
+  if not pending then return nil, err, 0 end
+  return #data
+end
+
+task.Stream = Stream -- for getmetatable checks
+return task
