@@ -262,7 +262,7 @@ function task.connect(host, port, opts)
   if not sock then return nil, err end
   local s = new_stream(sock, address(host, port))
   local why = wait(s, "reader", WRITE, opts and opts.timeout)
-  if why == "ready" and sock:getsockopt("error") == 0 then return s end
+  if why == "ready" and sock:getpeername() then return s end
   if why == "ready" then
     local _, message = sock:recv(1) -- writable but not connected: recv says why
     why = message or "connect failed"

@@ -1,0 +1,313 @@
+-- task_spec.lua: luahost.task, sequential-style streams on coroutines. Most run on the sim
+-- backend, where a 30 s timeout takes no real time; the connect and the hundred
+-- concurrent clients run on epoll, over real sockets.
+local T = require "luahost.test"
+local luahost = require "luahost"
+
+-- A port nothing listens on (the kernel's choice, closed again): a connect is refused.
+local function unused_port()
+  local l = assert(luahost.listen("127.0.0.1", 0))
+  local _, port = l:getsockname()
+  l:close()
+  return port
+end
+
+-- A server whose accept loop is a task, spawning HANDLER(stream) for each client; the
+-- test sets HANDLER in the script's globals. Returns the server and its luahost.task.
+local SCRIPT = [[
+local luahost = require "luahost"
+local task = require "luahost.task"
+local server = task.wrap(assert(luahost.listen("127.0.0.1", 0)))
+task.spawn(function()
+  while true do
+    local client = server:accept()
+    if client then task.spawn(function(s) return HANDLER(s) end, client) end
+  end
+end)
+]]
+
+local function serve(handler, opts)
+  local srv = T.start(T.tempfile(SCRIPT), nil, opts or {selector = "sim"})
+  srv.env.HANDLER = handler
+  return srv, srv.env.require("luahost.task")
+end
+
+-- A <close> value that counts, in closed, the tasks whose variables it closed.
+local closed
+local function closer()
+  return setmetatable({}, {__close = function() closed = closed + 1 end})
+end
+before_each(function() closed = 0 end)
+
+-- One line describing what a receive returned.
+local function said(...)
+  local n = select("#", ...)
+  local parts = {}
+  for i = 1, n do parts[i] = tostring((select(i, ...))) end
+  return table.concat(parts, " ") .. "\n"
+end
+
+describe("a luahost.task stream", function()
+  it("receives lines (LF or CRLF), counts, up to a delimiter, and all, however split", function()
+    local srv = serve(function(s)
+      local r = {}
+      r[1] = s:receive("*l")
+      r[2] = s:receive("l")
+      r[3] = s:receive(5)
+      r[4] = s:receive_until("--")
+      r[5] = s:receive("*l", "pre-")
+      r[6] = s:receiveany(3)
+      r[7] = s:receive("*a")
+      s:send(table.concat(r, "/"))
+    end)
+    local c = T.client(srv)
+    for _, piece in ipairs({"on", "e\r", "\ntwo\nab", "\ncd", "x-y-", "-z\nres", "tof it"}) do
+      c:send(piece)
+    end
+    c:shutdown()
+    assert.equal("one/two/ab\ncd/x-y/pre-z/res/tof it", c:read_all())
+    srv:stop()
+    T.assert_clean(srv)
+  end)
+
+  it("times out each operation on the virtual clock with nil, timeout and the partial data",
+    function()
+      local task
+      local srv
+      srv, task = serve(function(s)
+        s:settimeout(30)
+        s:send(said(s:receive(10)))
+        s:send(said(s:receive("*l")))
+        s:send(said(s:receive_until("END")))
+        s:send(said(s:receiveany()))
+        s:settimeout(0)
+        s:send(said(s:receive(1)))
+        s:settimeout(nil)
+        s:receive("*l")
+        task.sleep(1)
+        s:settimeout(0)
+        s:send(said(s:receive(2)))
+      end)
+      local c = T.client(srv)
+      c:send("1234")
+      srv:step()
+      T.advance(29.9)
+      assert.equal("", c:received())
+      T.advance(0.2)
+      assert.equal("nil timeout 1234", c:line())
+      c:send("half a li")
+      T.advance(30)
+      assert.equal("nil timeout half a li", c:line())
+      c:send("abcEN")
+      T.advance(30)
+      assert.equal("nil timeout abcEN", c:line())
+      T.advance(30)
+      assert.equal("nil timeout", c:line())
+      -- settimeout(0): one try, no wait; what has come is still read
+      assert.equal("nil timeout ", c:line())
+      c:send("go\n")
+      srv:step()
+      c:send("xy")
+      T.advance(1)
+      assert.equal("xy nil nil", c:line(), "settimeout(0) did not read what had come")
+      assert.same({true, "eof"}, {c:closed()})
+      assert.equal(0, srv.luahost.stats().timers, "a timer of a finished wait is left")
+      srv:stop()
+      T.assert_clean(srv)
+    end)
+
+  it("answers a line past setmaxline with line too long, discards it, and goes on", function()
+    local srv = serve(function(s)
+      s:setmaxline(10)
+      repeat
+        local line, err = s:receive("*l")
+        s:send(said(line, err))
+      until err == "closed"
+    end)
+    local c = T.client(srv)
+    c:send("0123456789\n0123456789\r\n")
+    assert.same({"0123456789 nil", "0123456789 nil"}, c:lines(2))
+    c:send(("x"):rep(11)) -- no end yet: already too long
+    assert.equal("nil line too long", c:line())
+    c:send(("y"):rep(5000))
+    c:send("tail\nok\n" .. ("z"):rep(11) .. "\n")
+    assert.same({"ok nil", "nil line too long"}, c:lines(2))
+    c:shutdown()
+    assert.equal("nil closed", c:line())
+    assert.equal("", c:received())
+    srv:stop()
+    T.assert_clean(srv)
+  end)
+
+  it("sleeps on the virtual clock, and a task can be cancelled while it waits", function()
+    local waiting, task
+    local srv
+    srv, task = serve(function(s)
+      local _ <close> = closer()
+      if s:receive("*l") == "sleep" then
+        task.sleep(10)
+        s:send("woke\n")
+      else
+        waiting = task.current()
+        s:receive("*l")
+        s:send("never\n")
+      end
+    end)
+    local a, b = T.client(srv), T.client(srv)
+    a:send("sleep\n")
+    srv:step()
+    T.advance(9.9)
+    assert.equal("", a:received())
+    T.advance(0.2)
+    assert.equal("woke", a:line())
+    assert.same({true, "eof"}, {a:closed()})
+    b:send("wait\n")
+    srv:step()
+    assert.equal("waiting", waiting:status())
+    assert.is_true(waiting:cancel())
+    assert.equal("cancelled", waiting:status())
+    assert.is_false(waiting:cancel())
+    assert.equal(2, closed, "a <close> variable of a task did not run")
+    assert.same({true, "eof"}, {b:closed()})
+    assert.equal(1, task.count(), "tasks left but the accept loop")
+    srv:stop()
+    T.assert_clean(srv)
+  end)
+
+  it("logs a task's error with its peer and traceback and closes only its connection",
+    function()
+      local srv = serve(function(s)
+        local _ <close> = closer()
+        while true do
+          local line = assert(s:receive("*l"))
+          if line == "boom" then error("boom in a handler") end
+          s:send(line .. "\n")
+        end
+      end)
+      local a, b = T.client(srv), T.client(srv)
+      a:echo("before\n")
+      b:echo("before\n")
+      a:send("boom\n")
+      assert.is_true(a:closed())
+      local log = srv:log()
+      assert.matches("error error in task for 127%.0%.0%.1:%d+: [^\n]*boom in a handler"
+        .. "\\nstack traceback:", log)
+      assert.equal(1, closed)
+      b:echo("after\n")
+      assert.is_false(b:closed(0))
+      srv:stop()
+      T.assert_clean(srv)
+    end)
+
+  it("sends without waiting until the output passes its high water, then waits for it",
+    function()
+      local sent = 0
+      local srv = serve(function(s)
+        s:setlimit(4096) -- the high water is a quarter: 1024 bytes
+        s:receive("*l") -- the test has shaped the connection
+        for i = 1, 8 do
+          assert(s:send(("%04d"):format(i) .. ("x"):rep(996)))
+          sent = i
+        end
+      end)
+      local c = T.client(srv)
+      c:shape({would_block = 1e9}) -- nothing the server sends goes out
+      c:send("go\n")
+      for _ = 1, 5 do srv:step() end
+      assert.equal(2, sent, "send did not wait at the high water")
+      local other = T.client(srv) -- the waiting task holds up nobody else
+      assert.equal(2, sent)
+      c:shape({would_block = 0})
+      local want = {}
+      for i = 1, 8 do want[i] = ("%04d"):format(i) .. ("x"):rep(996) end
+      assert.equal(table.concat(want), c:read_all())
+      assert.equal(8, sent)
+      other:close()
+      srv:stop()
+      T.assert_clean(srv)
+    end)
+
+  it("mixes with callbacks on the same selector", function()
+    local srv = T.start(T.tempfile([[
+local luahost = require "luahost"
+local task = require "luahost.task"
+local listener = assert(luahost.listen("127.0.0.1", 0))
+luahost.selector:register(listener, luahost.EVENT_READ, function(l)
+  local conn = l:accept()
+  if not conn then return end
+  task.spawn(function(s) -- a callback accepts; a task serves
+    s:send("task " .. s:receive("*l") .. "\n")
+  end, task.wrap(conn))
+end)
+]]), nil, {selector = "sim"})
+    local a = T.client(srv)
+    a:send("one\n")
+    assert.equal("task one", a:line())
+    assert.same({true, "eof"}, {a:closed()})
+    srv:stop()
+    T.assert_clean(srv)
+  end)
+end)
+
+describe("luahost.task over real sockets", function()
+  it("connects to a server, and says why a connect failed", function()
+    local refused = unused_port()
+    local results = {}
+    local srv, task = serve(function(s)
+      s:send("hello " .. s:receive("*l") .. "\n")
+    end, {})
+    task.spawn(function()
+      local s, err = task.connect("127.0.0.1", srv.port, {timeout = 5})
+      results.err = err
+      if s then
+        s:send("me\n")
+        results.reply = s:receive("*l")
+      end
+      results.refused = select(2, task.connect("127.0.0.1", refused))
+    end)
+    srv:run_until(function() return results.refused end)
+    assert.is_nil(results.err)
+    assert.equal("hello me", results.reply)
+    assert.matches("refused", results.refused)
+    srv:run_until(function() return srv.luahost.stats().connections == 0 end)
+    srv:stop()
+    T.assert_clean(srv)
+  end)
+
+  it("serves 100 concurrent clients byte-exact with every kind of receive, sleep and timeout",
+    function()
+      local sleep
+      local srv = serve(function(s)
+        s:settimeout(5)
+        local n = tonumber(assert(s:receive("*l")):match("^n=(%d+)$"))
+        local body = assert(s:receive(n))
+        local tail = assert(s:receive_until("\r\n\r\n"))
+        sleep(0.01)
+        s:settimeout(0.05)
+        local none, err = s:receive("*l") -- nothing more comes: a timeout
+        s:send(#body .. ":" .. body .. "|" .. tail .. "|" .. tostring(none) .. " " .. err)
+      end, {})
+      local task = srv.env.require("luahost.task")
+      sleep = task.sleep
+      math.randomseed(14)
+      local clients = T.clients(srv.host, srv.port, 100)
+      local want = {}
+      for i, c in ipairs(clients) do
+        local body = T.random_bytes(math.random(1, 20000))
+        local tail = ("t"):rep(math.random(0, 300)) .. i
+        want[i] = #body .. ":" .. body .. "|" .. tail .. "|nil timeout"
+        c.srv = srv -- its waits drive the server
+        c:send("n=" .. #body .. "\n" .. body .. tail .. "\r\n\r\n")
+      end
+      for i, c in ipairs(clients) do
+        local got = c:read_all(10)
+        assert(got == want[i], ("client %d got %d bytes, not the %d it sent back"):format(i,
+          #got, #want[i]))
+      end
+      assert.is_nil(srv:log():match("error [^\n]*"))
+      for _, c in ipairs(clients) do c:close() end
+      assert.equal(0, task.count() - 1) -- the accept loop
+      srv:stop()
+      T.assert_clean(srv)
+    end)
+end)
