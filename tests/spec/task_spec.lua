@@ -311,3 +311,94 @@ describe("luahost.task over real sockets", function()
       T.assert_clean(srv)
     end)
 end)
+
+-- A versioned echo of lines whose accept loop outlives reloads: each load puts its serve
+-- in STATE, and the loop of the first load spawns each new client's task with the latest.
+local VERSIONED = [[
+local luahost = require "luahost"
+local task = require "luahost.task"
+local listener = assert(luahost.listen("127.0.0.1", 0))
+STATE = STATE or {}
+STATE.serve = function(s)
+  while true do
+    local line = s:receive("*l")
+    if not line then return end
+    s:send("v%d " .. line .. "\n")
+  end
+end
+if not STATE.acceptor then
+  local server = task.wrap(listener)
+  STATE.acceptor = task.spawn(function()
+    while true do
+      local client = server:accept()
+      if client then task.spawn(STATE.serve, client) end
+    end
+  end)
+end
+]]
+
+describe("luahost.task and reloads", function()
+  it("keeps running tasks on their code and spawns new ones with the new code", function()
+    local path = T.tempfile(VERSIONED:format(1))
+    local srv = T.start(path, nil, {selector = "sim"})
+    local old = T.client(srv)
+    old:send("a\n")
+    assert.equal("v1 a", old:line())
+    local f = assert(io.open(path, "w"))
+    f:write(VERSIONED:format(2))
+    f:close()
+    assert.is_true(srv:reload())
+    local new = T.client(srv)
+    new:send("b\n")
+    assert.equal("v2 b", new:line())
+    old:send("c\n")
+    assert.equal("v1 c", old:line(), "a running task changed code")
+    f = assert(io.open(path, "w"))
+    f:write("this does not compile")
+    f:close()
+    assert.is_nil(srv:reload())
+    local third = T.client(srv)
+    third:send("d\n")
+    assert.equal("v2 d", third:line(), "a failed reload stopped the accept loop")
+    srv:stop()
+    T.assert_clean(srv)
+  end)
+end)
+
+describe("luahost.task under the executable", function()
+  it("cuts a task that runs past --max-instructions and serves the other clients", function()
+    local script = T.tempfile([[
+local luahost = require "luahost"
+local task = require "luahost.task"
+local server = task.wrap(assert(luahost.listen("127.0.0.1", tonumber(arg[1]:match("%d+$")))))
+task.spawn(function()
+  while true do
+    local client = server:accept()
+    if client then
+      task.spawn(function(s)
+        while true do
+          local line = s:receive("*l")
+          if not line then return end
+          if line == "spin" then while true do end end
+          s:send(line .. "\n")
+        end
+      end, client)
+    end
+  end
+end)
+]])
+    local proc = T.spawn(script, nil, {options = {"--max-instructions", "1000000"},
+      env = {LUA_PATH_5_4 = package.path}})
+    local a = T.client(proc.host, proc.port)
+    local b = T.client(proc.host, proc.port)
+    a:echo("one\n")
+    b:echo("two\n")
+    a:send("spin\n")
+    assert.is_true(a:closed(5), "the spinning task's connection is still open")
+    proc:wait_log("budget")
+    b:echo("three\n")
+    local c = T.client(proc.host, proc.port)
+    c:echo("four\n")
+    proc:stop()
+  end)
+end)
