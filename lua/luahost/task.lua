@@ -39,13 +39,11 @@ local finish -- defined below
 -- could never be woken: it fails.
 local function step(t, ...)
   local prev = current
-  if prev and (not prev.co or costatus(prev.co) == "dead") then
-    prev = nil -- left by a resume the budget cut short, which raised past us
-  end
   current = t
   t.waiting = false
   local ok, err = resume(t.co, ...)
   current = prev
+  if ok and t.waiting then return end -- the usual case: it waits again
   if costatus(t.co) == "dead" then
     if ok then
       finish(t, "done")
@@ -66,17 +64,25 @@ end
 local function unhook(t)
   local s, slot = t.stream, t.slot
   if s then
-    if s[slot] == t then s[slot] = nil end
-    t.stream = nil
+    if s[slot] == t then s[slot] = false end
+    t.stream = false
   end
   if t.timer then
     t.timer:cancel()
-    t.timer = nil
+    t.timer = false
   end
 end
 
 -- Wakes t, which waits, with why: "ready", "timeout" or "closed".
 local function wake(t, why)
+  unhook(t)
+  step(t, why)
+end
+
+-- The same, from a callback of the host (a key, a timer, on_drain): no task runs then,
+-- whatever one the budget cut short (raising past step) left in current.
+local function wake_from_host(t, why)
+  current = nil
   unhook(t)
   step(t, why)
 end
@@ -87,8 +93,16 @@ end
 local function ready_callback(s)
   return function()
     local t = s.reader
-    if t then return wake(t, "ready") end
-    s.events = nil
+    if t then -- wake_from_host and unhook, inlined: this is the path of every message
+      current = nil
+      s.reader, t.stream = false, false
+      if t.timer then
+        t.timer:cancel()
+        t.timer = false
+      end
+      return step(t, "ready")
+    end
+    s.events = false
     sel:unregister(s.sock)
   end
 end
@@ -114,12 +128,12 @@ local function wait(s, slot, events, timeout)
     if s[slot] then error("luahost.task: another task already waits on this stream", 3) end
     s[slot], t.stream, t.slot = t, s, slot
     if events then
-      ensure_registered(s, events)
+      if s.events ~= events then ensure_registered(s, events) end
     elseif not s.on_drain_set then
       s.on_drain_set = true
       s.sock:on_drain(function()
         local d = s.drainer
-        if d then wake(d, "ready") end
+        if d then wake_from_host(d, "ready") end
       end)
     end
   end
@@ -137,15 +151,29 @@ end
 ---------------------------------------------------------------------------------------
 -- Tasks
 
+-- The running task: current, unless a resume the budget cut short (the error raised past
+-- step) left a dead one there.
+local function running_task()
+  local t = current
+  if t and (not t.co or costatus(t.co) == "dead") then
+    current = nil
+    return nil
+  end
+  return t
+end
+
 -- Runs fn(...) in a new task now, until it first waits. Streams among the arguments
 -- become the new task's own: they are closed when it ends.
 function task.spawn(fn, ...)
   assert(type(fn) == "function", "task.spawn: a function expected")
-  local t = setmetatable({co = create(fn), streams = {}, state = "running"}, Task)
+  -- Every field is set (false for none): a missing one would be looked up in Task on
+  -- each read, on the path of every message.
+  local t = setmetatable({co = create(fn), streams = {}, state = "running", waiting = false,
+    stream = false, slot = false, timer = false, cancelling = false}, Task)
   t.on_timeout = function()
     if t.timer then
-      t.timer = nil
-      wake(t, "timeout")
+      t.timer = false
+      wake_from_host(t, "timeout")
     end
   end
   for i = 1, select("#", ...) do
@@ -156,6 +184,7 @@ function task.spawn(fn, ...)
     end
   end
   live[t] = true
+  running_task()
   step(t, ...)
   return t
 end
@@ -199,7 +228,7 @@ finish = function(t, how, err)
   local streams = t.streams
   t.streams, t.co = {}, nil
   for s in pairs(streams) do
-    s.owner = nil
+    s.owner = false
     -- A task that failed left its connections in no known state: reset them, as the
     -- host does a connection whose callback raised.
     if how == "failed" then s:abort() else s:close() end
@@ -213,7 +242,7 @@ end
 
 -- The running task, or nil.
 function task.current()
-  return current
+  return running_task()
 end
 
 -- How many tasks have not ended.
@@ -231,12 +260,22 @@ local function address(host, port)
   return (find(host, ":", 1, true) and "[" .. host .. "]" or host) .. ":" .. port
 end
 
+-- The socket methods the hot paths call, taken from the first socket's metatable: a
+-- call through it skips a metatable lookup per call.
+local recv, write, pending, fileno
+
 -- A stream over sock, owned by the running task (if any); peer is its address.
 local function new_stream(sock, peer)
+  if not recv then
+    local methods = getmetatable(sock).__index
+    recv, write, pending, fileno = methods.recv, methods.write, methods.pending, methods.fileno
+  end
   local s = setmetatable({sock = sock, buf = "", maxline = MAXLINE, high = HIGH_WATER,
-    peer = peer, owner = current}, Stream)
+    peer = peer or false, owner = running_task() or false, timeout = false, closed = false,
+    reader = false, drainer = false, events = false, drained = false, discarding = false,
+    accept_failed = false, on_drain_set = false}, Stream)
   s.on_ready = ready_callback(s)
-  if current then current.streams[s] = true end
+  if s.owner then s.owner.streams[s] = true end
   return s
 end
 
@@ -277,7 +316,7 @@ end
 
 -- nil or a negative number: operations wait as long as it takes.
 function Stream:settimeout(seconds)
-  self.timeout = (seconds and seconds >= 0) and seconds or nil
+  self.timeout = (seconds and seconds >= 0) and seconds or false
   return 1
 end
 
@@ -303,10 +342,10 @@ function Stream:close(how)
   self.closed = true
   if self.owner then
     self.owner.streams[self] = nil
-    self.owner = nil
+    self.owner = false
   end
   if how == "abort" then self.sock:abort() else self.sock:close() end -- unregisters it
-  self.events = nil
+  self.events = false
   for _, slot in ipairs({"reader", "drainer"}) do
     local t = self[slot]
     if t then wake(t, "closed") end
@@ -342,16 +381,15 @@ end
 -- Reads once into the buffer, waiting for data first when the last read drained the
 -- socket. Returns true, or nil and why not ("closed" at end of stream).
 local function fill(s, deadline)
-  if not is_open(s) then return nil, "closed" end
   local sock = s.sock
+  if s.closed or fileno(sock) < 0 then return nil, "closed" end
   while true do
-    local l = left(deadline)
+    local l = deadline and deadline - now()
     if s.drained and (not l or l > 0) then -- past the deadline: one last try, no wait
       local why = wait(s, "reader", READ, l)
-      if why ~= "ready" then return nil, why end
-      if not is_open(s) then return nil, "closed" end
+      if why ~= "ready" then return nil, why end -- ready: still registered, so open
     end
-    local data, err = sock:recv(CHUNK)
+    local data, err = recv(sock, CHUNK)
     s.drained = data == nil or #data < CHUNK
     if err == "wouldblock" and l and l <= 0 then return nil, "timeout" end
     if data == "" then
@@ -501,18 +539,18 @@ end
 -- Buffers data for sending (the host sends it as the peer takes it), first waiting while
 -- the output buffered is over the high water. Returns #data, or nil, why and 0.
 function Stream:send(data)
-  if not is_open(self) then return nil, "closed", 0 end
   local sock = self.sock
-  if sock:pending() > self.high then
+  if self.closed or fileno(sock) < 0 then return nil, "closed", 0 end
+  if pending(sock) > self.high then
     local deadline = self.timeout and now() + self.timeout
     repeat
       local why = wait(self, "drainer", nil, left(deadline))
       if why ~= "ready" then return nil, why, 0 end
       if not is_open(self) then return nil, "closed", 0 end
-    until sock:pending() <= self.high
+    until pending(sock) <= self.high
   end
-  local pending, err = sock:write(data)
-  if not pending then return nil, err, 0 end
+  local left_over, err = write(sock, data)
+  if not left_over then return nil, err, 0 end
   return #data
 end
 
