@@ -365,9 +365,8 @@ describe("luahost.task and reloads", function()
   end)
 end)
 
-describe("luahost.task under the executable", function()
-  it("cuts a task that runs past --max-instructions and serves the other clients", function()
-    local script = T.tempfile([[
+-- Echoes lines; "spin" loops for ever, "hog" allocates without end.
+local LIMITED = [[
 local luahost = require "luahost"
 local task = require "luahost.task"
 local server = task.wrap(assert(luahost.listen("127.0.0.1", tonumber(arg[1]:match("%d+$")))))
@@ -380,14 +379,21 @@ task.spawn(function()
           local line = s:receive("*l")
           if not line then return end
           if line == "spin" then while true do end end
+          if line == "hog" then
+            local t = {}
+            for i = 1, math.huge do t[i] = ("x"):rep(64) .. i end
+          end
           s:send(line .. "\n")
         end
       end, client)
     end
   end
 end)
-]])
-    local proc = T.spawn(script, nil, {options = {"--max-instructions", "1000000"},
+]]
+
+describe("luahost.task under the executable", function()
+  it("cuts a task that runs past --max-instructions and serves the other clients", function()
+    local proc = T.spawn(T.tempfile(LIMITED), nil, {options = {"--max-instructions", "1000000"},
       env = {LUA_PATH_5_4 = package.path}})
     local a = T.client(proc.host, proc.port)
     local b = T.client(proc.host, proc.port)
@@ -399,6 +405,21 @@ end)
     b:echo("three\n")
     local c = T.client(proc.host, proc.port)
     c:echo("four\n")
+    proc:stop()
+  end)
+
+  it("fails a task that allocates past --max-memory, logged, and serves the others", function()
+    local proc = T.spawn(T.tempfile(LIMITED), nil, {options = {"--max-memory", "33554432"},
+      env = {LUA_PATH_5_4 = package.path}})
+    local a = T.client(proc.host, proc.port)
+    local b = T.client(proc.host, proc.port)
+    a:send("hog\n")
+    assert.is_true(a:closed(10), "the hog's connection is still open")
+    local line = proc:wait_log("error in task for 127%.0%.0%.1:%d+: [^\n]*not enough memory")
+    assert.truthy(line)
+    b:echo("still here\n")
+    local c = T.client(proc.host, proc.port)
+    c:echo("new\n")
     proc:stop()
   end)
 end)
