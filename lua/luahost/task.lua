@@ -522,12 +522,16 @@ end
 
 -- What has come (at most max bytes, default 65536), waiting only if nothing has.
 function Stream:receiveany(max)
-  max = max or CHUNK
-  if self.buf == "" then
-    local ok, err = fill(self, self.timeout and now() + self.timeout)
-    if not ok then return nil, err end
-  end
   local buf = self.buf
+  if buf == "" then
+    local deadline = self.timeout and now() + self.timeout
+    repeat -- a read may bring only the discarded end of a line too long
+      local ok, err = fill(self, deadline)
+      if not ok then return nil, err end
+      buf = self.buf
+    until buf ~= ""
+  end
+  max = max or CHUNK
   if #buf <= max then
     self.buf = ""
     return buf
