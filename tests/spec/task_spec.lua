@@ -350,6 +350,28 @@ if not STATE.acceptor then
 end
 ]]
 
+-- The same, each load with an accept loop of its own, which the next load replaces: the
+-- old load's on_reload cancels its loop once the new one has loaded.
+local REPLACED = [[
+local luahost = require "luahost"
+local task = require "luahost.task"
+local server = task.wrap(assert(luahost.listen("127.0.0.1", 0)))
+local function serve(s)
+  while true do
+    local line = s:receive("*l")
+    if not line then return end
+    s:send("v%d " .. line .. "\n")
+  end
+end
+local acceptor = task.spawn(function()
+  while true do
+    local client = server:accept()
+    if client then task.spawn(serve, client) end
+  end
+end)
+luahost.on_reload(function() acceptor:cancel() end)
+]]
+
 describe("luahost.task and reloads", function()
   it("keeps running tasks on their code and spawns new ones with the new code", function()
     local path = T.tempfile(VERSIONED:format(1))
@@ -373,6 +395,35 @@ describe("luahost.task and reloads", function()
     local third = T.client(srv)
     third:send("d\n")
     assert.equal("v2 d", third:line(), "a failed reload stopped the accept loop")
+    srv:stop()
+    T.assert_clean(srv)
+  end)
+
+  it("can replace the accept loop itself, and a failed reload keeps the old one", function()
+    local path = T.tempfile(REPLACED:format(1))
+    local srv = T.start(path, nil, {selector = "sim"})
+    local task = srv.env.require("luahost.task")
+    local old = T.client(srv)
+    old:send("a\n")
+    assert.equal("v1 a", old:line())
+    local function rewrite(text)
+      local f = assert(io.open(path, "w"))
+      f:write(text)
+      f:close()
+    end
+    rewrite("error('a load that raises')")
+    assert.is_nil(srv:reload())
+    local second = T.client(srv)
+    second:send("b\n")
+    assert.equal("v1 b", second:line(), "a failed reload stopped the accept loop")
+    rewrite(REPLACED:format(2))
+    assert.is_true(srv:reload())
+    local new = T.client(srv)
+    new:send("c\n")
+    assert.equal("v2 c", new:line())
+    old:send("d\n")
+    assert.equal("v1 d", old:line(), "a running task changed code")
+    assert.equal(4, task.count(), "one accept loop and three clients' tasks")
     srv:stop()
     T.assert_clean(srv)
   end)
