@@ -34,16 +34,10 @@ Stream.__index = Stream
 
 local finish -- defined below
 
--- Resumes t with the values given (why it woke, or spawn's arguments); ends it if it
--- returned or raised. A task that yielded by itself, not through a wait of this module,
--- could never be woken: it fails.
-local function step(t, ...)
-  local prev = current
-  current = t
-  t.waiting = false
-  local ok, err = resume(t.co, ...)
-  current = prev
-  if ok and t.waiting then return end -- the usual case: it waits again
+-- What follows a resume of t that did not end in a wait: t returned or raised. A task
+-- that yielded by itself, not through a wait of this module, could never be woken: it
+-- fails.
+local function after_resume(t, ok, err)
   if costatus(t.co) == "dead" then
     if ok then
       finish(t, "done")
@@ -58,6 +52,17 @@ local function step(t, ...)
     coclose(t.co)
     finish(t, "failed", "a task yielded outside luahost.task; it can never be woken")
   end
+end
+
+-- Resumes t, which waits, with why it woke; ends it if it returned or raised.
+local function step(t, why)
+  local prev = current
+  current = t
+  t.waiting = false
+  local ok, err = resume(t.co, why)
+  current = prev
+  if ok and t.waiting then return end -- the usual case: it waits again
+  after_resume(t, ok, err)
 end
 
 -- Ends t's current wait (its stream slot and its timer) without resuming it.
@@ -184,8 +189,11 @@ function task.spawn(fn, ...)
     end
   end
   live[t] = true
-  running_task()
-  step(t, ...)
+  local prev = running_task()
+  current = t
+  local ok, err = resume(t.co, ...)
+  current = prev
+  if not (ok and t.waiting) then after_resume(t, ok, err) end
   return t
 end
 
@@ -386,7 +394,14 @@ local function fill(s, deadline)
   while true do
     local l = deadline and deadline - now()
     if s.drained and (not l or l > 0) then -- past the deadline: one last try, no wait
-      local why = wait(s, "reader", READ, l)
+      local why
+      local t = current
+      if not l and s.events == READ and t and not s.reader and not t.cancelling then
+        s.reader, t.stream, t.slot, t.waiting = t, s, "reader", true -- wait(), inlined
+        why = yield()
+      else
+        why = wait(s, "reader", READ, l)
+      end
       if why ~= "ready" then return nil, why end -- ready: still registered, so open
     end
     local data, err = recv(sock, CHUNK)
