@@ -17,7 +17,9 @@ local task = {}
 task.now = now
 
 local MAXLINE = 64 * 1024 -- default bound of one receive, per stream (setmaxline)
-local HIGH_WATER = 64 * 1024 -- send waits while more than this is buffered for output
+-- send waits while more than this is buffered for output: a quarter of the default output
+-- limit, where the host stops reading from the connection (see wait).
+local HIGH_WATER = 256 * 1024
 local CHUNK = 65536 -- the most one recv asks for
 local CANCELLED = setmetatable({}, {__tostring = function() return "task cancelled" end})
 
@@ -92,8 +94,12 @@ local function wake_from_host(t, why)
   step(t, why)
 end
 
+local pending -- a socket method, taken with the others below
+
 -- The callback in a stream's key: wakes the task that waits to read from (or connect
--- or accept on) it; with none, the key is removed, so a level-triggered event does not
+-- or accept on) it, else one waiting in send whose wait is over (the host dropped the
+-- output of a connection whose peer is gone: no on_drain comes, but the read side
+-- reports it); with neither, the key is removed, so a level-triggered event does not
 -- come back round after round while the stream's task does something else.
 local function ready_callback(s)
   return function()
@@ -107,6 +113,8 @@ local function ready_callback(s)
       end
       return step(t, "ready")
     end
+    local d = s.drainer
+    if d and pending(s.sock) <= s.high then return wake_from_host(d, "ready") end
     s.events = false
     sel:unregister(s.sock)
   end
@@ -134,12 +142,18 @@ local function wait(s, slot, events, timeout)
     s[slot], t.stream, t.slot = t, s, slot
     if events then
       if s.events ~= events then ensure_registered(s, events) end
-    elseif not s.on_drain_set then
-      s.on_drain_set = true
-      s.sock:on_drain(function()
-        local d = s.drainer
-        if d then wake_from_host(d, "ready") end
-      end)
+    else -- waiting for output to drain
+      if not s.on_drain_set then
+        s.on_drain_set = true
+        s.sock:on_drain(function()
+          local d = s.drainer
+          if d then wake_from_host(d, "ready") end
+        end)
+      end
+      -- Also for reading, which tells of a peer gone. With the high water at a quarter
+      -- of the output limit the host does not read (nor report) the connection while
+      -- send waits, so data the peer sends meanwhile wakes nobody round after round.
+      if s.events ~= READ then ensure_registered(s, READ) end
     end
   end
   if timeout then
@@ -270,7 +284,7 @@ end
 
 -- The socket methods the hot paths call, taken from the first socket's metatable: a
 -- call through it skips a metatable lookup per call.
-local recv, write, pending, fileno
+local recv, write, fileno
 
 -- A stream over sock, owned by the running task (if any); peer is its address.
 local function new_stream(sock, peer)
@@ -333,7 +347,8 @@ function Stream:setmaxline(n)
   self.maxline = n
 end
 
--- The output limit of the socket; send then waits while a quarter of it is buffered.
+-- The output limit of the socket; send then waits while a quarter of it is buffered, where
+-- the host stops reading. (Under --max-output, call it with that limit.)
 function Stream:setlimit(bytes)
   self.sock:setlimit(bytes)
   self.high = bytes // 4

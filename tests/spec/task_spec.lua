@@ -240,6 +240,35 @@ describe("a luahost.task stream", function()
       T.assert_clean(srv)
     end)
 
+  it("ends a send that waits at the high water with the error when the peer resets", function()
+    local result
+    local srv, task
+    srv, task = serve(function(s)
+      s:setlimit(4096)
+      s:receive("*l")
+      for _ = 1, 100 do
+        local ok, err = s:send(("x"):rep(1000))
+        if not ok then
+          result = err
+          return
+        end
+      end
+      result = "all sent"
+    end)
+    local c = T.client(srv)
+    c:shape({would_block = 1e9})
+    c:send("go\n")
+    srv:step()
+    assert.is_nil(result, "send did not wait")
+    c:reset()
+    srv:run_until(function() return result end)
+    assert.matches("reset", result)
+    assert.equal(1, task.count(), "tasks left but the accept loop")
+    assert.equal(0, srv.luahost.stats().connections)
+    srv:stop()
+    T.assert_clean(srv)
+  end)
+
   it("mixes with callbacks on the same selector", function()
     local srv = T.start(T.tempfile([[
 local luahost = require "luahost"
