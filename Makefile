@@ -10,7 +10,7 @@ configure = grep -qx 'LUAHOST_WERROR:[A-Z]*=$(WERROR)' $(1)/CMakeCache.txt 2>/de
 	|| cmake -S . -B $(1) -DLUAHOST_WERROR=$(WERROR) $(2) \
 	|| { rm -f $(1)/CMakeCache.txt; exit 1; }
 
-.PHONY: all deps build run test test-sanitize lint clean bench install
+.PHONY: all deps build run test test-sanitize lint clean bench bench-ir install
 all: build
 
 deps:
@@ -38,6 +38,11 @@ test-sanitize: deps
 # Benchmarks against the C limit and the peers (tests/bench/run.lua): several minutes.
 bench: build
 	lua5.4 tests/bench/run.lua
+
+# Only the instructions and allocator calls per message under callgrind, every server:
+# under two minutes; the report goes to build/bench/benchmarks.md.
+bench-ir: build
+	BENCH_ONLY=ir-echo,ir-chat lua5.4 tests/bench/run.lua
 
 # Its tools have a list of their own: lua-check pulls in lua5.1, which Debian makes `lua`.
 lint:

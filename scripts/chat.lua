@@ -44,20 +44,21 @@ local opts = parse_args(arg)
 -- (SIGHUP, or luahost.reload), the new code finds the connected clients there.
 CHAT = CHAT or { clients = {}, by_name = {}, guests = 0 }
 -- conn -> { conn, name, pieces (of a partial line), held (its bytes), discarding,
---          last_active (when its last complete line came), slot, gone }
+--          last_active (when its last complete line came), gone }
 local clients = CHAT.clients
 local by_name = CHAT.by_name -- name -> client
--- The connections as a sequence, for write_all (which reads a sequence faster than a
--- table's keys); client.slot is each one's index. An older version of this script kept
--- only `clients`, so a reload from it builds the sequence from them.
-if not CHAT.members then
-  CHAT.members = {}
+-- The connections as a group: one write reaches them all, walked in C. An older version
+-- of this script kept them in a sequence, or only in `clients`: a reload from it builds
+-- the group from `clients`.
+if not CHAT.room then
+  CHAT.room = luahost.group()
   for conn, client in pairs(clients) do
-    CHAT.members[#CHAT.members + 1] = conn
-    client.slot = #CHAT.members
+    CHAT.room:add(conn)
+    client.slot = nil
   end
+  CHAT.members = nil
 end
-local members = CHAT.members
+local room = CHAT.room
 -- An older version kept a partial line as one string, client.partial.
 for _, client in pairs(clients) do
   if not client.pieces then
@@ -88,7 +89,7 @@ end
 -- Sends msg to every client but `except` (which may be nil), encoding it once; the
 -- host writes it to every connection in one call.
 local function broadcast(msg, except)
-  local _, failed = luahost.write_all(members, encode(msg), except and except.conn)
+  local _, failed = room:write(encode(msg), except and except.conn)
   for conn, err in pairs(failed or {}) do
     local client = clients[conn]
     if client then
@@ -97,21 +98,10 @@ local function broadcast(msg, except)
   end
 end
 
--- Takes the client's connection out of `members`, moving the last one into its slot.
-local function leave(client)
-  local n = #members
-  local last = members[n]
-  members[n] = nil
-  if last ~= client.conn then
-    members[client.slot] = last
-    clients[last].slot = client.slot
-  end
-end
-
 drop = function(client, reason)
   if client.gone then return end
   client.gone = true
-  leave(client)
+  room:remove(client.conn)
   clients[client.conn] = nil
   by_name[client.name] = nil
   client.conn:close() -- already closed when the host dropped a slow consumer: harmless
@@ -301,8 +291,7 @@ local function on_accept(server)
     local client = { conn = conn, name = next_guest_name(), pieces = {}, held = 0,
                      last_active = luahost.now() }
     clients[conn], by_name[client.name] = client, client
-    members[#members + 1] = conn
-    client.slot = #members
+    room:add(conn)
     sel:register(conn, READ, on_readable)
     send(client, { type = "welcome", name = client.name })
     broadcast({ type = "join", name = client.name }, client)

@@ -20,6 +20,8 @@ void budget_init(lh_budget *b, long max_instructions)
 {
     memset(b, 0, sizeof *b);
     b->max_instructions = max_instructions;
+    b->what = "callback";
+    b->where.fd = -1;
 }
 
 static void budget_hook(lua_State *L, lua_Debug *ar);
@@ -35,7 +37,7 @@ static lh_budget **budget_slot(lua_State *L)
 static void budget_exceeded(lua_State *L, lh_budget *b)
 {
     lua_sethook(L, budget_hook, LUA_MASKCALL | LUA_MASKCOUNT, 1);
-    luaL_error(L, "callback ran past its budget of %I instructions (--max-instructions)",
+    luaL_error(L, "%s ran past its budget of %I instructions (--max-instructions)", b->what,
                (lua_Integer)b->max_instructions);
 }
 
@@ -111,6 +113,7 @@ void budget_arm(lh_budget *b, lua_State *L)
 int budget_pcall(lua_State *L, lh_budget *b, int nargs, int nresults)
 {
     int base = lua_gettop(L) - nargs;
+    budget_note(b, L, base, -1);
     lua_pushcfunction(L, lh_traceback);
     lua_insert(L, base);
     budget_begin(b, L);
@@ -118,6 +121,76 @@ int budget_pcall(lua_State *L, lh_budget *b, int nargs, int nresults)
     budget_end(b, L);
     lua_remove(L, base);
     return status;
+}
+
+int budget_pcall_chunk(lua_State *L, lh_budget *b, int nargs, int per_wait)
+{
+    const char *what = b->what;
+    b->what = "main chunk";
+    b->per_wait = per_wait;
+    int status = budget_pcall(L, b, nargs, 0);
+    b->per_wait = 0;
+    b->what = what;
+    return status;
+}
+
+void budget_put_aside(lh_budget *b, lh_budget_saved *saved)
+{
+    saved->running = b->running;
+    saved->used = b->used;
+    saved->what = b->what;
+    saved->per_wait = b->per_wait;
+    saved->source = b->where.source;
+    saved->line = b->where.line;
+    saved->fd = b->where.fd;
+    budget_end(b, b->running);
+    b->what = "callback";
+    b->per_wait = 0;
+}
+
+void budget_take_up(lh_budget *b, const lh_budget_saved *saved)
+{
+    b->where.source = saved->source;
+    b->where.line = saved->line;
+    b->where.fd = saved->fd;
+    b->what = saved->what;
+    b->per_wait = saved->per_wait;
+    budget_begin(b, saved->running);
+    if (!saved->per_wait)
+        b->used = saved->used;
+}
+
+/* The registry slot of the function last noted: keeping it alive keeps its source
+ * string, which the stall watchdog may read, alive. */
+static const char noted_key = 0;
+
+void budget_note_init(lh_budget *b, lua_State *L)
+{
+    lua_pushboolean(L, 0);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &noted_key);
+    b->where.noted = NULL;
+}
+
+void budget_note_where(lh_budget *b, lua_State *L, int func, int fd)
+{
+    lh_where *w = &b->where;
+    w->fd = fd;
+    const void *fn = lua_topointer(L, func);
+    if (fn == w->noted && fn) /* the same callback as last time: most events */
+        return;
+    lua_Debug ar;
+    func = lua_absindex(L, func);
+    w->source = "=?";
+    w->line = 0;
+    if (lua_type(L, func) == LUA_TFUNCTION) {
+        lua_pushvalue(L, func);
+        lua_getinfo(L, ">S", &ar);
+        w->source = ar.source;
+        w->line = ar.linedefined;
+    }
+    lua_pushvalue(L, func); /* the slot exists: setting it allocates nothing */
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &noted_key);
+    w->noted = fn;
 }
 
 /* Calls the original coroutine.resume (at index resume) on the arguments (a thread and

@@ -7,8 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lua_group.h"
 #include "lua_listen.h"
 #include "lua_sockopt.h"
+#include "stall.h"
 
 void lh_settings_init(lh_settings *s)
 {
@@ -22,6 +24,7 @@ void lh_settings_init(lh_settings *s)
 static void release_c(lh_host *host)
 {
     budget_stop_watchdog(&host->budget);
+    stall_stop(&host->budget);
     signals_close(&host->loop.sig, host->sel);
     watch_close(&host->loop.watch, host->sel);
     linger_close_all(&host->linger);
@@ -149,8 +152,9 @@ static void init_parts(lua_State *L, lh_host *host, const lh_settings *settings)
     host->adm.max_connections = settings->max_connections;
     host->adm.fd_limit = settings->fd_limit;
     linger_init(&host->linger, host->sel, &host->adm, &host->log, &host->clock);
-    lhreload_init(L, &host->reload, &host->selectors, &host->sockets, &host->timers, &host->log);
-    lhsel_init(&host->selectors, journal, &host->anchor);
+    lhreload_init(L, &host->reload, &host->selectors, &host->sockets, &host->timers, &host->budget,
+                  &host->log);
+    lhsel_init(&host->selectors, journal, &host->anchor, &host->budget);
     lhtimer_init(L, &host->timers, &host->clock, &host->budget, &host->log, journal, &host->anchor);
     lhsock_init(L, &host->sockets, host->sel, settings->max_output, &host->adm, &host->linger,
                 &host->budget, &host->log, journal, &host->anchor);
@@ -192,6 +196,7 @@ lh_host *lh_host_push(lua_State *L, const lh_settings *settings)
     lh_setfuncs(L, log_functions, module, index, &host->log);
     lh_setfuncs(L, host_functions, module, index, host);
     lhsock_open(L, module, index, &host->sockets);
+    lhgroup_open(L, module);
     lhlisten_open(L, module, index, &host->sockets);
     lhsockopt_open(L);
     lhsel_open(L, module, index, &host->selectors, &host->sockets);

@@ -125,3 +125,14 @@ void lh_anchor_close(lua_State *L, lh_anchor *a)
     a->closed = 1;
     let_go_if_done(L, a);
 }
+
+void lh_set_methods(lua_State *L, const luaL_Reg *funcs, int t, int mt)
+{
+    t = lua_absindex(L, t);
+    mt = lua_absindex(L, mt);
+    for (; funcs->name; funcs++) {
+        lua_pushvalue(L, mt);
+        lua_pushcclosure(L, funcs->func, 1);
+        lua_setfield(L, t, funcs->name);
+    }
+}

@@ -28,6 +28,10 @@ void lh_report_error(lua_State *L, lh_logger *log, const char *where);
 void lh_setfuncs(lua_State *L, const luaL_Reg *funcs, int table, int host, void *ctx);
 #define LH_CTX(L) lua_touserdata((L), lua_upvalueindex(2))
 
+/* Sets funcs into the table at index t, each with the metatable at index mt as upvalue
+ * 1: methods recognise their object by comparing its metatable with it (lua_rawequal). */
+void lh_set_methods(lua_State *L, const luaL_Reg *funcs, int t, int mt);
+
 /* A host is a full userdata that other objects (sockets, timers, selectors) point into
  * with C pointers. It stays anchored in the registry while it is open and, once closed,
  * until the last of those objects has been collected; then it can be collected too. */

@@ -139,6 +139,7 @@ static int run_batch(lua_State *L)
         b->fd = f->fd;
         b->gen = f->gen;
         b->calling = 1;
+        budget_note(b->loop->budget, L, -4, f->fd);
         budget_begin(b->loop->budget, L);
         lua_call(L, 3, 0);
         budget_end(b->loop->budget, L);
@@ -196,13 +197,9 @@ static int min_timeout(int a, int b)
     return a < b ? a : b;
 }
 
-int loop_step(lua_State *L, lh_loop *loop, int timeout_ms)
+/* One round of loop_step, on the host's selector s. */
+static int step_round(lua_State *L, lh_loop *loop, lh_selector *s, int timeout_ms)
 {
-    lh_selector *s = loop->selectors->main;
-    if (!s)
-        return luaL_error(L, "the host's selector is closed");
-    if (s->busy)
-        return luaL_error(L, "luahost.step or run called from inside a callback");
     if (adm_resume_due(loop->adm))
         lhsock_pause_listeners(L, loop->sockets, 0);
     timeout_ms = min_timeout(timeout_ms, lhtimer_timeout_ms(loop->timers));
@@ -226,6 +223,21 @@ int loop_step(lua_State *L, lh_loop *loop, int timeout_ms)
     lhreload_if_requested(L, loop->reload);
     if (loop->debug_gc) /* shakes out sockets that are closed while still in use */
         lua_gc(L, LUA_GCCOLLECT);
+    return calls;
+}
+
+int loop_step(lua_State *L, lh_loop *loop, int timeout_ms)
+{
+    lh_selector *s = loop->selectors->main;
+    if (!s)
+        return luaL_error(L, "the host's selector is closed");
+    if (s->busy)
+        return luaL_error(L, "luahost.step or run called from inside a callback");
+    /* Called by the main chunk (or a reload's): its bracket waits while callbacks run. */
+    lh_budget_saved outer;
+    budget_suspend(loop->budget, &outer);
+    int calls = step_round(L, loop, s, timeout_ms);
+    budget_resume(loop->budget, &outer);
     return calls;
 }
 
@@ -351,6 +363,7 @@ void loop_init(lh_loop *loop, lh_selectors *selectors, lh_sockets *sockets, lh_t
     loop->timers = timers;
     loop->budget = budget;
     loop->reload = reload;
+    reload->stopping = &loop->stop; /* a reload that stops the server on purpose is kept */
     loop->adm = adm;
     loop->linger = linger;
     loop->log = log;

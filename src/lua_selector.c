@@ -269,7 +269,9 @@ static int sel_select_l(lua_State *L)
     if (s->busy)
         return luaL_error(L, "select() called while the host is dispatching this selector's "
                              "events (use the host loop, or a selector of your own)");
+    int waited = ms != 0 ? budget_wait_begin(s->ctx->budget) : 0; /* a poll is no wait */
     int n = sel_select(s->core, ms);
+    budget_wait_end(s->ctx->budget, waited);
     if (n < 0)
         return luaL_error(L, "select failed: %s", sel_error(s->core));
     s->cursor = 0;
@@ -480,11 +482,12 @@ static const luaL_Reg module_functions[] = {
     {NULL, NULL},
 };
 
-void lhsel_init(lh_selectors *ctx, lh_journal *journal, lh_anchor *anchor)
+void lhsel_init(lh_selectors *ctx, lh_journal *journal, lh_anchor *anchor, lh_budget *budget)
 {
     memset(ctx, 0, sizeof *ctx);
     ctx->journal = journal;
     ctx->anchor = anchor;
+    ctx->budget = budget;
 }
 
 void lhsel_open(lua_State *L, int module, int host, lh_selectors *ctx, lh_sockets *sockets)

@@ -6,6 +6,7 @@
 #ifndef LUAHOST_LUA_SELECTOR_H
 #define LUAHOST_LUA_SELECTOR_H
 
+#include "budget.h"
 #include "conn.h"
 #include "lhaux.h"
 #include "lua_socket.h"
@@ -22,6 +23,7 @@ typedef struct lh_selectors {
     lh_selector *all;  /* every live selector, so a closing socket leaves them all */
     lh_journal *journal;
     lh_anchor *anchor; /* each selector userdata holds the host */
+    lh_budget *budget; /* a main chunk's waits in select() restart its count */
     /* The host's own interest in an fd fired (conn is the slot's host_data: output to
      * flush, a signal, ...): the upper layer handles it. */
     void (*host_ready)(void *ud, lua_State *L, conn *c);
@@ -47,7 +49,7 @@ typedef struct lh_key {
     int generation; /* the script load that registered or modified it */
 } lh_key;
 
-void lhsel_init(lh_selectors *ctx, lh_journal *journal, lh_anchor *anchor);
+void lhsel_init(lh_selectors *ctx, lh_journal *journal, lh_anchor *anchor, lh_budget *budget);
 /* Makes the selector and key types (once per Lua state) and puts new_selector into the
  * module table; host is the host userdata's index. Sockets closing leave the host's
  * selectors through a hook set in sockets. */

@@ -36,6 +36,7 @@ typedef struct lh_sockets {
     int listeners_ref; /* table: socket pointer -> listening socket */
     int drain_ref;     /* weak-keyed: socket -> its on_drain callback */
     int handles_ref;   /* weak-valued: socket pointer -> socket, to call on_drain with */
+    int spare_ref;     /* a socket accept made but found no client for, to use next time */
     /* Called before a socket's fd is closed, to unregister it from every selector, so no
      * event for a reused fd number can reach the old registration. */
     void (*closing)(void *ud, lua_State *L, lh_socket *s);
@@ -97,6 +98,11 @@ static inline lh_socket *lhsock_check_open(lua_State *L, int index)
         luaL_error(L, "attempt to use a closed socket");
     return s;
 }
+
+/* s:write(data) without the type check: buffers what the kernel does not take; past the
+ * output limit resets s at once (logged) and returns -ENOBUFS. Returns the bytes
+ * pending or -errno. */
+ssize_t lhsock_write(lua_State *L, lh_socket *s, const char *data, size_t len);
 
 /* Turns Nagle's algorithm off on a TCP socket (family AF_INET or AF_INET6), as Redis,
  * nginx and Go do: a server's small replies go out at once rather than wait for the

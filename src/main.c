@@ -12,7 +12,10 @@
 #include <lauxlib.h>
 #include <lualib.h>
 
+#include "blocks.h"
 #include "luahost.h"
+#include "stall.h"
+#include "warn.h"
 
 #define SHUTDOWN_GRACE_SECONDS 3.0
 /* fds kept back from --max-connections for listeners, the host's own and the script's. */
@@ -32,6 +35,7 @@ typedef struct options {
     long long max_connections;
     long long max_instructions;
     long long max_memory;
+    long long max_callback_seconds;
     int check;
     int watch;
     int debug_gc;
@@ -65,12 +69,17 @@ static void usage(FILE *out)
             "                      Lua instructions one callback may run before it is\n"
             "                      aborted (default: %ld; 0: no limit)\n"
             "  --max-memory BYTES  memory the Lua state may use (default: no limit)\n"
+            "  --max-callback-seconds N\n"
+            "                      end the process (exit status %d) when one callback has\n"
+            "                      run N seconds, for a supervisor to restart it: the way\n"
+            "                      out of a long C call the budget cannot stop\n"
+            "                      (default: 0, off)\n"
             "  --check             compile SCRIPT, report, and exit\n"
             "  --watch             reload SCRIPT whenever its file changes\n"
             "  --debug-gc          collect all garbage after every round (slow; for tests)\n"
             "  -h, --help          show this help and exit\n"
             "  --version           show the version and exit\n",
-            names[0], CONN_DEFAULT_LIMIT, LH_DEFAULT_MAX_INSTRUCTIONS);
+            names[0], CONN_DEFAULT_LIMIT, LH_DEFAULT_MAX_INSTRUCTIONS, LH_STALL_EXIT_STATUS);
 }
 
 static int usage_error(const char *fmt, const char *what)
@@ -114,6 +123,7 @@ static const struct {
     {"--max-connections", 1, INT32_MAX, offsetof(options, max_connections)},
     {"--max-instructions", 0, INT32_MAX, offsetof(options, max_instructions)},
     {"--max-memory", 0, LLONG_MAX, offsetof(options, max_memory)},
+    {"--max-callback-seconds", 0, 86400, offsetof(options, max_callback_seconds)},
 };
 
 /* If argv[*i] is a numeric option, takes its value into o and returns 1, with *status
@@ -289,9 +299,6 @@ static void say_ceiling(lh_host *host)
  * its own select loop there) SIGINT and SIGTERM act as they do for lua. */
 static int serve(lua_State *L, const options *o, lh_host *host)
 {
-    if (host->budget.max_instructions > 0 && budget_start_watchdog(&host->budget) < 0)
-        lh_log(&host->log, LH_WARN,
-               "cannot start the watchdog; every callback instruction is counted");
     if (signals_watch(&host->loop.sig, host->sel) < 0)
         lh_log(&host->log, LH_WARN,
                "cannot watch signals; SIGINT/SIGTERM will not stop gracefully");
@@ -309,6 +316,25 @@ static int serve(lua_State *L, const options *o, lh_host *host)
     return 0;
 }
 
+/* The watchdogs, started before the main chunk runs, so that one that never ends is
+ * aborted (or, past --max-callback-seconds, the process ended) as a callback would be. */
+static void start_watchdogs(lua_State *L, const options *o, lh_host *host)
+{
+    if (host->budget.max_instructions > 0 && budget_start_watchdog(&host->budget) < 0)
+        lh_log(&host->log, LH_WARN,
+               "cannot start the watchdog; every callback instruction is counted");
+    int rc = o->max_callback_seconds > 0
+                 ? stall_start(&host->budget, L, (long)o->max_callback_seconds)
+                 : 0;
+    if (rc < 0)
+        lh_log(&host->log, LH_WARN,
+               "cannot start the stall watchdog (%s): --max-callback-seconds is off",
+               strerror(-rc));
+}
+
+/* Lua's warnings, logged; they must outlive the Lua state. */
+static lh_warnings warnings;
+
 /* Everything runs inside one protected call, as in lua.c, so that even a failure while
  * opening the libraries is reported rather than aborting. */
 static int pmain(lua_State *L)
@@ -320,9 +346,8 @@ static int pmain(lua_State *L)
      * collection spends far less on it than the incremental default. */
     lua_gc(L, LUA_GCGEN, 0, 0);
     lh_host *host = open_host(L, o);
+    lh_warnings_install(L, &warnings, &host->log);
     create_arg_table(L, o, host);
-    lua_pushcfunction(L, lh_traceback);
-    int handler = lua_gettop(L);
     if (luaL_loadfile(L, script) != LUA_OK)
         return lua_error(L);
     if (o->check) {
@@ -331,7 +356,10 @@ static int pmain(lua_State *L)
     }
     for (int i = o->script + 1; i < o->argc; i++)
         lua_pushstring(L, o->argv[i]);
-    if (lua_pcall(L, o->argc - o->script - 1, 0, handler) != LUA_OK)
+    start_watchdogs(L, o, host);
+    /* Counted afresh at each wait: a client's select loop in the main chunk is not one
+     * runaway callback. */
+    if (budget_pcall_chunk(L, &host->budget, o->argc - o->script - 1, 1) != LUA_OK)
         return lua_error(L);
     return serve(L, o, host);
 }
@@ -351,12 +379,16 @@ int main(int argc, char **argv)
                  .max_output = -1,
                  .max_connections = -1,
                  .max_instructions = -1,
-                 .max_memory = -1};
+                 .max_memory = -1,
+                 .max_callback_seconds = 0};
     int status = parse_options(argc, argv, &o);
     if (status >= 0)
         return status;
     lh_memory memory = {0, o.max_memory > 0 ? (size_t)o.max_memory : 0};
-    lua_State *L = lua_newstate(budget_alloc, &memory);
+    /* Without --max-memory nothing needs counting, and small blocks are recycled. */
+    blocks small = {0};
+    lua_State *L =
+        memory.limit ? lua_newstate(budget_alloc, &memory) : lua_newstate(blocks_alloc, &small);
     if (!L) {
         fprintf(stderr, "%s: cannot create a Lua state: not enough memory\n", progname);
         return 1;
@@ -370,5 +402,6 @@ int main(int argc, char **argv)
         report(&o, msg ? msg : "(error object is not a string)");
     }
     lua_close(L);
+    blocks_release(&small);
     return status == LUA_OK ? 0 : 1;
 }

@@ -180,16 +180,59 @@ static void rollback(lua_State *L, lh_reload *r)
     lua_pop(L, 2);
 }
 
-/* Calls the function below nargs arguments in protected mode; logs an error as
- * "where: message". */
-static void call_logged(lua_State *L, lh_reload *r, int nargs, const char *where)
+/* Calls the function below nargs arguments in protected mode, with lh_traceback, within
+ * the budget: the callback's own when the reload runs inside one (luahost.reload()),
+ * else one of its own, so a chunk that never ends is aborted like a callback. */
+static int call_budgeted(lua_State *L, lh_reload *r, int nargs)
 {
+    if (!r->budget->in_callback)
+        return budget_pcall(L, r->budget, nargs, 0);
     int base = lua_gettop(L) - nargs;
     lua_pushcfunction(L, lh_traceback);
     lua_insert(L, base);
-    if (lua_pcall(L, nargs, 0, base) != LUA_OK)
-        lh_report_error(L, r->log, where);
+    int status = lua_pcall(L, nargs, 0, base);
     lua_remove(L, base);
+    return status;
+}
+
+/* Calls the function below nargs arguments as call_budgeted does; logs an error as
+ * "where: message". */
+static void call_logged(lua_State *L, lh_reload *r, int nargs, const char *where)
+{
+    if (call_budgeted(L, r, nargs) != LUA_OK)
+        lh_report_error(L, r->log, where);
+}
+
+/* Runs the new main chunk (below nargs arguments) as the budget's "main chunk". */
+static int run_chunk(lua_State *L, lh_reload *r, int nargs)
+{
+    const char *what = r->budget->what;
+    r->budget->what = "main chunk";
+    int status = call_budgeted(L, r, nargs);
+    r->budget->what = what;
+    return status;
+}
+
+/* Whether the new chunk left nothing to serve: no registration it made or changed is
+ * still there, it made no timer, and it did not call luahost.stop(). */
+static int left_nothing(lua_State *L, lh_reload *r)
+{
+    if (r->stopping && *r->stopping)
+        return 0;
+    int found = 0;
+    push_list(L, r, "timers");
+    found = lua_rawlen(L, -1) > 0;
+    lua_pop(L, 1);
+    push_list(L, r, "keys");
+    for (lua_Integer i = 1; !found && lua_rawgeti(L, -1, i) != LUA_TNIL; i++) {
+        lua_getfield(L, -1, "sel");
+        lh_selector *s = (lh_selector *)lua_touserdata(L, -1);
+        lua_getfield(L, -2, "fd");
+        found = s->core && sel_get(s->core, (int)lua_tointeger(L, -1));
+        lua_pop(L, 3);
+    }
+    lua_pop(L, 1);
+    return !found;
 }
 
 /* Runs the old script's on_reload callbacks (on the stack top, as a list), in order. */
@@ -305,7 +348,12 @@ static int rejected(lua_State *L, lh_reload *r)
     return 2;
 }
 
-int lhreload_run(lua_State *L, lh_reload *r, const char *path)
+/* Why a guarded reload that left nothing to serve is refused. */
+static const char nothing_left[] =
+    "the new script registered nothing and made no timer: the server would stop (a "
+    "script that means to stop calls luahost.stop())";
+
+int lhreload_run(lua_State *L, lh_reload *r, const char *path, int guarded)
 {
     if (r->journal.reloading)
         return luaL_error(L, "a reload is already in progress");
@@ -313,12 +361,12 @@ int lhreload_run(lua_State *L, lh_reload *r, const char *path)
     if (load_script(L, r, path) != LUA_OK)
         return rejected(L, r);
     int chunk = lua_gettop(L), on_reload = chunk + 1, gathered = chunk + 2;
-    int handler = chunk + 3, module = chunk + 4, old_adopt = chunk + 5;
+    int why_empty = chunk + 3, module = chunk + 4, old_adopt = chunk + 5;
     int old_on_reload = chunk + 6;
     lh_selector *main = r->selectors->main;
     lua_newtable(L);
     lua_createtable(L, main ? (int)sel_count(main->core) : 0, 0);
-    lua_pushcfunction(L, lh_traceback);
+    lua_pushstring(L, nothing_left); /* made now: refusing must not allocate */
     lua_rawgeti(L, LUA_REGISTRYINDEX, r->module_ref);
     lua_getfield(L, module, "adopt");
     lua_rawgeti(L, LUA_REGISTRYINDEX, r->on_reload_ref);
@@ -331,8 +379,12 @@ int lhreload_run(lua_State *L, lh_reload *r, const char *path)
     lua_rawseti(L, LUA_REGISTRYINDEX, r->on_reload_ref);
     r->journal.generation++;
     r->journal.reloading = 1;
-    int status = lua_pcall(L, nargs, 0, handler);
+    int status = run_chunk(L, r, nargs);
     r->journal.reloading = 0;
+    if (status == LUA_OK && guarded && left_nothing(L, r)) {
+        lua_pushvalue(L, why_empty);
+        status = LUA_ERRRUN;
+    }
     if (status != LUA_OK) {
         r->journal.generation--;
         lua_pushvalue(L, old_adopt);
@@ -362,7 +414,7 @@ void lhreload_if_requested(lua_State *L, lh_reload *r)
     push_script_field(L, r, "path");
     const char *path = lua_tostring(L, -1);
     if (path)
-        lhreload_run(L, r, path);
+        lhreload_run(L, r, path, 1);
     else
         lh_log(r->log, LH_WARN, "no script to reload");
     lua_settop(L, top);
@@ -387,7 +439,7 @@ static int l_reload(lua_State *L)
         if (!path)
             return luaL_error(L, "no script to reload: pass its path");
     }
-    return lhreload_run(L, r, path);
+    return lhreload_run(L, r, path, 0);
 }
 
 static int l_generation(lua_State *L)
@@ -413,9 +465,10 @@ static const luaL_Reg module_functions[] = {
 };
 
 void lhreload_init(lua_State *L, lh_reload *r, lh_selectors *selectors, lh_sockets *sockets,
-                   lh_timers *timers, lh_logger *log)
+                   lh_timers *timers, lh_budget *budget, lh_logger *log)
 {
     memset(r, 0, sizeof *r);
+    r->budget = budget;
     r->journal.generation = 1;
     r->journal.record = record;
     r->journal.ud = r;

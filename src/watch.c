@@ -27,7 +27,7 @@ int watch_start(watch *w, selector *sel, const char *path)
     if (fd < 0)
         return -errno;
     conn_init(&w->conn, fd, CONN_WATCH, 0);
-    int rc = inotify_add_watch(fd, dirname(dir), IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE) < 0
+    int rc = inotify_add_watch(fd, dirname(dir), IN_CLOSE_WRITE | IN_MOVED_TO) < 0
                  ? -errno
                  : sel_set_host_events(sel, fd, SEL_READ, &w->conn);
     if (rc == 0 && !(w->name = strdup(basename(name))))

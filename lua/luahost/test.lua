@@ -140,6 +140,16 @@ function T.random_bytes(n)
   return table.concat(parts)
 end
 
+-- A TCP port on host (default 127.0.0.1) that nothing listens on: the kernel chose it for
+-- a socket a moment ago. For a server that must keep its port across reloads, where
+-- port 0 would not do.
+function T.free_port(host)
+  local probe = assert(luahost.listen(host or "127.0.0.1", 0))
+  local _, port = probe:getsockname()
+  probe:close()
+  return port
+end
+
 -- Writes text to a new file named name (default "script.lua") in a new temporary
 -- directory, and returns its path; the directory and all in it go when the test ends.
 function T.tempfile(text, name)

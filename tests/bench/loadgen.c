@@ -10,6 +10,10 @@
  *     --cap SEC       hard limit on the whole run, connecting included (default 60)
  *     --pid PID       the server: its CPU (/proc/PID/stat) and VmRSS over the window
  *     --ramp N        connections opening at once (default 32: LuaSocket's backlog)
+ *     --at-start CMD  pause the load until nothing is in flight, run CMD (sh -c), then
+ *                     start the window; --at-end CMD: the same when the window ends.
+ *                     A server idle at both edges does, between them, exactly the work
+ *                     of the messages counted (tests/bench/ir.lua runs callgrind_control).
  *
  * Echo: once all connections are open (one verified round trip each), every connection
  * keeps DEPTH messages in flight and sends a new one as each comes back whole; latency
@@ -62,7 +66,8 @@ static struct {
     int port, nconns, size, depth, ramp;
     double warmup, duration, cap;
     int pid;
-} opt = {M_ECHO, 0, 100, 64, 1, 32, 1.0, 5.0, 60.0, 0};
+    const char *at_start, *at_end;
+} opt = {M_ECHO, 0, 100, 64, 1, 32, 1.0, 5.0, 60.0, 0, NULL, NULL};
 
 static conn *conns;
 static int epfd;
@@ -71,6 +76,8 @@ static char scratch[MAXSPAN], expect[MAXSPAN];
 static enum phase phase = P_RAMP;
 static double t_start, t_phase, t_ramped;
 static int next_connect, opening, established, failed;
+static int paused; /* --at-start/--at-end: no new message until the edge is passed */
+static double t_pause;
 
 /* Counters; the measured values are their differences across the window. */
 static uint64_t msgs_done, bytes_done;
@@ -340,7 +347,7 @@ static void echo_readable(conn *c)
         became_ready(c);
         return; /* echo load starts when every connection is open */
     }
-    if (opt.mode == M_ECHO && phase < P_DRAIN) {
+    if (opt.mode == M_ECHO && phase < P_DRAIN && !paused) {
         int inflight = (int)(c->due / s - last);
         if (inflight < opt.depth)
             issue(c, opt.depth - inflight, t);
@@ -470,7 +477,7 @@ static void chat_lost(conn *c)
 /* Sends the next broadcast from the next live client, unless the run is ending. */
 static void chat_next(void)
 {
-    if (phase != P_WARMUP && phase != P_MEASURE)
+    if ((phase != P_WARMUP && phase != P_MEASURE) || paused)
         return;
     for (int tries = 0; tries < opt.nconns; tries++) {
         conn *c = &conns[bcast_no % (uint64_t)opt.nconns];
@@ -646,6 +653,31 @@ static void start_echo_load(void)
             issue(&conns[i], opt.depth, t);
 }
 
+/* At an edge of the window with a command to run (--at-start, --at-end): stops issuing
+ * messages and tells whether none is in flight any more; the caller asks again until
+ * then. A message lost on the way fails the run instead of stopping it forever. */
+static int quiet(const char *cmd)
+{
+    if (!cmd)
+        return 1;
+    if (!paused) {
+        paused = 1;
+        t_pause = now_s();
+    }
+    if (all_drained())
+        return 1;
+    if (now_s() - t_pause < 10.0)
+        return 0;
+    fail("messages still unanswered 10 s into the pause at an edge of the window");
+    return 1;
+}
+
+static void run_at_edge(const char *cmd)
+{
+    if (cmd && system(cmd) != 0)
+        fail("the command at an edge of the window failed: %s", cmd);
+}
+
 /* Moves between phases on time; returns how long epoll may wait (ms). */
 static int advance(void)
 {
@@ -676,15 +708,28 @@ static int advance(void)
     case P_WARMUP:
         if (t - t_phase < opt.warmup)
             return (int)((opt.warmup - (t - t_phase)) * 1000) + 1;
+        if (!quiet(opt.at_start))
+            return 5;
+        run_at_edge(opt.at_start);
         take(&snap_before);
         memset(hist, 0, sizeof hist);
         hist_n = hist_max = 0;
         set_phase(P_MEASURE);
+        if (paused) { /* the load starts again: every connection is idle */
+            paused = 0;
+            if (opt.mode == M_CHAT)
+                chat_next();
+            else if (opt.mode == M_ECHO)
+                start_echo_load();
+        }
         return 0;
     case P_MEASURE:
         if (t - t_phase < opt.duration)
             return (int)((opt.duration - (t - t_phase)) * 1000) + 1;
+        if (!quiet(opt.at_end))
+            return 5; /* what comes back meanwhile still counts: it was sent in the window */
         take(&snap_after);
+        run_at_edge(opt.at_end);
         set_phase(P_DRAIN);
         return 0;
     case P_DRAIN:
@@ -741,15 +786,16 @@ static void usage(void)
 {
     fprintf(stderr, "usage: loadgen --mode echo|idle|chat|probe --port PORT [-c N] [-s BYTES] "
                     "[-d DEPTH] [--warmup SEC] [--duration SEC] [--cap SEC] [--pid PID] "
-                    "[--ramp N]\n");
+                    "[--ramp N] [--at-start CMD] [--at-end CMD]\n");
     exit(2);
 }
 
 static void parse_args(int argc, char **argv)
 {
     static const struct option longs[] = {
-        {"mode", 1, 0, 'm'}, {"port", 1, 0, 'p'}, {"warmup", 1, 0, 'w'}, {"duration", 1, 0, 't'},
-        {"cap", 1, 0, 'C'},  {"pid", 1, 0, 'P'},  {"ramp", 1, 0, 'r'},   {0, 0, 0, 0},
+        {"mode", 1, 0, 'm'},   {"port", 1, 0, 'p'}, {"warmup", 1, 0, 'w'}, {"duration", 1, 0, 't'},
+        {"cap", 1, 0, 'C'},    {"pid", 1, 0, 'P'},  {"ramp", 1, 0, 'r'},   {"at-start", 1, 0, 'S'},
+        {"at-end", 1, 0, 'E'}, {0, 0, 0, 0},
     };
     int ch;
     while ((ch = getopt_long(argc, argv, "c:s:d:", longs, NULL)) != -1) {
@@ -787,6 +833,12 @@ static void parse_args(int argc, char **argv)
             break;
         case 'r':
             opt.ramp = atoi(optarg);
+            break;
+        case 'S':
+            opt.at_start = optarg;
+            break;
+        case 'E':
+            opt.at_end = optarg;
             break;
         default:
             usage();

@@ -261,9 +261,8 @@ describe("chat.lua on sim", function()
   end)
 
   describe("leaving", function()
-    -- chat keeps its connections in a sequence for write_all and fills a leaver's
-    -- place with the last one: leaving first, last and in the middle must not lose
-    -- anyone.
+    -- chat keeps its connections in a luahost.group, which fills a leaver's place with
+    -- the last one: leaving first, last and in the middle must not lose anyone.
     it("reaches exactly the clients still there after leaves from every position",
       function()
         local srv = start()
@@ -288,12 +287,12 @@ describe("chat.lua on sim", function()
       end)
   end)
 
-  describe("a reload from a version that kept no member sequence", function()
-    it("builds the sequence from its clients, and every one of them still hears", function()
+  describe("a reload from a version that kept no group", function()
+    it("builds the group from its clients, and every one of them still hears", function()
       local srv = start()
       local a, b, c = connect(srv, 3)
-      srv.env.CHAT.members = nil -- as the older chat.lua left it
-      for _, client in pairs(srv.env.CHAT.clients) do client.slot = nil end
+      srv.env.CHAT.room = nil -- as the older chat.lua left it (a sequence, or nothing)
+      srv.env.CHAT.members = {}
       assert.is_true(srv:reload())
       a:send("after the reload\n")
       local say = {type = "say", from = a.name, text = "after the reload"}

@@ -2,7 +2,6 @@
 -- luahost executable, since its exit status and one-line summary are what it is for:
 -- against echo.lua, against nothing and against servers that fail it. It never hangs.
 local T = require "luahost.test"
-local luahost = require "luahost"
 
 local USAGE = "usage: luahost scripts/client.lua [HOST:]PORT [CONNECTIONS] [MESSAGES]"
 
@@ -18,14 +17,6 @@ local function expected_bytes(nconns, nmessages)
 end
 
 -- A 127.0.0.1 port that nothing listens on: one the kernel gave a socket just closed.
-local function free_port()
-  local s = assert(luahost.socket("inet", "stream"))
-  assert(s:bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return port
-end
-
 -- Runs client.lua with args, killed past timeout seconds (default 10); returns its run and
 -- a description for failure messages.
 local function run_client(args, timeout)
@@ -80,7 +71,7 @@ describe("client.lua under the luahost executable", function()
 
   describe("when it cannot succeed", function()
     it("exits non-zero with a failure summary against a port nothing listens on", function()
-      local r, shown = run_client({"127.0.0.1:" .. free_port(), "3", "2"}, 5)
+      local r, shown = run_client({"127.0.0.1:" .. T.free_port(), "3", "2"}, 5)
       assert.same({"exit", 1}, {r.how, r.code}, shown)
       assert.same({3, 0, 0, 3}, summary(r))
       for id = 1, 3 do
@@ -107,7 +98,7 @@ describe("client.lua under the luahost executable", function()
   end)
 
   describe("with bad usage", function()
-    local port = tostring(free_port()) -- never connected to: usage fails first
+    local port = tostring(T.free_port()) -- never connected to: usage fails first
     for _, args in ipairs({
       {},
       {"127.0.0.1:notaport"},

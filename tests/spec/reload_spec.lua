@@ -74,18 +74,11 @@ end
 ---------------------------------------------------------------------------------------
 -- The server process
 
-local function free_port()
-  local probe = assert(luahost.listen(HOST, 0))
-  local _, port = probe:getsockname()
-  probe:close()
-  return port
-end
-
 -- Starts luahost on script at a free port. opts.options: host options; opts.args: more
 -- script arguments after the address.
 local function start(script, opts)
   opts = opts or {}
-  local port = free_port()
+  local port = T.free_port()
   local args = {HOST .. ":" .. port}
   for _, a in ipairs(opts.args or {}) do args[#args + 1] = a end
   local server = T.spawn(script, args, {options = opts.options})
@@ -581,7 +574,7 @@ end)
   describe("listeners", function()
     it("closes a listener the new script no longer asks for, and keeps the connections it "
       .. "accepted", function()
-      local second = free_port()
+      local second = T.free_port()
       local script = GENERATIONS .. string.format([[
 local other = assert(luahost.listen("127.0.0.1", %d)) -- SECOND LISTENER
 sel:register(other, READ, function(listener) -- SECOND LISTENER

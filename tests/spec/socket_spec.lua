@@ -9,15 +9,6 @@ local MiB = 1024 * 1024
 local ECONNREFUSED, EINPROGRESS, EADDRINUSE, ENOTCONN = 111, 115, 98, 107
 local EPIPE, ECONNRESET = 32, 104
 
--- A pair whose kernel buffers hold a few hundred KiB at most, so that a write of a few
--- MiB has to be buffered by the host. (Much smaller buffers make loopback TCP crawl.)
-local function tight_pair()
-  local client, conn = helpers.pair()
-  assert(conn:setsockopt("sndbuf", 65536))
-  assert(client:setsockopt("rcvbuf", 65536))
-  return client, conn
-end
-
 local function close_all(...)
   for _, s in ipairs({...}) do
     s:close()
@@ -84,6 +75,28 @@ describe("luahost.listen", function()
     assert.is_true(in_list(luahost.listeners(), server))
     server:close()
   end)
+
+  it("makes no garbage for an accept that finds no client (an accept loop's last call)",
+    function()
+      local server = assert(luahost.listen("127.0.0.1", 0))
+      collectgarbage()
+      collectgarbage("stop")
+      local before = collectgarbage("count")
+      local failed = 0
+      for _ = 1, 10000 do
+        local conn, err = server:accept()
+        if not conn and err == "wouldblock" then failed = failed + 1 end
+      end
+      local grown = (collectgarbage("count") - before) * 1024
+      collectgarbage("restart")
+      assert.equal(10000, failed)
+      -- A socket made and dropped per call would be 10,000 userdata (~800 KB).
+      assert.is_true(grown < 64 * 1024, ("10,000 failed accepts made %d bytes"):format(grown))
+      local client, conn = helpers.pair(server) -- the kept socket serves the next client
+      assert.equal(0, conn:write("x"))
+      assert.equal("x", helpers.read_n(client, 1))
+      close_all(client, conn, server)
+    end)
 
   it("listens on ::1 (IPv6) with port 0", function()
     if not helpers.ipv6_available() then
@@ -368,7 +381,7 @@ describe("a socket's send", function()
   end)
 
   it("writes fewer bytes than given, then nil, \"wouldblock\", when the kernel is full", function()
-    local client, conn = tight_pair()
+    local client, conn = helpers.tight_pair()
     local data = helpers.payload(4 * MiB)
     local n = assert(client:send(data))
     assert.is_true(n < #data, "the kernel took all 4 MiB at once")
@@ -396,7 +409,7 @@ describe("a socket's send", function()
   end)
 
   it("returns nil, \"wouldblock\" while write() has bytes queued, keeping order", function()
-    local client, conn = tight_pair()
+    local client, conn = helpers.tight_pair()
     assert(conn:setlimit(8 * MiB))
     assert.is_true(conn:write(helpers.payload(2 * MiB)) > 0)
     local n, err = conn:send("overtaking")
@@ -416,7 +429,7 @@ describe("a socket's write", function()
   end)
 
   it("returns the bytes still pending, and pending() agrees", function()
-    local client, conn = tight_pair()
+    local client, conn = helpers.tight_pair()
     assert(conn:setlimit(8 * MiB))
     local pending = conn:write(helpers.payload(2 * MiB))
     assert.is_true(pending > 0 and pending <= 2 * MiB, "pending " .. pending)
@@ -427,7 +440,7 @@ describe("a socket's write", function()
   end)
 
   it("delivers every byte, in order, of a write far larger than the socket buffer", function()
-    local client, conn = tight_pair()
+    local client, conn = helpers.tight_pair()
     assert(conn:setlimit(16 * MiB))
     local data = helpers.payload(6 * MiB, 3)
     assert.is_true(conn:write(data:sub(1, 4 * MiB)) > 0)
@@ -442,7 +455,7 @@ describe("a socket's write", function()
   end)
 
   it("flushes without the socket being registered by the script", function()
-    local client, conn = tight_pair()
+    local client, conn = helpers.tight_pair()
     assert(conn:setlimit(8 * MiB))
     assert.is_nil(luahost.selector:get_key(conn))
     assert.is_true(conn:write(helpers.payload(2 * MiB)) > 0)
@@ -452,7 +465,7 @@ describe("a socket's write", function()
   end)
 
   it("returns nil, \"buffer full\" past the limit and closes the socket", function()
-    local client, conn = tight_pair()
+    local client, conn = helpers.tight_pair()
     assert.is_true(conn:setlimit(10000))
     local chunk = helpers.payload(3000)
     local results = {}
@@ -487,7 +500,7 @@ describe("a socket's write", function()
   end)
 
   it("withholds the script's READ events while too much output is pending", function()
-    local client, conn = tight_pair()
+    local client, conn = helpers.tight_pair()
     finally(function()
       close_all(client, conn)
     end)
@@ -546,7 +559,7 @@ describe("luahost.write_all", function()
     it(("writes to every socket (%s) but the one excepted, and skips closed sockets and "
       .. "other values"):format(form.name), function()
       local pairs_ = {}
-      for i = 1, 4 do pairs_[i] = {tight_pair()} end
+      for i = 1, 4 do pairs_[i] = {helpers.tight_pair()} end
       local servers = {}
       for i, p in ipairs(pairs_) do servers[i] = p[2] end
       pairs_[4][2]:close()
@@ -561,8 +574,8 @@ describe("luahost.write_all", function()
 
     it(("reports the sockets (%s) past their limit as 'buffer full', closed as write "
       .. "closes them"):format(form.name), function()
-      local c1, s1 = tight_pair()
-      local c2, s2 = tight_pair()
+      local c1, s1 = helpers.tight_pair()
+      local c2, s2 = helpers.tight_pair()
       assert(s1:setlimit(1000))
       local big = ("x"):rep(MiB)
       local written, failed = luahost.write_all(form.make({s1, s2}), big)
@@ -581,7 +594,7 @@ end)
 
 describe("a socket's on_drain", function()
   it("runs with the socket each time buffered output drains, until removed", function()
-    local client, conn = tight_pair()
+    local client, conn = helpers.tight_pair()
     assert(conn:setlimit(8 * MiB))
     local calls = {}
     assert.equals(conn, conn:on_drain(function(s)
@@ -620,7 +633,7 @@ describe("a socket's on_drain", function()
   end)
 
   it("a callback that raises does not stop the output or the loop", function()
-    local client, conn = tight_pair()
+    local client, conn = helpers.tight_pair()
     assert(conn:setlimit(8 * MiB))
     conn:on_drain(function()
       error("drain failed on purpose")
@@ -637,7 +650,7 @@ end)
 
 describe("a socket's shutdown", function()
   it("shutdown(\"w\") delivers the end of stream after every pending byte", function()
-    local client, conn = tight_pair()
+    local client, conn = helpers.tight_pair()
     assert(conn:setlimit(8 * MiB))
     local data = helpers.payload(2 * MiB, 5)
     assert.is_true(conn:write(data) > 0)
@@ -663,7 +676,7 @@ describe("a socket's shutdown", function()
   end)
 
   it("write after shutdown(\"w\") fails with EPIPE while earlier output is pending", function()
-    local client, conn = tight_pair()
+    local client, conn = helpers.tight_pair()
     assert(conn:setlimit(8 * MiB))
     local data = helpers.payload(2 * MiB, 7)
     assert.is_true(conn:write(data) > 0)
@@ -720,7 +733,7 @@ describe("a socket's close and abort", function()
   end)
 
   it("close still delivers the output that was pending", function()
-    local client, conn = tight_pair()
+    local client, conn = helpers.tight_pair()
     assert(conn:setlimit(8 * MiB))
     local data = helpers.payload(2 * MiB, 9)
     assert.is_true(conn:write(data) > 0)
@@ -733,7 +746,7 @@ describe("a socket's close and abort", function()
   end)
 
   it("abort drops the output that was pending, with a reset the peer sees", function()
-    local client, conn = tight_pair()
+    local client, conn = helpers.tight_pair()
     assert(conn:setlimit(8 * MiB))
     assert.is_true(conn:write(helpers.payload(2 * MiB)) > 0)
     local level = luahost.log_level()

@@ -122,6 +122,15 @@ function helpers.pair(server)
   return client, conn
 end
 
+-- A pair whose kernel buffers hold a few hundred KiB at most, so that a write of a few
+-- MiB has to be buffered by the host. (Much smaller buffers make loopback TCP crawl.)
+function helpers.tight_pair()
+  local client, conn = helpers.pair()
+  assert(conn:setsockopt("sndbuf", 65536))
+  assert(client:setsockopt("rcvbuf", 65536))
+  return client, conn
+end
+
 -- Deterministic bytes: n of them, in a pattern that shows reordering or loss.
 function helpers.payload(n, seed)
   local chunk = {}

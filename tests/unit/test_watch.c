@@ -1,7 +1,7 @@
 /* test_watch.c: proves --watch's file watch: a write to the script, or the script
  * replaced by a rename (as editors do), makes the selector report the inotify fd and a
  * reload due once the burst has settled; changes to other files in the directory do
- * not. */
+ * not, nor does a script made anew until its writer closes it. */
 #include "watch.h"
 
 #include <stdio.h>
@@ -72,6 +72,20 @@ int main(void)
     write_file(moved, "-- v3\n");
     CHECK(rename(moved, script) == 0);
     CHECK(wait_due(sel, &w));
+
+    /* Made anew (deleted first, as some editors do) and still being written: not due
+     * until it is closed, however long the writer takes. */
+    CHECK(unlink(script) == 0);
+    FILE *f = fopen(script, "w");
+    CHECK(f != NULL);
+    if (f) {
+        fputs("-- half", f);
+        fflush(f);
+        CHECK(!wait_due(sel, &w));
+        fputs(" written\n", f);
+        fclose(f);
+        CHECK(wait_due(sel, &w));
+    }
 
     watch_close(&w, sel);
     CHECK(w.conn.fd == -1 && w.name == NULL && sel_host_count(sel) == 0);
