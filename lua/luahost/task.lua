@@ -86,10 +86,22 @@ local function wake(t, why)
   step(t, why)
 end
 
--- The same, from a callback of the host (a key, a timer, on_drain): no task runs then,
--- whatever one the budget cut short (raising past step) left in current.
-local function wake_from_host(t, why)
+-- A resume the budget cut short (--max-instructions or --max-memory raise past step, in
+-- the callback that resumed) leaves its task in current with a dead coroutine: the next
+-- callback of the host ends it as failed, which resets its streams. The host has already
+-- reset the one whose event ran it.
+local function reap_cut_short()
+  local t = current
   current = nil
+  if t and t.co and costatus(t.co) == "dead" and live[t] then
+    finish(t, "failed", "its callback was cut short (--max-instructions or --max-memory)")
+  end
+end
+
+-- The same, from a callback of the host (a key, a timer, on_drain): no task runs then,
+-- whatever one the budget cut short left in current.
+local function wake_from_host(t, why)
+  if current then reap_cut_short() end
   unhook(t)
   step(t, why)
 end
@@ -105,7 +117,7 @@ local function ready_callback(s)
   return function()
     local t = s.reader
     if t then -- wake_from_host and unhook, inlined: this is the path of every message
-      current = nil
+      if current then reap_cut_short() end
       s.reader, t.stream = false, false
       if t.timer then
         t.timer:cancel()
@@ -175,7 +187,7 @@ end
 local function running_task()
   local t = current
   if t and (not t.co or costatus(t.co) == "dead") then
-    current = nil
+    reap_cut_short()
     return nil
   end
   return t

@@ -484,6 +484,31 @@ task.spawn(function()
 end)
 ]]
 
+-- The first two clients belong to one task, which reads from the first only; every later
+-- client gets an echo task of its own.
+local PAIRED = [[
+local luahost = require "luahost"
+local task = require "luahost.task"
+local server = task.wrap(assert(luahost.listen("127.0.0.1", tonumber(arg[1]:match("%d+$")))))
+task.spawn(function()
+  local x, y = server:accept(), server:accept()
+  task.spawn(function(a)
+    while true do
+      local line = a:receive("*l")
+      if not line then return end
+      if line == "spin" then while true do end end
+      a:send(line .. "\n")
+    end
+  end, x, y)
+  while true do
+    local client = server:accept()
+    task.spawn(function(s)
+      for line in function() return s:receive("*l") end do s:send(line .. "\n") end
+    end, client)
+  end
+end)
+]]
+
 describe("luahost.task under the executable", function()
   it("cuts a task that runs past --max-instructions and serves the other clients", function()
     local proc = T.spawn(T.tempfile(LIMITED), nil, {options = {"--max-instructions", "1000000"},
@@ -498,6 +523,23 @@ describe("luahost.task under the executable", function()
     b:echo("three\n")
     local c = T.client(proc.host, proc.port)
     c:echo("four\n")
+    proc:stop()
+  end)
+
+  it("ends a task cut short by --max-instructions at the host's next event, resetting "
+    .. "the streams it owned beside the one that ran it", function()
+    local proc = T.spawn(T.tempfile(PAIRED), nil, {options = {"--max-instructions", "1000000"},
+      env = {LUA_PATH_5_4 = package.path}})
+    local a = T.client(proc.host, proc.port)
+    local b = T.client(proc.host, proc.port)
+    a:echo("one\n")
+    a:send("spin\n")
+    assert.is_true(a:closed(5), "the spinning task's connection is still open")
+    proc:wait_log("budget")
+    local c = T.client(proc.host, proc.port) -- the host's next event
+    c:echo("two\n")
+    assert.is_true(b:closed(5), "the cut task's other stream is still open")
+    proc:wait_log("error in task for [^\n]*cut short")
     proc:stop()
   end)
 
