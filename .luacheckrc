@@ -11,3 +11,4 @@ files["tests/spec"] = {std = "+busted"}
 files["examples/*_spec.lua"] = {std = "+busted"}
 -- chat.lua keeps what must outlive a reload in one global table.
 files["scripts/chat.lua"] = {globals = {"CHAT"}}
+files["examples/chat_task.lua"] = {globals = {"CHAT_TASK"}}

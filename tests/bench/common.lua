@@ -10,6 +10,9 @@ M.ECHO_SERVERS = {
   { key = "c", name = "C epoll (limit)", cmd = M.BIN .. "/c_echo %d" },
   { key = "luahost", name = "luahost echo.lua",
     cmd = "build/luahost scripts/echo.lua 127.0.0.1:%d" },
+  -- The same echo with luahost.task (a coroutine per client), found through LUA_PATH.
+  { key = "luahost_task", name = "luahost echo_task.lua",
+    cmd = 'env "LUA_PATH_5_4=lua/?.lua;;" build/luahost examples/echo_task.lua 127.0.0.1:%d' },
   -- Debian's interpreter, which vendor/bench-packages.txt installs, whatever PATH finds.
   { key = "python", name = "Python selectors",
     cmd = "/usr/bin/python3 tests/bench/py_echo.py %d" },

@@ -122,9 +122,13 @@ function M.measure(server, mode, conns, secs, opts)
   if opts.host and server.key == "luahost" then
     cmd = opts.host .. cmd:sub(#"build/luahost" + 1)
   end
+  -- An environment the command sets (env "VAR=..." server ...) goes before valgrind,
+  -- which would otherwise measure env and not follow it into the server.
+  local env, rest = cmd:match('^(env "[^"]*" )(.*)$')
+  cmd = rest or cmd
   local pid = tonumber(common.capture(string.format(
-    "sh -c 'exec valgrind --tool=callgrind --callgrind-out-file=%s/out %s >%s/log 2>&1"
-      .. " </dev/null' & echo $!", dir, cmd, dir)))
+    "sh -c 'exec %svalgrind --tool=callgrind --callgrind-out-file=%s/out %s >%s/log 2>&1"
+      .. " </dev/null' & echo $!", env or "", dir, cmd, dir)))
   local r = { skipped = "did not start under callgrind" }
   if listening(pid, port) then
     local cap = M.WARMUP + secs + 60

@@ -1,11 +1,12 @@
 -- chat_spec.lua: scripts/chat.lua run in process on the sim backend with the test kit:
 -- joins and leaves, say, nick, who, line framing, bad input, and, on the sim clock and
 -- with shaped sends, the idle timeout and a slow consumer. Then one run of the real
--- executable over real sockets.
+-- executable over real sockets. The protocol's spec: chat_task_spec.lua runs it on
+-- examples/chat_task.lua, giving that script's path as this chunk's argument.
 local T = require "luahost.test"
 local cjson = require "cjson"
 
-local CHAT = "scripts/chat.lua"
+local CHAT = type(...) == "string" and ... or "scripts/chat.lua" -- busted gives a table
 local NAME_RULE = "a name is 1-32 letters, digits, '_' or '-'"
 
 local srv -- the chat server of the running test
@@ -64,7 +65,7 @@ local function connect(n)
   return table.unpack(list)
 end
 
-describe("scripts/chat.lua on sim", function()
+describe(CHAT .. " on sim", function()
   -- A script error is logged and costs only one connection, so a test could pass while
   -- chat.lua raises: the log must hold no error line.
   after_each(function()
@@ -389,9 +390,10 @@ describe("scripts/chat.lua on sim", function()
   end)
 end)
 
-describe("scripts/chat.lua under the luahost executable", function()
+describe(CHAT .. " under the luahost executable", function()
   it("serves clients over real sockets and logs no error", function()
-    local proc = T.spawn(CHAT, {"127.0.0.1:0", "--idle-timeout", "30", "--max-line", "100"})
+    local proc = T.spawn(CHAT, {"127.0.0.1:0", "--idle-timeout", "30", "--max-line", "100"},
+      {env = {LUA_PATH_5_4 = package.path}}) -- where it finds luahost.task, if it uses it
     local a = T.client(proc.host, proc.port)
     local name = expect(a, {type = "welcome"}).name
     local b = T.client(proc.host, proc.port)
