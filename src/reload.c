@@ -2,6 +2,7 @@
  * changes, its rollback, and the commit (on_reload, unwanted listeners, adoption). */
 #include "reload.h"
 
+#include <stdio.h>
 #include <string.h>
 
 static const char *const journal_lists[] = {"seen",  "keys",      "sockets", "listeners",
@@ -341,8 +342,14 @@ static int load_script(lua_State *L, const lh_reload *r, const char *path)
 
 static int rejected(lua_State *L, lh_reload *r)
 {
-    lh_log(r->log, LH_ERROR, "reload rejected, still running generation %d: %s",
-           r->journal.generation, lua_tostring(L, -1));
+    char head[64];
+    snprintf(head, sizeof head,
+             "reload rejected, still running generation %d: ", r->journal.generation);
+    size_t len = 0;
+    const char *why = lua_tolstring(L, -1, &len); /* with its length: it may hold a NUL */
+    if (!why)
+        why = "(error object is not a string)", len = strlen(why);
+    lh_log_text(r->log, LH_ERROR, head, why, len);
     luaL_pushfail(L);
     lua_insert(L, -2);
     return 2;

@@ -70,6 +70,20 @@ describe("the log", function()
     assert.equal("info a\\x00b\\nc\\\\n 42\n", srv:log())
   end)
 
+  it("keeps a NUL and what follows it in a refused reload's reason", function()
+    local srv = T.start(T.tempfile([[
+      local luahost = require "luahost"
+      luahost.after(60, function() end)
+    ]]), nil, {selector = "sim"})
+    local broken = T.tempfile('error("bad\\0hidden\\nline", 0)')
+    local ok, err = srv:reload(broken)
+    assert.is_nil(ok)
+    assert.equal(1, (err:find("bad\0hidden\nline", 1, true)))
+    local line = holding(lines(srv:log()), "reload rejected")
+    assert.equal(1, #line)
+    assert.matches("still running generation %d+: bad\\x00hidden\\nline", line[1])
+  end)
+
   it("of the executable has a stamp on every line, the forged one kept inside its event",
     function()
       local server = T.spawn(T.tempfile(RAISER))
