@@ -210,6 +210,11 @@ static int resume_guarded(lua_State *L, lh_budget *b, int resume)
     lua_insert(L, 1);
     lua_call(L, nargs, LUA_MULTRET);
     if (guarded) {
+        /* The count ends with the resume: a hook left on the thread (set above, or by a
+         * watchdog tick while it ran) would put every later resume of it, long after this
+         * callback, through the VM's hook path. */
+        if (lua_gethook(co) == budget_hook)
+            lua_sethook(co, NULL, 0, 0);
         b->running = L;
         if (b->used >= b->max_instructions) /* the coroutine died of it */
             budget_exceeded(L, b);

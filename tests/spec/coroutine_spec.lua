@@ -49,3 +49,36 @@ describe("coroutines under the executable", function()
     assert.equal(EXPECTED, r.stdout)
   end)
 end)
+
+-- Regression: the budget's counting hook, set on a coroutine by a watchdog tick while a
+-- callback resumed it, stayed on the coroutine after the callback, so every later resume
+-- of it (a long-lived task) ran with a hook: every instruction through the VM's hook path.
+local RESUMER = [[
+local luahost = require "luahost"
+local co = coroutine.create(function()
+  while true do
+    -- 300 ms of CPU, nearly all in user space (which is what the watchdog's ticks
+    -- count), so that they arm the count
+    local t = os.clock()
+    repeat for _ = 1, 1e6 do end until os.clock() - t > 0.3
+    coroutine.yield()
+  end
+end)
+luahost.after(0.01, function()
+  coroutine.resume(co)
+  print("after", debug.gethook(co))
+end)
+luahost.after(0.3, function()
+  print("later", debug.gethook(co))
+  luahost.stop()
+end)
+]]
+
+describe("a coroutine resumed by a callback that ran long", function()
+  it("keeps no counting hook once the resume returns", function()
+    -- (a budget it cannot reach in 300 ms, so that it arms but never trips)
+    local r = T.run({"--max-instructions", "2147483647", T.tempfile(RESUMER)})
+    assert.equal(0, r.code, tostring(r))
+    assert.equal("after\tnil\nlater\tnil\n", r.stdout)
+  end)
+end)
