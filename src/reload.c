@@ -221,9 +221,14 @@ static int left_nothing(lua_State *L, lh_reload *r)
     if (r->stopping && *r->stopping)
         return 0;
     int found = 0;
-    push_list(L, r, "timers");
-    found = lua_rawlen(L, -1) > 0;
-    lua_pop(L, 1);
+    /* A listener made or asked for again is a script that means to serve: a task-style
+     * script's accept loop may carry on from the old load, registering nothing new. */
+    const char *lists[] = {"timers", "listeners", "asked"};
+    for (size_t i = 0; !found && i < sizeof lists / sizeof lists[0]; i++) {
+        push_list(L, r, lists[i]);
+        found = lua_rawlen(L, -1) > 0;
+        lua_pop(L, 1);
+    }
     push_list(L, r, "keys");
     for (lua_Integer i = 1; !found && lua_rawgeti(L, -1, i) != LUA_TNIL; i++) {
         lua_getfield(L, -1, "sel");
@@ -357,8 +362,8 @@ static int rejected(lua_State *L, lh_reload *r)
 
 /* Why a guarded reload that left nothing to serve is refused. */
 static const char nothing_left[] =
-    "the new script registered nothing and made no timer: the server would stop (a "
-    "script that means to stop calls luahost.stop())";
+    "the new script registered nothing, made no timer and asked for no listener: the "
+    "server would stop (a script that means to stop calls luahost.stop())";
 
 int lhreload_run(lua_State *L, lh_reload *r, const char *path, int guarded)
 {

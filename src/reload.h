@@ -38,9 +38,9 @@ void lhreload_set_script(lua_State *L, lh_reload *r, int index);
 /* Loads path as the new script. Pushes true, or nil and the error (logged) when it
  * failed to compile or raised (running past the budget or out of memory included), in
  * which case everything is as it was; returns the number of results. With guarded (the
- * reloads SIGHUP and --watch ask for), a load that registers nothing and makes no timer
- * is refused too, unless it calls luahost.stop(): an empty or half-written file must not
- * stop the server. All the memory the reload needs outside the new chunk is allocated
+ * reloads SIGHUP and --watch ask for), a load that registers nothing, makes no timer and
+ * asks for no listener is refused too, unless it calls luahost.stop(): an empty or half-written
+ * file must not stop the server. All the memory the reload needs outside the new chunk is allocated
  * before anything changes, and neither rollback nor commit allocates, so running out of
  * memory cannot leave it half done. */
 int lhreload_run(lua_State *L, lh_reload *r, const char *path, int guarded);

@@ -221,8 +221,8 @@ describe("reloads that would leave the server empty", function()
         local c = T.client(HOST, server.port, {timeout = 5})
         write_file(path, "")
         local line = server:wait_log("(reload rejected.*)$", 10)
-        assert(line:find("still running generation 1: the new script registered nothing "
-          .. "and made no timer", 1, true), line)
+        assert(line:find("still running generation 1: the new script registered nothing, "
+          .. "made no timer and asked for no listener", 1, true), line)
         assert.equal("v1:after the empty save", ask(c, "after the empty save"))
         assert(accepting(server.port), "the listener closed after an empty save")
         write_file(path, "answer = 42\n")

@@ -543,6 +543,24 @@ describe("luahost.task under the executable", function()
     proc:stop()
   end)
 
+  it("reloads examples/chat_task.lua on SIGHUP: its accept loop carries on from the old "
+    .. "load, so the new chunk registers nothing new, and that is not an empty load", function()
+    local port = T.free_port()
+    local proc = T.spawn("examples/chat_task.lua", {"127.0.0.1:" .. port},
+      {env = {LUA_PATH_5_4 = package.path}})
+    local a = T.client("127.0.0.1", port)
+    assert.equal("welcome", a:json().type)
+    proc:signal("HUP")
+    proc:wait_log("reloaded examples/chat_task%.lua: generation 2")
+    assert.same({}, proc:log_lines("reload rejected", true))
+    local b = T.client("127.0.0.1", port)
+    assert.equal("welcome", b:json().type)
+    assert.equal("join", a:json().type)
+    a:send("still here\n")
+    assert.same("still here", b:json().text)
+    proc:stop()
+  end)
+
   it("fails a task that allocates past --max-memory, logged, and serves the others", function()
     local proc = T.spawn(T.tempfile(LIMITED), nil, {options = {"--max-memory", "33554432"},
       env = {LUA_PATH_5_4 = package.path}})
