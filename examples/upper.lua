@@ -3,8 +3,11 @@ local luahost = require "luahost"
 local sel = luahost.selector
 
 local function on_read(conn)
-  local data = conn:recv()
-  if data == nil then return end              -- nothing there yet (or an error)
+  local data, err = conn:recv()
+  if data == nil then                         -- nothing there yet, or the client is gone
+    if err ~= "wouldblock" then conn:abort() end
+    return
+  end
   if data == "" then return conn:close() end  -- the client is done: flush, then close
   conn:write(data:upper())                    -- buffered: never loses bytes
 end

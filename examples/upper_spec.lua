@@ -9,3 +9,16 @@ describe("upper.lua", function()
     assert.equals("HELLO", client:read(5)) -- runs the server's loop while it waits
   end)
 end)
+
+describe("upper.lua, for a client that resets", function()
+  it("lets go of the connection: nothing stays registered", function()
+    local srv = T.start("examples/upper.lua", {"0"}, {selector = "sim"})
+    local before = srv.luahost.stats().registered
+    local client = T.client(srv)
+    client:send("hi")
+    assert.equals("HI", client:read(2))
+    client:reset()
+    srv:run_until(function() return srv.luahost.stats().registered == before end, 2,
+      "the reset connection to be let go")
+  end)
+end)

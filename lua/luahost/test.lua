@@ -255,8 +255,9 @@ function Server:advance(seconds)
   return self.sim.advance(seconds)
 end
 
--- Loads path (default: the script) as the new script, as SIGHUP does for the
--- executable. Returns true, or nil and the error.
+-- Loads path (default: the script) as the new script, as luahost.reload does: as SIGHUP
+-- does for the executable, except that a load that registers nothing, makes no timer and
+-- asks for no listener is taken (SIGHUP refuses it). Returns true, or nil and the error.
 function Server:reload(path)
   return self.luahost.reload(path or self.script)
 end
