@@ -9,7 +9,7 @@
  * (16 * c + 8 usable bytes), so that rounding a request up to its class costs no more
  * memory than malloc itself would. A 64-byte message makes an 89-byte string: 104. */
 #define BLOCKS_MAX     136
-#define BLOCKS_CLASSES 9
+#define BLOCKS_CLASSES ((BLOCKS_MAX + 7) / 16 + 1) /* class c holds 16c + 8 bytes */
 /* At most this many free blocks kept per class: under 200 KiB in all (none under
  * AddressSanitizer, so that it sees every block freed). */
 #define BLOCKS_KEEP 256

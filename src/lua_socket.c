@@ -256,7 +256,7 @@ static int sock_accept(lua_State *L)
     const char *refusal = NULL;
     lh_socket *c = push_unused_socket(L, ctx);
     int fd = adm_accept(ctx->adm, s->conn.fd, &peer, &refusal);
-    if (fd < 0 && c->conn.fd < 0 && !ctx->closed) { /* kept for the next accept */
+    if (fd < 0 && !ctx->closed) { /* c is unused: kept for the next accept */
         lua_pushvalue(L, -1);
         ctx->spare_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* reuses the slot unref freed */
     }

@@ -27,17 +27,28 @@ local function tail(text)
   return string.format("(%d bytes before)\n", #text - 4000) .. text:sub(-4000)
 end
 
--- error() at the first Lua caller outside this file, so that a failed wait names the
--- line of the spec, however the kit's functions called each other (tail calls included).
 local KIT_SOURCE = debug.getinfo(1, "S").source
-local function fail(message)
+
+-- error(message) at the first Lua caller outside this file and outside the file whose
+-- chunk source is `source` (a helper module of a spec's own: debug.getinfo(1, "S").source
+-- in it), so that a failed wait names the line of the spec, however the functions called
+-- each other (tail calls included).
+function T.fail_outside(source, message)
   local level = 2
   while true do
     local info = debug.getinfo(level, "S")
-    if not info or (info.source ~= KIT_SOURCE and info.what ~= "C") then break end
+    if not info or (info.source ~= KIT_SOURCE and info.source ~= source
+                    and info.what ~= "C") then
+      break
+    end
     level = level + 1
   end
   error(message, level)
+end
+
+-- The same for the kit's own failures.
+local function fail(message)
+  T.fail_outside(KIT_SOURCE, message)
 end
 
 -- Runs fn once the current busted test ends, pass or fail (after the test's own

@@ -10,16 +10,10 @@ local M = {}
 
 M.TIMEOUT = 3
 
--- error() at the first caller outside this file, so that a failure names the spec's line.
+-- error() at the first caller outside this file and the kit, naming the spec's line.
 local SOURCE = debug.getinfo(1, "S").source
 local function fail(message)
-  local level = 2
-  while true do
-    local info = debug.getinfo(level, "S")
-    if not info or (info.source ~= SOURCE and info.what ~= "C") then break end
-    level = level + 1
-  end
-  error(message, level)
+  T.fail_outside(SOURCE, message)
 end
 
 -- A short, printable form of a message (or of any value) for failure messages.
