@@ -133,16 +133,16 @@ describe("backpressure", function()
     end)
 
   describe("a write past the output limit", function()
-    -- Accepts one connection and writes 16 KiB at a time, never flushing through the
-    -- loop, until a write fails; logs what that write returned and the socket after it.
+    -- Accepts one connection and, once the client has said it is connected (a write
+    -- past the limit resets the connection, which the client must not see before it has
+    -- looked at its connect), writes 16 KiB at a time, never flushing through the loop,
+    -- until a write fails; logs what that write returned and the socket after it.
     local WRITER = [[
       local luahost = require "luahost"
       local limit = tonumber(arg[2])
       local server = assert(luahost.listen("127.0.0.1", tonumber(arg[1])))
-      luahost.selector:register(server, luahost.EVENT_READ, function(listener)
-        local conn = listener:accept()
-        if not conn then return end
-        if limit then conn:setlimit(limit) end
+      local function write_until_refused(conn)
+        luahost.selector:unregister(conn)
         local chunk = string.rep("w", 16384)
         for i = 1, 4096 do -- 64 MiB at most
           local r = table.pack(conn:write(chunk))
@@ -155,6 +155,12 @@ describe("backpressure", function()
           end
         end
         luahost.log("info", "no write failed")
+      end
+      luahost.selector:register(server, luahost.EVENT_READ, function(listener)
+        local conn = listener:accept()
+        if not conn then return end
+        if limit then conn:setlimit(limit) end
+        luahost.selector:register(conn, luahost.EVENT_READ, write_until_refused)
       end)
     ]]
 
@@ -162,6 +168,7 @@ describe("backpressure", function()
       local server = T.spawn(T.tempfile(WRITER), args, {options = options})
       local conn = T.client("127.0.0.1", server.port, {rcvbuf = 4096, timeout = 5})
       local port = conn:local_port()
+      conn:send("go")
       local i, n, first, second, after, how, err = server:wait_log(
         "write (%d+) returned (%d+) values: (.-), (.-); after it (.-), recv (%a+): (.*)$", 5)
       assert.same({"2", "nil", "buffer full"}, {n, first, second})
