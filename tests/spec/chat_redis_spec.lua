@@ -88,7 +88,9 @@ describe("chat.lua --redis", function()
 
     -- Names are unique across servers: Redis decides.
     a:send("/nick ann\n")
-    for _, x in ipairs({a, b, c}) do chat.expect(x, {type = "nick", from = a.name, name = "ann"}) end
+    for _, x in ipairs({a, b, c}) do
+      chat.expect(x, {type = "nick", from = a.name, name = "ann"})
+    end
     a.name = "ann"
     b:send("/nick ann\n")
     chat.expect(b, {type = "error", reason = "name ann is taken"})
