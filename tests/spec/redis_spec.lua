@@ -77,6 +77,8 @@ describe("luahost.redis", function()
     assert.equal(5000, #order)
     for i = 1, 5000 do assert.is_true(order[i], "reply " .. i) end
     r:close()
+    srv:stop()
+    T.assert_clean(srv) -- no socket, registration or timer of the client's is left
   end)
 
   it("returns the reply directly inside a task", function()
