@@ -87,10 +87,12 @@ describe("chat.lua --redis", function()
     assert.is_true(a.name ~= b.name and a.name ~= c.name and b.name ~= c.name)
 
     -- Names are unique across servers: Redis decides.
-    a:send("/nick ann\n")
+    -- A line after a nick waits for Redis's answer with it: it comes from the new name.
+    a:send("/nick ann\nas ann\n")
     for _, x in ipairs({a, b, c}) do
       chat.expect(x, {type = "nick", from = a.name, name = "ann"})
     end
+    for _, x in ipairs({b, c}) do chat.expect(x, {type = "say", from = "ann", text = "as ann"}) end
     a.name = "ann"
     b:send("/nick ann\n")
     chat.expect(b, {type = "error", reason = "name ann is taken"})
@@ -194,17 +196,22 @@ describe("chat.lua --redis", function()
     chat.expect_eventually(a, {type = "join", name = c.name})
     chat.expect_eventually(b, {type = "join", name = c.name})
 
-    local stall = R.stall(server, 2)
+    local stall = R.stall(server, 3)
     T.sleep(0.1) -- Redis is asleep now
     a:send("during the stall\n")
     chat.expect(c, {type = "say", from = a.name, text = "during the stall"})
     local d = chat.connect(p1.host, p1.port, "d on server 1") -- joins are local too
     d.name = chat.expect(d, {type = "welcome"}).name
     chat.expect(a, {type = "join", name = d.name})
+    -- A nick waits for Redis 1 s at most, then the server decides alone.
+    c:send("/nick cat\n")
+    chat.expect(a, {type = "nick", from = c.name, name = "cat"})
     assert.equal("", stall:received(), "Redis answered before the local chat was done")
     -- Once Redis wakes, the other server gets what was said, in order.
     chat.expect(b, {type = "say", from = a.name, text = "during the stall"}, 5)
     chat.expect(b, {type = "join", name = d.name})
+    chat.expect(b, {type = "nick", from = c.name, name = "cat"})
+    assert.same(sorted({a.name, b.name, "cat", d.name}), chat.who(b)) -- registered since
   end)
 
   it("forgets the names of a server that was killed once their TTL runs out", function()

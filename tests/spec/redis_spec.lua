@@ -97,6 +97,30 @@ describe("luahost.redis", function()
     r:close()
   end)
 
+  it("does not wake a task cancelled while it waited, and fails a call at once when closed",
+    function()
+    local server = R.start()
+    local srv, redis, task = start_host()
+    local r = redis.connect(server.host, server.port)
+    local got = {}
+    r:call({"PING"}, function(v) got.up = v end)
+    await(srv, got, "up")
+    local t = task.spawn(function()
+      got.reply = r:call({"PING"})
+      got.woken = true
+    end)
+    assert.equal("waiting", t:status())
+    t:cancel()
+    r:call({"ECHO", "x"}, function(v) got.x = v end) -- after the PING's reply
+    assert.equal("x", await(srv, got, "x"))
+    assert.is_nil(got.woken)
+    assert.equal("cancelled", t:status())
+    r:close()
+    local after = task.spawn(function() got.closed = {r:call({"PING"})} end)
+    assert.equal("done", after:status()) -- it never waited
+    assert.same({nil, "not connected: closed"}, got.closed)
+  end)
+
   it("subscribes, publishes and unsubscribes", function()
     local server = R.start()
     local srv, redis = start_host()
