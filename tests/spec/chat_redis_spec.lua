@@ -214,6 +214,36 @@ describe("chat.lua --redis", function()
     assert.same(sorted({a.name, b.name, "cat", d.name}), chat.who(b)) -- registered since
   end)
 
+  it("chats across servers again after a reload, with the same names", function()
+    local _, p1, p2 = two_servers()
+    local a = chat.connect(p1.host, p1.port, "a on server 1")
+    a.name = chat.expect(a, {type = "welcome"}).name
+    local b = chat.connect(p2.host, p2.port, "b on server 2")
+    b.name = chat.expect(b, {type = "welcome"}).name
+    p1:signal("HUP")
+    p1:wait_log("reloaded scripts/chat.lua")
+    p1:wait_log("redis %S+ connected", 5, 2) -- the new load's own connection
+    for _, pair in ipairs({{a, b}, {b, a}}) do
+      local from, to = pair[1], pair[2]
+      T.wait_until(function()
+        from:send("after the reload\n")
+        local ok, line = pcall(to.line, to, 0.2)
+        return ok and line:find("after the reload", 1, true)
+      end, 5, "a say to cross servers after the reload")
+    end
+    -- Once: the old load's subscription went with it.
+    b:send("once\n")
+    chat.expect_eventually(a, {type = "say", text = "once"})
+    local _, skipped = chat.who(a)
+    for _, msg in ipairs(skipped) do assert.is_true(msg.text ~= "once", "a second copy") end
+    T.wait_until(function()
+      local names = chat.who(b)
+      return #names == 2, table.concat(names, " ")
+    end, 3, "who to list both clients")
+    assert.same(sorted({a.name, b.name}), chat.who(b))
+    assert.same({}, p1:log_lines("^%S+ error "), p1:stderr())
+  end)
+
   it("forgets the names of a server that was killed once their TTL runs out", function()
     local server = R.start()
     local p1, p2, p3 = start_chat(server), start_chat(server), start_chat(server)
