@@ -2,6 +2,7 @@
 -- on one line; clients may send JSON objects or plain text, so `nc` works as a client.
 --
 -- Usage: luahost scripts/chat.lua [[HOST:]PORT] [--idle-timeout SECONDS] [--max-line BYTES]
+--                                  [--redis HOST:PORT [--name-ttl SECONDS]]
 --        (default 127.0.0.1:12345, idle timeout 300 s, max line 65536 bytes)
 -- A client that sends no complete line for the idle timeout is closed; bytes of a line
 -- that does not end do not count.
@@ -9,22 +10,40 @@
 -- A line starting with "{" or "[" is JSON and must be an object:
 --   {"type":"say","text":"..."}  {"type":"nick","name":"..."}  {"type":"who"}
 -- Any other line is plain text: "/nick NAME", "/who", or else something to say.
+--
+-- With --redis, every chat server on that Redis is one chat (luahost.redis, found on
+-- LUA_PATH): each server publishes its events on one channel, in order, and relays the
+-- others'; Redis owns the names (a key per name, owned by one server, with a TTL of
+-- --name-ttl seconds, default 30, that the owner refreshes). With Redis away each server
+-- chats locally and rejoins when it returns. docs/scaling.md says what is guaranteed.
 local luahost = require "luahost"
 local cjson = require "cjson.safe"
 
 local sel, READ = luahost.selector, luahost.EVENT_READ
 local USAGE = "usage: luahost scripts/chat.lua [[HOST:]PORT] [--idle-timeout SECONDS]"
-  .. " [--max-line BYTES]"
+  .. " [--max-line BYTES] [--redis HOST:PORT [--name-ttl SECONDS]]"
 
 local function parse_args(args)
-  local opts = { host = "127.0.0.1", port = 12345, idle_timeout = 300, max_line = 65536 }
+  local opts = { host = "127.0.0.1", port = 12345, idle_timeout = 300, max_line = 65536,
+                 name_ttl = 30 }
   local i = 1
   while args[i] do
     local a = args[i]
-    if a == "--idle-timeout" or a == "--max-line" then
+    if a == "--idle-timeout" or a == "--max-line" or a == "--name-ttl" then
       local v = tonumber(args[i + 1])
       if not v or v <= 0 then error(a .. " needs a positive number; " .. USAGE, 0) end
-      if a == "--idle-timeout" then opts.idle_timeout = v else opts.max_line = math.floor(v) end
+      if a == "--idle-timeout" then
+        opts.idle_timeout = v
+      elseif a == "--max-line" then
+        opts.max_line = math.floor(v)
+      else
+        opts.name_ttl = v
+      end
+      i = i + 2
+    elseif a == "--redis" then
+      local host, port = (args[i + 1] or ""):match("^%[?([^%]]*)%]?:(%d+)$")
+      if not host then error("--redis needs HOST:PORT; " .. USAGE, 0) end
+      opts.redis = { host = host, port = tonumber(port) }
       i = i + 2
     elseif a:sub(1, 1) == "-" then
       error("unknown option " .. a .. "; " .. USAGE, 0)
@@ -73,6 +92,8 @@ local function encode(msg)
 end
 
 local drop -- defined below; sending can fail and drop a client
+-- With --redis: the other servers, through Redis (set up at the end of this file).
+local fed
 
 -- Sends an encoded line; a client whose output limit is exceeded is disconnected.
 local function send_line(client, line)
@@ -86,16 +107,24 @@ local function send(client, msg)
   send_line(client, encode(msg))
 end
 
--- Sends msg to every client but `except` (which may be nil), encoding it once; the
--- host writes it to every connection in one call.
-local function broadcast(msg, except)
-  local _, failed = room:write(encode(msg), except and except.conn)
+-- Drops the clients a group write failed to reach.
+local function drop_failed(failed)
   for conn, err in pairs(failed or {}) do
     local client = clients[conn]
     if client then
       drop(client, err == "buffer full" and "slow consumer" or "write failed: " .. err)
     end
   end
+end
+
+-- Sends msg to every client but `except` (which may be nil), encoding it once; the
+-- host writes it to every connection in one call. With --redis the other servers'
+-- clients get it through Redis.
+local function broadcast(msg, except)
+  local line = encode(msg)
+  local _, failed = room:write(line, except and except.conn)
+  drop_failed(failed)
+  if fed then fed.publish(line) end
 end
 
 drop = function(client, reason)
@@ -105,6 +134,7 @@ drop = function(client, reason)
   clients[client.conn] = nil
   by_name[client.name] = nil
   client.conn:close() -- already closed when the host dropped a slow consumer: harmless
+  if fed then fed.release(client.name) end
   luahost.log("info", client.name, "left:", reason)
   broadcast({ type = "leave", name = client.name, reason = reason })
 end
@@ -116,6 +146,22 @@ end
 local function valid_name(name)
   return type(name) == "string" and #name >= 1 and #name <= 32
     and name:match("^[%w_%-]+$") ~= nil
+end
+
+-- Gives client a new name and tells everyone, client included (reason: why, if it did
+-- not ask for it).
+local function rename(client, name, reason)
+  local old = client.name
+  -- One at a time: a multiple assignment's order is not defined (Lua's is right to
+  -- left), and renaming to one's own name would clear the new entry.
+  by_name[old] = nil
+  by_name[name] = client
+  client.name = name
+  broadcast({ type = "nick", from = old, name = name, reason = reason })
+end
+
+local function taken(client, name)
+  return by_name[name] and by_name[name] ~= client
 end
 
 local handlers = {}
@@ -130,26 +176,40 @@ function handlers.nick(client, msg)
   if not valid_name(name) then
     return reply_error(client, "a name is 1-32 letters, digits, '_' or '-'")
   end
-  if by_name[name] and by_name[name] ~= client then
-    return reply_error(client, "name " .. name .. " is taken")
+  if taken(client, name) then return reply_error(client, "name " .. name .. " is taken") end
+  if fed and fed.up and name ~= client.name then
+    -- Redis decides; without its answer (down, or slow) this server does, and the name
+    -- is registered when Redis answers again.
+    return fed.ask(client, function(done) fed.claim_name(name, done) end, function(owned)
+      if owned == 0 or taken(client, name) then
+        return reply_error(client, "name " .. name .. " is taken")
+      end
+      local old = client.name
+      rename(client, name)
+      fed.release(old)
+    end)
   end
-  local old = client.name
-  -- One at a time: a multiple assignment's order is not defined (Lua's is right to
-  -- left), and renaming to one's own name would clear the new entry.
-  by_name[old] = nil
-  by_name[name] = client
-  client.name = name
-  broadcast({ type = "nick", from = old, name = name })
+  rename(client, name)
 end
 
-function handlers.who(client)
-  local names = {}
-  for name in pairs(by_name) do names[#names + 1] = name end
+-- Sends client the names here and those (a list, or nil) Redis has for every server.
+local function send_who(client, everywhere)
+  local set, names = {}, {}
+  for name in pairs(by_name) do set[name] = true end
+  for _, name in ipairs(everywhere or {}) do set[name] = true end
+  for name in pairs(set) do names[#names + 1] = name end
   if #names == 0 then -- lua-cjson encodes an empty table as an object, {}
     return send_line(client, '{"type":"who","names":[]}\n')
   end
   table.sort(names)
   send(client, { type = "who", names = names })
+end
+
+function handlers.who(client)
+  if fed and fed.up then
+    return fed.ask(client, fed.all_names, function(names) send_who(client, names) end)
+  end
+  send_who(client)
 end
 
 -- What kind of JSON value a message's type is, for a reply: never tostring of a client's
@@ -238,10 +298,18 @@ local function keep(client, data, start)
 end
 
 -- Splits received bytes into lines. Only a complete line makes a client active: one
--- that sends a byte a minute and never a newline is idle, and is swept.
+-- that sends a byte a minute and never a newline is idle, and is swept. A line that
+-- waits on Redis (fed.ask) holds the client: the rest of what it sent is kept and it is
+-- not read until the answer comes, so its lines keep their order.
 local function feed(client, data)
   local start = 1
   while not client.gone do
+    if client.waiting then
+      if start <= #data then client.stash = data:sub(start) end
+      client.paused = true
+      sel:unregister(client.conn)
+      return
+    end
     local nl = data:find("\n", start, true)
     if not nl then break end
     client.last_active = luahost.now()
@@ -274,9 +342,22 @@ local function on_readable(conn)
   end
 end
 
+-- With --redis a guest's name carries its server's tag, so servers seldom clash.
 local function next_guest_name()
-  repeat CHAT.guests = CHAT.guests + 1 until not by_name["guest-" .. CHAT.guests]
-  return "guest-" .. CHAT.guests
+  local prefix = fed and "guest-" .. fed.tag .. "-" or "guest-"
+  repeat CHAT.guests = CHAT.guests + 1 until not by_name[prefix .. CHAT.guests]
+  return prefix .. CHAT.guests
+end
+
+-- The client's line that waited on Redis has been answered: read it again.
+local function resume(client)
+  client.waiting = false
+  if client.gone or not client.paused then return end
+  client.paused = false
+  sel:register(client.conn, READ, on_readable)
+  local stash = client.stash
+  client.stash = nil
+  if stash then feed(client, stash) end
 end
 
 -- Takes every client waiting, up to ACCEPTS_PER_EVENT: one accept per wakeup lets a
@@ -295,6 +376,7 @@ local function on_accept(server)
     sel:register(conn, READ, on_readable)
     send(client, { type = "welcome", name = client.name })
     broadcast({ type = "join", name = client.name }, client)
+    if fed then fed.claim(client) end
   end
 end
 
@@ -315,8 +397,140 @@ local server = assert(luahost.listen(opts.host, opts.port))
 sel:register(server, READ, on_accept)
 local sweeper = luahost.every(math.min(1, opts.idle_timeout / 4), sweep_idle)
 
--- Before a newer version takes over: stop this version's timer (the new one has its own).
-luahost.on_reload(function() sweeper:cancel() end)
+-- The chat across servers (--redis). Each server publishes its clients' events, each
+-- line prefixed with the server's id, on one channel, in the order it sent them to its
+-- own clients, and sends its clients the lines of the others. A name is the key
+-- NAMES .. name, whose value is the id of the server that owns it, with a TTL that the
+-- owner refreshes every third of it: a server that dies leaves its names for one TTL.
+local CHANNEL, NAMES = "luahost-chat:events", "luahost-chat:name:"
+-- Takes a name that is free or already the server's, and (re)sets its TTL: 1, else 0.
+local CLAIM = [[
+local owner = redis.call('GET', KEYS[1])
+if owner and owner ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1]]
+local RELEASE = [[
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0]]
+-- How long a client's nick or who waits on Redis before this server answers alone.
+local REDIS_WAIT = 1
+
+local function new_server_id()
+  local f = io.open("/dev/urandom", "rb")
+  local bytes = f and f:read(8)
+  if f then f:close() end
+  bytes = bytes or tostring({}) .. os.time()
+  return (bytes:gsub(".", function(c) return string.format("%02x", c:byte()) end))
+end
+
+local function federate(where)
+  local redis = require "luahost.redis"
+  CHAT.server_id = CHAT.server_id or new_server_id()
+  local id = CHAT.server_id
+  local f = { id = id, tag = id:sub(1, 4), up = false }
+  local address = where.host .. ":" .. where.port
+  local ttl_ms = tostring(math.max(1, math.floor(opts.name_ttl * 1000)))
+  local r
+
+  function f.claim_name(name, done)
+    r:call({ "EVAL", CLAIM, "1", NAMES .. name, id, ttl_ms }, done)
+  end
+
+  -- Claims client's name; if another server has it, renames the client and tells it.
+  function f.claim(client)
+    local name = client.name
+    f.claim_name(name, function(owned)
+      if owned ~= 0 or client.gone or client.name ~= name then return end
+      luahost.log("info", "name", name, "is taken on another server: renaming the client here")
+      rename(client, next_guest_name(), "name " .. name .. " is taken on another server")
+      f.claim(client)
+    end)
+  end
+
+  function f.release(name)
+    r:call({ "EVAL", RELEASE, "1", NAMES .. name, id })
+  end
+
+  function f.publish(line)
+    r:publish(CHANNEL, id .. " " .. line)
+  end
+
+  -- Every name Redis has, or nil if it did not answer (SCAN, a page at a time).
+  function f.all_names(done)
+    local names = {}
+    local function page(cursor)
+      r:call({ "SCAN", cursor, "MATCH", NAMES .. "*", "COUNT", "1000" }, function(reply)
+        if type(reply) ~= "table" then return done(nil) end
+        for _, key in ipairs(reply[2]) do names[#names + 1] = key:sub(#NAMES + 1) end
+        if reply[1] == "0" then return done(names) end
+        page(reply[1])
+      end)
+    end
+    page("0")
+  end
+
+  -- Holds client while start(done) asks Redis; then[answer] runs on the answer, or on
+  -- nil if none came within REDIS_WAIT seconds; then the client is read again.
+  function f.ask(client, start, then_)
+    client.waiting = true
+    local finished, timer = false, nil
+    local function finish(answer)
+      if finished then return end
+      finished = true
+      if timer then timer:cancel() end
+      if not client.gone then then_(answer) end
+      resume(client)
+    end
+    timer = luahost.after(REDIS_WAIT, function()
+      timer = nil
+      finish(nil)
+    end)
+    start(finish)
+  end
+
+  local function refresh()
+    if not f.up then return end
+    for _, client in pairs(clients) do f.claim(client) end
+  end
+
+  r = redis.connect(where.host, where.port, {
+    on_connect = function()
+      f.up = true
+      local n = 0
+      for _ in pairs(clients) do n = n + 1 end
+      luahost.log("info", "redis", address, "connected: chatting across servers;",
+        "registering", n, "names")
+      refresh()
+    end,
+    on_disconnect = function(_, why)
+      f.up = false
+      luahost.log("warn", "redis", address, "unreachable (" .. why .. "):",
+        "chatting locally until it returns")
+    end,
+  })
+  r:subscribe(CHANNEL, function(payload)
+    local from, line = payload:match("^(%S+) (.*)$")
+    if from and from ~= id then
+      local _, failed = room:write(line)
+      drop_failed(failed)
+    end
+  end)
+  local refresher = luahost.every(opts.name_ttl / 3, refresh)
+  function f.close()
+    refresher:cancel()
+    r:close()
+  end
+  return f
+end
+
+if opts.redis then fed = federate(opts.redis) end
+
+-- Before a newer version takes over: stop this version's timer (the new one has its own)
+-- and its Redis connections (the new one makes its own, and keeps the server's id).
+luahost.on_reload(function()
+  sweeper:cancel()
+  if fed then fed.close() end
+end)
 
 -- After a reload, every connection the old code served is handed to the new code.
 function luahost.adopt(key)

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "lua_group.h"
+#include "lua_redis.h"
 #include "lua_listen.h"
 #include "lua_sockopt.h"
 #include "stall.h"
@@ -197,6 +198,7 @@ lh_host *lh_host_push(lua_State *L, const lh_settings *settings)
     lh_setfuncs(L, host_functions, module, index, host);
     lhsock_open(L, module, index, &host->sockets);
     lhgroup_open(L, module);
+    lhresp_open(L, module);
     lhlisten_open(L, module, index, &host->sockets);
     lhsockopt_open(L);
     lhsel_open(L, module, index, &host->selectors, &host->sockets);

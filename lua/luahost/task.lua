@@ -200,7 +200,7 @@ function task.spawn(fn, ...)
   -- Every field is set (false for none): a missing one would be looked up in Task on
   -- each read, on the path of every message.
   local t = setmetatable({co = create(fn), streams = {}, state = "running", waiting = false,
-    stream = false, slot = false, timer = false, cancelling = false}, Task)
+    stream = false, slot = false, timer = false, cancelling = false, awaiting = false}, Task)
   t.on_timeout = function()
     if t.timer then
       t.timer = false
@@ -272,6 +272,33 @@ end
 function task.sleep(seconds)
   assert(type(seconds) == "number", "task.sleep: seconds expected")
   wait(nil, nil, nil, math.max(seconds, 0.001))
+end
+
+-- Calls start(done) and waits until done(...) is called, at once or later from a callback
+-- of the host, then returns what done was given: for a module whose results come through
+-- callbacks (luahost.redis) to hand them to a task. Inside a task only. A done called after
+-- its task was cancelled, or called again, does nothing.
+function task.await(start)
+  local t = running_task()
+  if not t then error("luahost.task: await only inside a task (task.spawn)", 2) end
+  local token, results = {}, nil
+  start(function(...)
+    if results then return end
+    results = table.pack(...)
+    if t.awaiting == token and t.state == "running" then
+      t.awaiting = false
+      -- From a host callback or from another task (which stays current): not wake_from_host,
+      -- whose reaping would take the running task for one the budget cut short.
+      if current and (not current.co or costatus(current.co) == "dead") then reap_cut_short() end
+      step(t, "ready")
+    end
+  end)
+  if not results then
+    t.awaiting = token
+    wait(nil, nil, nil, nil)
+    t.awaiting = false
+  end
+  return table.unpack(results, 1, results.n)
 end
 
 -- The running task, or nil.

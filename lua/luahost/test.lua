@@ -1097,6 +1097,12 @@ function T.run_command(argv, opts)
     stderr = p:stderr(), elapsed = p.ended - p.started, timed_out = timed_out}, Run)
 end
 
+-- Starts argv (program, then arguments) in the background, as T.spawn does the
+-- executable: a process stopped when the test ends. opts: env, nofile.
+function T.spawn_command(argv, opts)
+  return start(argv, opts or {}, argv[1])
+end
+
 -- Runs `luahost args...` to completion (T.run_command).
 function T.run(args, opts)
   return T.run_command({T.executable(), table.unpack(args)}, opts)

@@ -9,6 +9,9 @@
  *     --duration SEC  measured time (idle: how long to hold; default 5)
  *     --cap SEC       hard limit on the whole run, connecting included (default 60)
  *     --pid PID       the server: its CPU (/proc/PID/stat) and VmRSS over the window
+ *     --port2 PORT    odd-numbered connections go to PORT instead: a second server
+ *     --also-pid PID  a process whose CPU counts as the server's (up to 4: the second
+ *                     server, the Redis between them)
  *     --ramp N        connections opening at once (default 32: LuaSocket's backlog)
  *     --at-start CMD  pause the load until nothing is in flight, run CMD (sh -c), then
  *                     start the window; --at-end CMD: the same when the window ends.
@@ -67,7 +70,8 @@ static struct {
     double warmup, duration, cap;
     int pid;
     const char *at_start, *at_end;
-} opt = {M_ECHO, 0, 100, 64, 1, 32, 1.0, 5.0, 60.0, 0, NULL, NULL};
+    int port2, also[4], nalso;
+} opt = {M_ECHO, 0, 100, 64, 1, 32, 1.0, 5.0, 60.0, 0, NULL, NULL, 0, {0}, 0};
 
 static conn *conns;
 static int epfd;
@@ -256,7 +260,8 @@ static void issue(conn *c, int k, uint64_t t)
 
 static void start_connect(conn *c)
 {
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)opt.port)};
+    int port = opt.port2 && c->id % 2 ? opt.port2 : opt.port;
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     int one = 1;
     c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -588,6 +593,12 @@ static void take(snapshot *s)
             fail("cannot read /proc/%d/stat: the server is gone", opt.pid);
         s->srv_rss_kib = read_rss_kib(opt.pid);
     }
+    for (int i = 0; i < opt.nalso; i++) {
+        double u = 0, y = 0;
+        if (read_proc_stat(opt.also[i], &u, &y) < 0)
+            fail("cannot read /proc/%d/stat: it is gone", opt.also[i]);
+        s->srv_user += u, s->srv_sys += y;
+    }
     s->msgs = msgs_done;
     s->bytes = bytes_done;
 }
@@ -784,18 +795,20 @@ static int probe(void)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: loadgen --mode echo|idle|chat|probe --port PORT [-c N] [-s BYTES] "
-                    "[-d DEPTH] [--warmup SEC] [--duration SEC] [--cap SEC] [--pid PID] "
-                    "[--ramp N] [--at-start CMD] [--at-end CMD]\n");
+    fprintf(stderr,
+            "usage: loadgen --mode echo|idle|chat|probe --port PORT [-c N] [-s BYTES] "
+            "[-d DEPTH] [--warmup SEC] [--duration SEC] [--cap SEC] [--pid PID] "
+            "[--ramp N] [--at-start CMD] [--at-end CMD] [--port2 PORT] [--also-pid PID]...\n");
     exit(2);
 }
 
 static void parse_args(int argc, char **argv)
 {
     static const struct option longs[] = {
-        {"mode", 1, 0, 'm'},   {"port", 1, 0, 'p'}, {"warmup", 1, 0, 'w'}, {"duration", 1, 0, 't'},
-        {"cap", 1, 0, 'C'},    {"pid", 1, 0, 'P'},  {"ramp", 1, 0, 'r'},   {"at-start", 1, 0, 'S'},
-        {"at-end", 1, 0, 'E'}, {0, 0, 0, 0},
+        {"mode", 1, 0, 'm'},     {"port", 1, 0, 'p'},     {"warmup", 1, 0, 'w'},
+        {"duration", 1, 0, 't'}, {"cap", 1, 0, 'C'},      {"pid", 1, 0, 'P'},
+        {"ramp", 1, 0, 'r'},     {"at-start", 1, 0, 'S'}, {"at-end", 1, 0, 'E'},
+        {"port2", 1, 0, '2'},    {"also-pid", 1, 0, 'A'}, {0, 0, 0, 0},
     };
     int ch;
     while ((ch = getopt_long(argc, argv, "c:s:d:", longs, NULL)) != -1) {
@@ -839,6 +852,14 @@ static void parse_args(int argc, char **argv)
             break;
         case 'E':
             opt.at_end = optarg;
+            break;
+        case '2':
+            opt.port2 = atoi(optarg);
+            break;
+        case 'A':
+            if (opt.nalso == 4)
+                usage();
+            opt.also[opt.nalso++] = atoi(optarg);
             break;
         default:
             usage();

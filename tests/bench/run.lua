@@ -9,7 +9,7 @@
 -- Run from the project root:  lua5.4 tests/bench/run.lua     (make bench does that)
 -- Environment: BENCH_ROUNDS (2), BENCH_DURATION (3 s), BENCH_WARMUP (1 s),
 --   BENCH_IR_SECONDS (2 s under callgrind, after its own 1 s warm-up),
---   BENCH_ONLY=ir-echo,ir-chat,echo-100,chat (some scenarios: `make bench-ir` runs the
+--   BENCH_ONLY=ir-echo,ir-chat,echo-100,chat,chat-redis (some scenarios: `make bench-ir` runs the
 --   two callgrind ones), BENCH_SERVERS=luahost,c (some servers).
 --   With BENCH_ONLY or BENCH_SERVERS the report goes to build/bench/, not docs/.
 
@@ -35,6 +35,17 @@ local DEADLINE = 600 -- seconds after which no further run starts: the bench sta
 
 -- Scenarios ------------------------------------------------------------------------------
 
+local start_redis_chat -- below: two chat servers joined by a redis-server of the bench's own
+
+-- Chat across two servers through Redis: the clients are split between them (loadgen
+-- --port2), and CPU counts both servers and Redis, all three on the server's CPU.
+local REDIS_CHAT_SERVERS = {
+  { key = "luahost", name = "chat.lua, one server",
+    cmd = "build/luahost --log-level warn scripts/chat.lua 127.0.0.1:%d" },
+  { key = "luahost_redis", name = "chat.lua, 2 servers + Redis",
+    start = function(...) return start_redis_chat(...) end },
+}
+
 local SCENARIOS = {
   { id = "echo-10", mode = "echo", c = 10, s = 64, d = 1, servers = ECHO_SERVERS, plot = true,
     title = "echo, 10 connections, 64 B, 1 in flight (plot only)" },
@@ -52,6 +63,9 @@ local SCENARIOS = {
     rounds = 1, title = "idle: 10,000 connections held, one verified round trip each" },
   { id = "chat", mode = "chat", c = 100, s = 64, d = 1, servers = CHAT_SERVERS,
     title = "chat fan-out, 100 clients, one broadcast in flight" },
+  { id = "chat-redis", mode = "chat", c = 100, s = 64, d = 1, servers = REDIS_CHAT_SERVERS,
+    ref = "luahost", title = "chat across two servers through Redis (chat.lua --redis) against"
+      .. " one server alone, 100 clients, one broadcast in flight" },
 }
 
 -- Setup ----------------------------------------------------------------------------------
@@ -96,6 +110,45 @@ local function stop_server(pid)
   common.stop(pid, 40)
 end
 
+local function read_log(path)
+  local f = io.open(path)
+  local text = f and f:read("a") or ""
+  if f then f:close() end
+  return text
+end
+
+-- A redis-server and two chat.lua --redis on it, the first on port; returns the first's
+-- pid and what else the load generator needs and the bench must stop, or nil.
+start_redis_chat = function(_, port, logfile)
+  local redis_port, port2 = free_port(), free_port()
+  local redis = start_server({ cmd = "redis-server --port %d --bind 127.0.0.1 --save \"\""
+    .. " --appendonly no --daemonize no" }, redis_port, logfile .. ".redis")
+  local chat = 'env "LUA_PATH_5_4=lua/?.lua;;" build/luahost scripts/chat.lua 127.0.0.1:%d'
+    .. " --redis 127.0.0.1:" .. redis_port
+  local first = redis and start_server({ cmd = chat }, port, logfile)
+  local second = first and start_server({ cmd = chat }, port2, logfile .. ".2")
+  local pids = { second, redis }
+  local function stop()
+    for _, pid in ipairs(pids) do stop_server(pid) end
+  end
+  if not second then
+    if first then stop_server(first) end
+    stop()
+    return nil
+  end
+  -- Both connected to Redis, and a moment for their subscriptions: a broadcast that one
+  -- missed would stall the load generator.
+  for _ = 1, 100 do
+    if read_log(logfile):find("connected") and read_log(logfile .. ".2"):find("connected") then
+      break
+    end
+    sh("sleep 0.05")
+  end
+  sh("sleep 0.5")
+  return first, { stop = stop, pids = pids,
+    args = string.format(" --port2 %d --also-pid %d --also-pid %d", port2, second, redis) }
+end
+
 -- Runs the load of scenario sc against server once; returns the loadgen's results.
 local function measure(sc, server)
   local conns = sc.c
@@ -107,7 +160,7 @@ local function measure(sc, server)
   if left < 15 then return { skipped = "not run: the bench is out of its 10 minutes" } end
   local port = free_port()
   local logfile = string.format("%s/%s-%s.log", BIN, sc.id, server.key)
-  local pid = start_server(server, port, logfile)
+  local pid, extra = (server.start or start_server)(server, port, logfile)
   if not pid then return { skipped = "did not start: see " .. logfile } end
   local duration = sc.mode == "idle" and 1 or DURATION
   local cap = math.min(60, left)
@@ -115,10 +168,14 @@ local function measure(sc, server)
     "prlimit --nofile=%d:%d taskset -c %d %s/loadgen --mode %s --port %d -c %d -s %d -d %d "
       .. "--warmup %g --duration %g --cap %d --pid %d",
     FD_LIMIT, FD_LIMIT, LOAD_CPU, BIN, sc.mode, port, conns, sc.s, sc.d, WARMUP, duration,
-    cap, pid)
+    cap, pid) .. (extra and extra.args or "")
   local r = parse(capture("timeout -k 5 " .. (cap + 10) .. " " .. cmd .. " 2>&1"))
   if not alive(pid) then r.died = true end
+  for _, other in ipairs(extra and extra.pids or {}) do
+    if not alive(other) then r.died = true end
+  end
   stop_server(pid)
+  if extra then extra.stop() end
   if not r.mode then return { skipped = "the load generator failed" } end
   return r
 end
@@ -292,7 +349,9 @@ local function md_table(header, rows)
 end
 
 local function load_table(res)
-  local ref = res.by_key.c or {} -- BENCH_SERVERS may leave the C server out
+  local ref_key = res.scenario.ref or "c"
+  local ref = res.by_key[ref_key] or {} -- BENCH_SERVERS may leave the C server out
+  local vs = ref_key == "c" and "C" or "first"
   local unit = res.scenario.mode == "chat" and "deliveries/s" or "msgs/s"
   local per = res.scenario.mode == "chat" and "delivery" or "msg"
   local rows = {}
@@ -308,8 +367,8 @@ local function load_table(res)
       }
     end
   end
-  return md_table({ "server", unit, "vs C", "MB/s", "p50 µs", "p99 µs", "max µs",
-                    "user µs/" .. per, "CPU µs/" .. per, "CPU vs C", "CPU server / load",
+  return md_table({ "server", unit, "vs " .. vs, "MB/s", "p50 µs", "p99 µs", "max µs",
+                    "user µs/" .. per, "CPU µs/" .. per, "CPU vs " .. vs, "CPU server / load",
                     "notes" }, rows)
 end
 
