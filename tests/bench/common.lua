@@ -67,14 +67,28 @@ function M.parse(line)
   return r
 end
 
--- Builds the load generator and the C reference servers into build/bench/.
+-- The programs built into build/bench/: their sources (in tests/bench/) and libraries.
+local TOOLS = {
+  { "loadgen", { "loadgen.c", "loadgen_tls.c", "loadgen_tls.h" }, "-lssl -lcrypto" },
+  { "c_echo", { "c_echo.c" }, "" },
+  { "c_chat", { "c_chat.c" }, "" },
+  { "c_tls_echo", { "c_tls_echo.c" }, "-lssl -lcrypto" },
+}
+
+-- Builds the load generator and the C reference servers into build/bench/, each again
+-- only when one of its sources is newer.
 function M.build_tools()
   M.sh("mkdir -p " .. M.BIN)
-  for _, prog in ipairs({ "loadgen", "c_echo", "c_chat" }) do
-    local out, src = M.BIN .. "/" .. prog, "tests/bench/" .. prog .. ".c"
-    if not M.sh(string.format("[ %s -nt %s ] || cc -O2 -Wall -Wextra -std=c11 -o %s %s", out,
-                              src, out, src)) then
-      M.die("cannot build %s", prog)
+  for _, tool in ipairs(TOOLS) do
+    local out, fresh, c_files = M.BIN .. "/" .. tool[1], {}, {}
+    for _, f in ipairs(tool[2]) do
+      fresh[#fresh + 1] = string.format("[ %s -nt tests/bench/%s ]", out, f)
+      if f:match("%.c$") then c_files[#c_files + 1] = "tests/bench/" .. f end
+    end
+    if not M.sh(string.format("%s || cc -O2 -Wall -Wextra -std=c11 -o %s %s %s",
+                              table.concat(fresh, " && "), out, table.concat(c_files, " "),
+                              tool[3])) then
+      M.die("cannot build %s", tool[1])
     end
   end
   if not M.sh("test -x build/luahost") then M.die("build/luahost is missing: run make build") end
