@@ -136,7 +136,8 @@ static void echo(int ep, int fd)
         }
         int sent = SSL_write(c->ssl, buf, n);
         if (sent < n) {
-            if (keep(c, buf + (sent > 0 ? sent : 0), (size_t)(n - (sent > 0 ? sent : 0))) < 0) {
+            int done = sent > 0 ? sent : 0; /* none: the retry passes all n again */
+            if (keep(c, buf + done, (size_t)(n - done)) < 0) {
                 drop(ep, fd);
                 return;
             }
