@@ -42,7 +42,7 @@ bench: build
 # Only the instructions and allocator calls per message under callgrind, every server:
 # under two minutes; the report goes to build/bench/benchmarks.md.
 bench-ir: build
-	BENCH_ONLY=ir-echo,ir-chat lua5.4 tests/bench/run.lua
+	BENCH_ONLY=ir-echo,ir-chat,ir-tls,ir-tls-handshake lua5.4 tests/bench/run.lua
 
 # Its tools have a list of their own: lua-check pulls in lua5.1, which Debian makes `lua`.
 lint:

@@ -28,6 +28,14 @@ M.CHAT_SERVERS = {
     cmd = "build/luahost --log-level warn scripts/chat.lua 127.0.0.1:%d" },
   { key = "luv", name = "luv", cmd = "lua5.4 tests/bench/luv_chat.lua %d" },
 }
+-- Echo over TLS (issue 13): the C reference beside luahost's echo.lua given a certificate.
+-- {cert} and {key} are the files M.tls_files makes for the run (M.command fills them in).
+M.TLS_ECHO_SERVERS = {
+  { key = "c", name = "C OpenSSL epoll (limit)", tls = true,
+    cmd = M.BIN .. "/c_tls_echo %d {cert} {key}" },
+  { key = "luahost", name = "luahost echo.lua", tls = true,
+    cmd = "build/luahost scripts/echo.lua 127.0.0.1:%d --tls-cert {cert} --tls-key {key}" },
+}
 
 function M.log(fmt, ...)
   io.stderr:write(string.format(fmt, ...), "\n")
@@ -67,14 +75,28 @@ function M.parse(line)
   return r
 end
 
--- Builds the load generator and the C reference servers into build/bench/.
+-- The programs built into build/bench/: their sources (in tests/bench/) and libraries.
+local TOOLS = {
+  { "loadgen", { "loadgen.c", "loadgen_tls.c", "loadgen_tls.h" }, "-lssl -lcrypto" },
+  { "c_echo", { "c_echo.c" }, "" },
+  { "c_chat", { "c_chat.c" }, "" },
+  { "c_tls_echo", { "c_tls_echo.c" }, "-lssl -lcrypto" },
+}
+
+-- Builds the load generator and the C reference servers into build/bench/, each again
+-- only when one of its sources is newer.
 function M.build_tools()
   M.sh("mkdir -p " .. M.BIN)
-  for _, prog in ipairs({ "loadgen", "c_echo", "c_chat" }) do
-    local out, src = M.BIN .. "/" .. prog, "tests/bench/" .. prog .. ".c"
-    if not M.sh(string.format("[ %s -nt %s ] || cc -O2 -Wall -Wextra -std=c11 -o %s %s", out,
-                              src, out, src)) then
-      M.die("cannot build %s", prog)
+  for _, tool in ipairs(TOOLS) do
+    local out, fresh, c_files = M.BIN .. "/" .. tool[1], {}, {}
+    for _, f in ipairs(tool[2]) do
+      fresh[#fresh + 1] = string.format("[ %s -nt tests/bench/%s ]", out, f)
+      if f:match("%.c$") then c_files[#c_files + 1] = "tests/bench/" .. f end
+    end
+    if not M.sh(string.format("%s || cc -O2 -Wall -Wextra -std=c11 -o %s %s %s",
+                              table.concat(fresh, " && "), out, table.concat(c_files, " "),
+                              tool[3])) then
+      M.die("cannot build %s", tool[1])
     end
   end
   if not M.sh("test -x build/luahost") then M.die("build/luahost is missing: run make build") end
@@ -117,10 +139,87 @@ function M.stop(pid, tries)
   M.sh("kill -KILL " .. pid .. " 2>/dev/null")
 end
 
+-- mode: "echo", "chat", "tls" (echo over TLS) or "handshake" (TLS handshakes).
 function M.server(mode, key)
-  for _, s in ipairs(mode == "chat" and M.CHAT_SERVERS or M.ECHO_SERVERS) do
+  local lists = { echo = M.ECHO_SERVERS, chat = M.CHAT_SERVERS, tls = M.TLS_ECHO_SERVERS,
+                  handshake = M.TLS_ECHO_SERVERS }
+  for _, s in ipairs(lists[mode] or {}) do
     if s.key == key then return s end
   end
+end
+
+-- TLS ------------------------------------------------------------------------------------
+
+local tls_dir -- made once a run, removed by M.cleanup
+
+-- A self-signed ECDSA P-256 certificate for 127.0.0.1 and its key, made with the openssl
+-- command for this run only (no key is kept in the tree): {cert=, key=}.
+function M.tls_files()
+  if not tls_dir then
+    tls_dir = M.capture("mktemp -d")
+    if not M.sh(string.format("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1"
+                                .. " -nodes -days 1 -subj /CN=127.0.0.1 -addext"
+                                .. " subjectAltName=IP:127.0.0.1 -keyout %s/key.pem -out"
+                                .. " %s/cert.pem 2>/dev/null", tls_dir, tls_dir)) then
+      M.die("the openssl command could not make a test certificate")
+    end
+  end
+  return { cert = tls_dir .. "/cert.pem", key = tls_dir .. "/key.pem" }
+end
+
+function M.cleanup()
+  if tls_dir then M.sh("rm -rf " .. tls_dir) end
+  tls_dir = nil
+end
+
+-- The server's command line for port, with the run's certificate where it takes one.
+function M.command(server, port)
+  local cmd = string.format(server.cmd, port)
+  if server.tls then
+    local f = M.tls_files()
+    cmd = cmd:gsub("{cert}", f.cert):gsub("{key}", f.key)
+  end
+  return cmd
+end
+
+-- Whether a TLS server of the list speaks TLS at all: nil if it does, else why not, as
+-- the row's text. Asked once a run per server: it is started on its own, and must
+-- listen and complete a handshake. A luahost without TLS either refuses --tls-cert
+-- (and exits with its error) or, as a script that ignores arguments it does not know,
+-- serves plain echo, which sends the ClientHello back: either way it is said, not hidden.
+local tls_verdicts = {}
+function M.tls_missing(server)
+  if tls_verdicts[server.key] == nil then
+    local port, log = M.free_port(), M.capture("mktemp")
+    local pid = tonumber(M.capture(string.format("sh -c 'exec %s >%s 2>&1 </dev/null' & echo $!",
+                                                 M.command(server, port), log)))
+    local why = "did not listen within 10 s"
+    for _ = 1, 50 do
+      if not M.alive(pid) then
+        why = "it exited: " .. M.capture("head -c 200 " .. log):gsub("\n.*", "")
+        break
+      end
+      if M.sh(string.format("%s/loadgen --mode probe --port %d --cap 0 2>/dev/null", M.BIN,
+                            port)) then
+        local out = M.capture(string.format("%s/loadgen --mode probe --tls --port %d --cap 2 2>&1",
+                                            M.BIN, port))
+        -- "loadgen: no TLS on 127.0.0.1:PORT: error:0A0000F4:SSL routines::unexpected
+        -- message" (what a plain echo's answer to a ClientHello gives) says it all.
+        local reason = out:gsub("^loadgen: no TLS on %S+ ", ""):gsub("error:%x+:", "")
+        why = M.alive(pid) and not out:find("TLS handshake done") and
+          "it listens, but a TLS handshake with it failed: " .. reason
+          or not M.alive(pid) and "it exited during a TLS handshake" or false
+        break
+      end
+      M.sh("sleep 0.2")
+    end
+    M.stop(pid, 40)
+    M.sh("rm -f " .. log)
+    tls_verdicts[server.key] = why and string.format("%s has no TLS: skipped (%s)",
+                                                     server.key == "c" and "the C server"
+                                                       or server.key, why) or false
+  end
+  return tls_verdicts[server.key] or nil
 end
 
 return M

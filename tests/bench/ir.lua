@@ -11,8 +11,9 @@
 -- instructions are divided by the same count, taken outside it.
 --
 -- Usage, from the project root (tests/bench/ir.sh runs this):
---   lua5.4 tests/bench/ir.lua [echo|chat] [CONNECTIONS] [SECONDS] [SERVER]
---   SERVER: luahost (default), c, python, luv, cqueues, copas (chat: luahost, c, luv).
+--   lua5.4 tests/bench/ir.lua [echo|chat|tls|handshake] [CONNECTIONS] [SECONDS] [SERVER]
+--   SERVER: luahost (default), c, python, luv, cqueues, copas (chat; tls, echo over TLS;
+--   handshake, TLS handshakes: luahost, c).
 --   IR_HOST=PATH measures another build of the luahost executable; IR_KEEP=FILE keeps
 --   the dump for callgrind_annotate.
 
@@ -116,9 +117,11 @@ function M.measure(server, mode, conns, secs, opts)
   if server.max_conns and conns > server.max_conns then
     return { skipped = string.format("cannot serve %d connections", conns) }
   end
+  local no_tls = server.tls and common.tls_missing(server)
+  if no_tls then return { skipped = no_tls } end
   local dir = common.capture("mktemp -d")
   local port = common.free_port()
-  local cmd = string.format(server.cmd, port)
+  local cmd = common.command(server, port)
   if opts.host and server.key == "luahost" then
     cmd = opts.host .. cmd:sub(#"build/luahost" + 1)
   end
@@ -135,8 +138,8 @@ function M.measure(server, mode, conns, secs, opts)
     r = common.parse(common.capture(string.format(
       "timeout -k 5 %d %s/loadgen --mode %s --port %d -c %d -s 64 -d 1 --warmup %g"
         .. " --duration %g --cap %d --at-start 'callgrind_control -z %d >/dev/null'"
-        .. " --at-end 'callgrind_control -d %d >/dev/null' 2>&1", cap + 10, common.BIN, mode,
-      port, conns, M.WARMUP, secs, cap, pid, pid)))
+        .. " --at-end 'callgrind_control -d %d >/dev/null'%s 2>&1", cap + 10, common.BIN, mode,
+      port, conns, M.WARMUP, secs, cap, pid, pid, server.tls and " --tls" or "")))
   end
   common.stop(pid, 100) -- callgrind may still be writing
   local dump = dir .. "/out.1"
@@ -163,14 +166,16 @@ end
 if arg and arg[0] and arg[0]:match("ir%.lua$") then
   local mode, conns = arg[1] or "echo", tonumber(arg[2]) or 100
   local secs, key = tonumber(arg[3]) or 3, arg[4] or "luahost"
-  local server = (mode == "echo" or mode == "chat") and common.server(mode, key)
+  local server = common.server(mode, key)
   if not server then
-    common.die("usage: ir.sh [echo|chat] [CONNECTIONS] [SECONDS] [SERVER]; SERVER is one of"
-                 .. " c, luahost, python, luv, cqueues, copas (chat: c, luahost, luv)")
+    common.die("usage: ir.sh [echo|chat|tls|handshake] [CONNECTIONS] [SECONDS] [SERVER];"
+                 .. " SERVER is one of c, luahost, python, luv, cqueues, copas (chat, tls,"
+                 .. " handshake: c, luahost)")
   end
   common.build_tools()
-  local r = M.measure(server, mode, conns, secs,
+  local r = M.measure(server, mode == "tls" and "echo" or mode, conns, secs,
                       { host = os.getenv("IR_HOST"), keep = os.getenv("IR_KEEP") })
+  common.cleanup()
   if r.skipped then common.die("%s: %s", key, r.skipped) end
   print(string.format("server=%s mode=%s connections=%d msgs=%d instructions=%d"
                         .. " per_message=%.0f heap_calls_per_message=%.2f"

@@ -1,7 +1,7 @@
 /* loadgen.c: the closed-loop load generator of `make bench`: epoll, non-blocking, one
  * thread; verifies every byte it gets back and prints one line of key=value results.
  *
- *   loadgen --mode echo|idle|chat|probe --port PORT [options]
+ *   loadgen --mode echo|idle|chat|handshake|probe --port PORT [options]
  *     -c N            connections (echo, chat: clients; idle: connections to hold)
  *     -s BYTES        message size; echo messages end in '\n', so line servers work
  *     -d DEPTH        messages in flight per connection (echo)
@@ -13,6 +13,8 @@
  *     --also-pid PID  a process whose CPU counts as the server's (up to 4: the second
  *                     server, the Redis between them)
  *     --ramp N        connections opening at once (default 32: LuaSocket's backlog)
+ *     --tls           speak TLS (loadgen_tls.c): echo and handshake load; probe then
+ *                     asks for a whole handshake, not only a TCP connect
  *     --at-start CMD  pause the load until nothing is in flight, run CMD (sh -c), then
  *                     start the window; --at-end CMD: the same when the window ends.
  *                     A server idle at both edges does, between them, exactly the work
@@ -23,7 +25,10 @@
  * is from the send of a message to the last byte of its echo.
  * Idle: opens N connections, one verified round trip each, holds them, and reports the
  * server's RSS before and after. Chat: one broadcast in flight; client k % C sends a
- * line, and the next goes out when all C-1 others got {"type":"say",...} for it. */
+ * line, and the next goes out when all C-1 others got {"type":"say",...} for it.
+ * Handshake: N connections at a time, each a new connection, a full TLS handshake, one
+ * S-byte round trip and a close, then the next in its place; a "message" is one such
+ * cycle, and latency is from the connect to the echo's last byte. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -41,19 +46,25 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "loadgen_tls.h"
+
 #define PATLEN        65521 /* the payload pattern's period: prime, so no message size divides it */
 #define MAXSPAN       65536 /* most bytes handled in one send or recv */
 #define LINE_MAX_CHAT 4096  /* a chat line longer than this is an error */
 
-enum mode { M_ECHO, M_IDLE, M_CHAT, M_PROBE };
-enum state { S_FREE, S_CONNECTING, S_OPENING, S_READY, S_DEAD };
+enum mode { M_ECHO, M_IDLE, M_CHAT, M_HANDSHAKE, M_PROBE };
+enum state { S_FREE, S_CONNECTING, S_HANDSHAKE, S_OPENING, S_READY, S_DEAD };
 enum phase { P_RAMP, P_WARMUP, P_MEASURE, P_DRAIN, P_DONE };
 
 typedef struct conn {
     int fd;
     uint8_t state;
     uint8_t want_out; /* EPOLLOUT armed */
+    uint8_t read_out; /* TLS: a read waits for writability */
     uint32_t id;
+    tls_conn *tls;    /* --tls: the connection's TLS state */
+    uint64_t t_open;  /* handshake mode: when this cycle's connect started */
+    uint32_t cycles;  /* handshake mode: cycles this slot has finished */
     uint64_t sent;    /* stream bytes sent */
     uint64_t due;     /* stream bytes that should have been sent */
     uint64_t got;     /* stream bytes received and verified */
@@ -71,7 +82,8 @@ static struct {
     int pid;
     const char *at_start, *at_end;
     int port2, also[4], nalso;
-} opt = {M_ECHO, 0, 100, 64, 1, 32, 1.0, 5.0, 60.0, 0, NULL, NULL, 0, {0}, 0};
+    int tls;
+} opt = {M_ECHO, 0, 100, 64, 1, 32, 1.0, 5.0, 60.0, 0, NULL, NULL, 0, {0}, 0, 0};
 
 static conn *conns;
 static int epfd;
@@ -87,6 +99,7 @@ static double t_pause;
 static uint64_t msgs_done, bytes_done;
 static uint64_t errors;
 static char first_error[160];
+static char tls_desc[128] = "-"; /* what the first handshake negotiated */
 
 /* Chat: the broadcast in flight. */
 static uint64_t bcast_no;     /* broadcasts sent so far */
@@ -208,14 +221,57 @@ static void arm(conn *c, int out)
 static void ramp_more(void);
 static void chat_lost(conn *c);
 
+/* One send or recv, over TLS or not: > 0 bytes; 0 when it must wait (a recv: nothing
+ * to read yet, or a TLS read waiting for writability, in read_out); -1 on end or error
+ * (*why says which). */
+static ssize_t io_send(conn *c, const char *data, size_t len, const char **why)
+{
+    if (c->tls) {
+        ssize_t n = tls_send(c->tls, data, len);
+        if (n > 0 || n == TLS_WANT_READ || n == TLS_WANT_WRITE)
+            return n > 0 ? n : 0;
+        return *why = n == TLS_CLOSED ? "closed by the server" : tls_error(), -1;
+    }
+    ssize_t n = send(c->fd, data, len, MSG_NOSIGNAL);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return 0;
+    return n < 0 ? (*why = strerror(errno), -1) : n;
+}
+
+static ssize_t io_recv(conn *c, char *data, size_t len, const char **why)
+{
+    if (c->tls) {
+        ssize_t n = tls_recv(c->tls, data, len);
+        c->read_out = n == TLS_WANT_WRITE;
+        if (n > 0 || n == TLS_WANT_READ || n == TLS_WANT_WRITE)
+            return n > 0 ? n : 0;
+        return *why = n == TLS_CLOSED ? "closed by the server" : tls_error(), -1;
+    }
+    ssize_t n = recv(c->fd, data, len, 0);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return 0;
+    if (n <= 0)
+        *why = n == 0 ? "closed by the server" : strerror(errno);
+    return n <= 0 ? -1 : n;
+}
+
+/* Closes the socket (with a close_notify first over TLS). */
+static void conn_close(conn *c)
+{
+    if (c->tls)
+        tls_close(c->tls);
+    c->tls = NULL;
+    close(c->fd);
+}
+
 static void conn_kill(conn *c, const char *why)
 {
     if (c->state == S_DEAD || c->state == S_FREE)
         return;
     if (why)
         fail("conn %u: %s", c->id, why);
-    int was_opening = c->state == S_CONNECTING || c->state == S_OPENING;
-    close(c->fd);
+    int was_opening = c->state == S_CONNECTING || c->state == S_HANDSHAKE || c->state == S_OPENING;
+    conn_close(c);
     c->state = S_DEAD;
     if (was_opening) {
         opening--;
@@ -236,11 +292,12 @@ static void conn_flush(conn *c)
             data = bcast_text + c->sent % (uint64_t)opt.size; /* a chat line is one span */
         else
             stream_bytes(c, c->sent, len, scratch);
-        ssize_t n = send(c->fd, data, len, MSG_NOSIGNAL);
-        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        const char *why = NULL;
+        ssize_t n = io_send(c, data, len, &why);
+        if (n == 0)
             break;
         if (n < 0) {
-            conn_kill(c, strerror(errno));
+            conn_kill(c, why);
             return;
         }
         c->sent += (uint64_t)n;
@@ -273,6 +330,8 @@ static void start_connect(conn *c)
     }
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     c->state = S_CONNECTING;
+    c->sent = c->due = c->got = 0; /* handshake mode: the slot's earlier cycle is gone */
+    c->t_open = now_ns();
     opening++;
     if (connect(c->fd, (struct sockaddr *)&sa, sizeof sa) < 0 && errno != EINPROGRESS) {
         conn_kill(c, strerror(errno));
@@ -301,6 +360,8 @@ static void became_ready(conn *c)
     ramp_more();
 }
 
+static void handshake_step(conn *c);
+
 static void connected(conn *c)
 {
     int err = 0;
@@ -310,53 +371,129 @@ static void connected(conn *c)
         conn_kill(c, strerror(err));
         return;
     }
+    if (opt.tls) {
+        c->state = S_HANDSHAKE;
+        c->tls = tls_new(c->fd);
+        if (!c->tls)
+            conn_kill(c, tls_error());
+        else
+            handshake_step(c);
+        return;
+    }
     c->state = S_OPENING;
     arm(c, 0);
     if (opt.mode != M_CHAT)
         issue(c, 1, now_ns());
 }
 
+/* One more step of the TLS handshake; once it is done the connection opens as a plain
+ * one does after its connect. */
+static void handshake_step(conn *c)
+{
+    int rc = tls_handshake(c->tls);
+    if (rc == TLS_WANT_READ || rc == TLS_WANT_WRITE) {
+        arm(c, rc == TLS_WANT_WRITE);
+        return;
+    }
+    if (rc != TLS_OK) {
+        conn_kill(c, tls_error());
+        return;
+    }
+    if (tls_desc[0] == '-')
+        snprintf(tls_desc, sizeof tls_desc, "%s", tls_describe(c->tls));
+    c->state = S_OPENING;
+    arm(c, 0);
+    issue(c, 1, now_ns());
+}
+
 /* --- echo and idle ----------------------------------------------------------------------- */
 
-static void echo_readable(conn *c)
+static void cycle_done(conn *c, uint64_t t);
+
+/* Reads once and checks what came; 0 when there is nothing more to do for now. */
+static int echo_read_once(conn *c)
 {
-    ssize_t n = recv(c->fd, scratch, MAXSPAN, 0);
-    if (n < 0 && (errno == EAGAIN || errno == EINTR))
-        return;
-    if (n <= 0) {
-        conn_kill(c, n == 0 ? "closed by the server" : strerror(errno));
-        return;
+    const char *why = NULL;
+    ssize_t n = io_recv(c, scratch, MAXSPAN, &why);
+    if (n == 0)
+        return 0;
+    if (n < 0) {
+        conn_kill(c, why);
+        return 0;
     }
     if (c->got + (uint64_t)n > c->sent) {
         conn_kill(c, "more bytes back than were sent");
-        return;
+        return 0;
     }
     stream_bytes(c, c->got, (size_t)n, expect);
     if (memcmp(scratch, expect, (size_t)n) != 0) {
         conn_kill(c, "echoed bytes differ from those sent");
-        return;
+        return 0;
     }
     uint64_t s = (uint64_t)opt.size, t = now_ns();
     uint64_t first = c->got / s, last = (c->got + (uint64_t)n) / s; /* messages completed */
     c->got += (uint64_t)n;
     if (phase == P_MEASURE)
         bytes_done += (uint64_t)n;
+    if (opt.mode == M_HANDSHAKE && last > first) {
+        cycle_done(c, t);
+        return 0;
+    }
     for (uint64_t m = first; m < last; m++) {
         hist_add(t - c->stamps[m % (uint64_t)opt.depth]);
         if (phase == P_MEASURE)
             msgs_done++;
     }
     if (last == first)
-        return;
+        return 1;
     if (c->state == S_OPENING) {
         became_ready(c);
-        return; /* echo load starts when every connection is open */
+        return 1; /* echo load starts when every connection is open */
     }
     if (opt.mode == M_ECHO && phase < P_DRAIN && !paused) {
         int inflight = (int)(c->due / s - last);
         if (inflight < opt.depth)
             issue(c, opt.depth - inflight, t);
     }
+    return 1;
+}
+
+/* One read per readiness, and more only while TLS holds bytes it has read already (the
+ * kernel will not wake us for them). */
+static void echo_readable(conn *c)
+{
+    while (echo_read_once(c) && c->state != S_DEAD && c->tls && tls_pending(c->tls))
+        ;
+}
+
+/* --- handshake ------------------------------------------------------------------------ */
+
+/* Handshake mode: this cycle's round trip is back: it counts, the connection closes
+ * (close_notify, then close), and a new one takes its place unless the load is paused
+ * or over. */
+static void cycle_done(conn *c, uint64_t t)
+{
+    hist_add(t - c->t_open);
+    if (phase == P_MEASURE)
+        msgs_done++;
+    if (c->state == S_OPENING) {
+        opening--;
+        if (!c->cycles++) /* its first cycle: the slot counts as opened */
+            established++;
+    }
+    conn_close(c);
+    c->state = S_FREE;
+    if (phase <= P_MEASURE && !paused)
+        start_connect(c);
+    ramp_more();
+}
+
+/* After a pause at an edge of the window: every slot starts a cycle again. */
+static void start_handshakes(void)
+{
+    for (int i = 0; i < opt.nconns; i++)
+        if (conns[i].state == S_FREE && conns[i].cycles)
+            start_connect(&conns[i]);
 }
 
 /* --- chat ---------------------------------------------------------------------------------- */
@@ -611,7 +748,7 @@ static void report(int capped)
     double secs = b->t - a->t;
     double msgs = (double)(b->msgs - a->msgs), cpu = b->lg_cpu - a->lg_cpu;
     double su = b->srv_user - a->srv_user, ss = b->srv_sys - a->srv_sys;
-    static const char *names[] = {"echo", "idle", "chat", "probe"};
+    static const char *names[] = {"echo", "idle", "chat", "handshake", "probe"};
     if (secs <= 0)
         secs = 1e-9;
     printf("mode=%s conns=%d size=%d depth=%d established=%d", names[opt.mode], opt.nconns,
@@ -630,8 +767,8 @@ static void report(int capped)
            cpu / secs >= 0.95, other < 0 ? 0 : other, steal);
     printf(" rss_before_kib=%ld rss_after_kib=%ld ramp_s=%.3f", snap_ramp.srv_rss_kib,
            b->srv_rss_kib, t_ramped > 0 ? t_ramped - t_start : 0.0);
-    printf(" errors=%llu capped=%d first_error=%s\n", (unsigned long long)errors, capped,
-           first_error[0] ? first_error : "-");
+    printf(" tls=%s errors=%llu capped=%d first_error=%s\n", tls_desc, (unsigned long long)errors,
+           capped, first_error[0] ? first_error : "-");
     fflush(stdout);
 }
 
@@ -641,6 +778,8 @@ static int all_drained(void)
 {
     if (opt.mode == M_CHAT)
         return bcast_sender < 0;
+    if (opt.mode == M_HANDSHAKE)
+        return opening == 0;
     for (int i = 0; i < opt.nconns; i++)
         if (conns[i].state == S_READY && conns[i].got < conns[i].due)
             return 0;
@@ -732,6 +871,8 @@ static int advance(void)
                 chat_next();
             else if (opt.mode == M_ECHO)
                 start_echo_load();
+            else if (opt.mode == M_HANDSHAKE)
+                start_handshakes();
         }
         return 0;
     case P_MEASURE:
@@ -763,9 +904,13 @@ static void on_event(conn *c, uint32_t events)
         connected(c);
         return;
     }
-    if (c->state == S_DEAD)
+    if (c->state == S_DEAD || c->state == S_FREE)
         return;
-    if (events & (EPOLLIN | EPOLLERR | EPOLLHUP)) {
+    if (c->state == S_HANDSHAKE) {
+        handshake_step(c);
+        return;
+    }
+    if ((events & (EPOLLIN | EPOLLERR | EPOLLHUP)) || (c->read_out && (events & EPOLLOUT))) {
         if (opt.mode == M_CHAT)
             chat_readable(c);
         else
@@ -777,6 +922,12 @@ static void on_event(conn *c, uint32_t events)
 
 static int probe(void)
 {
+    if (opt.tls && tls_init() == 0) { /* a TCP server answering is not enough */
+        int rc = tls_probe(opt.port, opt.cap > 0 ? opt.cap : 1);
+        if (rc < 0)
+            fprintf(stderr, "loadgen: no TLS on 127.0.0.1:%d: %s\n", opt.port, tls_error());
+        return rc < 0;
+    }
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)opt.port)};
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     do { /* at least once, so --cap 0 asks whether the port is taken */
@@ -796,29 +947,39 @@ static int probe(void)
 static void usage(void)
 {
     fprintf(stderr,
-            "usage: loadgen --mode echo|idle|chat|probe --port PORT [-c N] [-s BYTES] "
-            "[-d DEPTH] [--warmup SEC] [--duration SEC] [--cap SEC] [--pid PID] "
-            "[--ramp N] [--at-start CMD] [--at-end CMD] [--port2 PORT] [--also-pid PID]...\n");
+            "usage: loadgen --mode echo|idle|chat|handshake|probe --port PORT [-c N] [-s BYTES] "
+            "[-d DEPTH] [--warmup SEC] [--duration SEC] [--cap SEC] [--pid PID] [--ramp N] "
+            "[--at-start CMD] [--at-end CMD] [--port2 PORT] [--also-pid PID]... [--tls]\n");
     exit(2);
 }
 
 static void parse_args(int argc, char **argv)
 {
     static const struct option longs[] = {
-        {"mode", 1, 0, 'm'},     {"port", 1, 0, 'p'},     {"warmup", 1, 0, 'w'},
-        {"duration", 1, 0, 't'}, {"cap", 1, 0, 'C'},      {"pid", 1, 0, 'P'},
-        {"ramp", 1, 0, 'r'},     {"at-start", 1, 0, 'S'}, {"at-end", 1, 0, 'E'},
-        {"port2", 1, 0, '2'},    {"also-pid", 1, 0, 'A'}, {0, 0, 0, 0},
+        {"mode", 1, 0, 'm'},
+        {"port", 1, 0, 'p'},
+        {"warmup", 1, 0, 'w'},
+        {"duration", 1, 0, 't'},
+        {"cap", 1, 0, 'C'},
+        {"pid", 1, 0, 'P'},
+        {"ramp", 1, 0, 'r'},
+        {"at-start", 1, 0, 'S'},
+        {"at-end", 1, 0, 'E'},
+        {"port2", 1, 0, '2'},
+        {"also-pid", 1, 0, 'A'},
+        {"tls", 0, 0, 'T'},
+        {0, 0, 0, 0},
     };
     int ch;
     while ((ch = getopt_long(argc, argv, "c:s:d:", longs, NULL)) != -1) {
         switch (ch) {
         case 'm':
-            opt.mode = !strcmp(optarg, "echo")    ? M_ECHO
-                       : !strcmp(optarg, "idle")  ? M_IDLE
-                       : !strcmp(optarg, "chat")  ? M_CHAT
-                       : !strcmp(optarg, "probe") ? M_PROBE
-                                                  : (usage(), M_ECHO);
+            opt.mode = !strcmp(optarg, "echo")        ? M_ECHO
+                       : !strcmp(optarg, "idle")      ? M_IDLE
+                       : !strcmp(optarg, "chat")      ? M_CHAT
+                       : !strcmp(optarg, "handshake") ? M_HANDSHAKE
+                       : !strcmp(optarg, "probe")     ? M_PROBE
+                                                      : (usage(), M_ECHO);
             break;
         case 'p':
             opt.port = atoi(optarg);
@@ -861,6 +1022,9 @@ static void parse_args(int argc, char **argv)
                 usage();
             opt.also[opt.nalso++] = atoi(optarg);
             break;
+        case 'T':
+            opt.tls = 1;
+            break;
         default:
             usage();
         }
@@ -868,8 +1032,10 @@ static void parse_args(int argc, char **argv)
     if (opt.port <= 0 || opt.port > 65535 || opt.nconns < 1 || opt.size < 2 ||
         opt.size > MAXSPAN / 2 || opt.depth < 1 || opt.depth * opt.size > MAXSPAN || opt.ramp < 1)
         usage();
-    if (opt.mode == M_CHAT && (opt.nconns < 2 || opt.size > LINE_MAX_CHAT / 2))
+    if (opt.mode == M_CHAT && (opt.nconns < 2 || opt.size > LINE_MAX_CHAT / 2 || opt.tls))
         usage();
+    if (opt.mode == M_HANDSHAKE)
+        opt.depth = 1;
 }
 
 int main(int argc, char **argv)
@@ -883,6 +1049,8 @@ int main(int argc, char **argv)
     epfd = epoll_create1(EPOLL_CLOEXEC);
     if (!conns || epfd < 0)
         return perror("loadgen"), 1;
+    if (opt.tls && tls_init() < 0)
+        return fprintf(stderr, "loadgen: %s\n", tls_error()), 1;
     for (int i = 0; i < opt.nconns; i++) {
         conns[i].id = (uint32_t)i;
         conns[i].stamps = calloc((size_t)opt.depth, sizeof(uint64_t));

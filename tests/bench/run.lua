@@ -3,18 +3,21 @@
 -- C reference servers into build/bench/, measures every server's instructions and
 -- allocator calls per message under callgrind (tests/bench/ir.lua), then runs every
 -- wall-clock scenario on every server, interleaved (server on CPU 0, load on CPU 1),
--- prints the tables and writes docs/benchmarks.md and docs/benchmarks.png. Everything
--- talks to 127.0.0.1 only; every load is bounded.
+-- prints the tables and writes docs/benchmarks.md and docs/benchmarks.png. Echo over TLS
+-- and TLS handshakes (tests/bench/tls.lua) set luahost beside a C OpenSSL server, with a
+-- certificate made for the run. Everything talks to 127.0.0.1 only; every load is bounded.
 --
 -- Run from the project root:  lua5.4 tests/bench/run.lua     (make bench does that)
 -- Environment: BENCH_ROUNDS (2), BENCH_DURATION (3 s), BENCH_WARMUP (1 s),
 --   BENCH_IR_SECONDS (2 s under callgrind, after its own 1 s warm-up),
---   BENCH_ONLY=ir-echo,ir-chat,echo-100,chat,chat-redis (some scenarios: `make bench-ir` runs the
---   two callgrind ones), BENCH_SERVERS=luahost,c (some servers).
+--   BENCH_ONLY=ir-echo,ir-chat,ir-tls,ir-tls-handshake,echo-100,chat,chat-redis,
+--   tls-echo-100,tls-handshake (some scenarios: `make bench-ir` runs the callgrind ones,
+--   ir-*), BENCH_SERVERS=luahost,c (some servers).
 --   With BENCH_ONLY or BENCH_SERVERS the report goes to build/bench/, not docs/.
 
 local common = dofile("tests/bench/common.lua")
 local ir = dofile("tests/bench/ir.lua")
+local tls = dofile("tests/bench/tls.lua")
 local log, die, sh, capture = common.log, common.die, common.sh, common.capture
 local selected, parse, free_port = common.selected, common.parse, common.free_port
 local ECHO_SERVERS, CHAT_SERVERS = common.ECHO_SERVERS, common.CHAT_SERVERS
@@ -31,7 +34,8 @@ local SERVER_CPU, LOAD_CPU = 0, 1
 local IDLE_CONNS = 10000
 local DISTURBED = 0.4 -- CPUs of other load during a run above which it is run again
 local RETRY_BUDGET = 90 -- seconds the whole bench may spend running disturbed runs again
-local DEADLINE = 600 -- seconds after which no further run starts: the bench stays near 10 min
+-- Seconds after which no further run starts: the bench stays near 10 min, plus 2 for TLS.
+local DEADLINE = 720
 
 -- Scenarios ------------------------------------------------------------------------------
 
@@ -67,6 +71,7 @@ local SCENARIOS = {
     ref = "luahost", title = "chat across two servers through Redis (chat.lua --redis) against"
       .. " one server alone, 100 clients, one broadcast in flight" },
 }
+for _, sc in ipairs(tls.SCENARIOS) do SCENARIOS[#SCENARIOS + 1] = sc end
 
 -- Setup ----------------------------------------------------------------------------------
 
@@ -95,7 +100,7 @@ local started = os.time()
 local alive = common.alive
 
 local function start_server(server, port, logfile)
-  local cmd = string.format(server.cmd, port)
+  local cmd = common.command(server, port)
   local pid = capture(string.format(
     "sh -c 'exec prlimit --nofile=%d:%d taskset -c %d %s >%s 2>&1 </dev/null' & echo $!",
     FD_LIMIT, FD_LIMIT, SERVER_CPU, cmd, logfile))
@@ -157,7 +162,9 @@ local function measure(sc, server)
                                      conns) }
   end
   local left = DEADLINE - (os.time() - started)
-  if left < 15 then return { skipped = "not run: the bench is out of its 10 minutes" } end
+  if left < 15 then return { skipped = "not run: the bench is out of its 12 minutes" } end
+  local no_tls = server.tls and common.tls_missing(server)
+  if no_tls then return { skipped = no_tls } end
   local port = free_port()
   local logfile = string.format("%s/%s-%s.log", BIN, sc.id, server.key)
   local pid, extra = (server.start or start_server)(server, port, logfile)
@@ -166,9 +173,9 @@ local function measure(sc, server)
   local cap = math.min(60, left)
   local cmd = string.format(
     "prlimit --nofile=%d:%d taskset -c %d %s/loadgen --mode %s --port %d -c %d -s %d -d %d "
-      .. "--warmup %g --duration %g --cap %d --pid %d",
+      .. "--warmup %g --duration %g --cap %d --pid %d%s",
     FD_LIMIT, FD_LIMIT, LOAD_CPU, BIN, sc.mode, port, conns, sc.s, sc.d, WARMUP, duration,
-    cap, pid) .. (extra and extra.args or "")
+    cap, pid, sc.tls and " --tls" or "") .. (extra and extra.args or "")
   local r = parse(capture("timeout -k 5 " .. (cap + 10) .. " " .. cmd .. " 2>&1"))
   if not alive(pid) then r.died = true end
   for _, other in ipairs(extra and extra.pids or {}) do
@@ -206,6 +213,7 @@ local function pool(rounds)
     if r.died then p.died = true end
     p.rss_before, p.rss_after, p.ramp = r.rss_before_kib, r.rss_after_kib, r.ramp_s
     p.established = r.established
+    if r.tls ~= "-" then p.tls = r.tls end
   end
   if p.msgs == 0 and ok[1].mode ~= "idle" then
     p.skipped = "no message came back: " .. p.first_error:gsub("_", " ")
@@ -276,8 +284,10 @@ end
 -- at 100 connections. BENCH_ONLY selects them as ir-echo and ir-chat.
 
 local IR_MODES = {
-  { id = "ir-echo", mode = "echo", servers = ECHO_SERVERS },
-  { id = "ir-chat", mode = "chat", servers = CHAT_SERVERS },
+  { id = "ir-echo", key = "echo", mode = "echo", servers = ECHO_SERVERS },
+  { id = "ir-chat", key = "chat", mode = "chat", servers = CHAT_SERVERS },
+  tls.IR_MODES[1],
+  tls.IR_MODES[2],
 }
 
 local function run_ir()
@@ -287,14 +297,14 @@ local function run_ir()
       local servers, by_key = {}, {}
       for _, s in ipairs(m.servers) do
         if selected(ONLY_SERVERS, s.key) then
-          local r = ir.measure(s, m.mode, IR_CONNS, IR_SECONDS)
+          local r = ir.measure(s, m.mode, m.conns or IR_CONNS, IR_SECONDS)
           if s.key ~= "luahost" then r.dump_data = nil end -- only luahost's top is shown
           log("%-10s %-18s %s", m.id, s.name, r.skipped or string.format(
             "%.0f instructions per message over %d messages", r.per_msg, r.msgs))
           servers[#servers + 1], by_key[s.key] = s, r
         end
       end
-      res[m.mode] = { servers = servers, by_key = by_key }
+      res[m.key] = { servers = servers, by_key = by_key }
     end
   end
   return res
@@ -373,7 +383,7 @@ local function load_table(res)
 end
 
 local function ir_table(res, mode)
-  local per = mode == "chat" and "delivery" or "msg"
+  local per = mode == "chat" and "delivery" or mode == "handshake" and "handshake" or "msg"
   local ref = res.by_key.c
   ref = ref and not ref.skipped and ref or nil
   local rows = {}
@@ -390,7 +400,8 @@ local function ir_table(res, mode)
     end
   end
   return md_table({ "server", "instr./" .. per, "vs C", "C heap calls/" .. per,
-                    "Lua allocator calls/" .. per, mode == "chat" and "deliveries" or "messages",
+                    "Lua allocator calls/" .. per, mode == "chat" and "deliveries"
+                      or mode == "handshake" and "handshakes" or "messages",
                     "instructions" }, rows)
 end
 
@@ -471,6 +482,10 @@ local function against(value, limit)
   if value <= limit then return string.format("met, %.0f%% under", -by) end
   return string.format("**missed** by %.0f%%", by)
 end
+
+-- What tests/bench/tls.lua builds its tables and verdicts with.
+local helpers = { md_table = md_table, fmt = fmt, ratio = ratio, flags = flags,
+                  against = against, DISTURBED = DISTURBED }
 
 -- The targets of the "Performance II" issue (upper limits), then the earlier ones.
 -- Returns the table and the callgrind modes ("echo", "chat") with a target missed: echo's
@@ -556,6 +571,7 @@ local function targets(results, irres)
       add("chat", "ahead of luv (earlier)", text, verdict(ok))
     end
   end
+  tls.targets(results, helpers, add)
   return md_table({ "scenario", "target", "luahost measured", "verdict" }, rows), missed
 end
 
@@ -691,6 +707,7 @@ local function headline(results, irres)
         .. " CPU %.2f µs per delivery (C %.2f, luv %.2f).", lh.rate, ratio_to(lh, c),
       ratio_to(lh, luv), lh.user_us, c.user_us, luv.user_us or 0)
   end
+  out[#out + 1] = tls.headline(results, irres, thousands)
   local idle = results.idle
   if idle and idle.by_key.luahost and idle.by_key.luahost.kib_per_conn then
     local py = idle.by_key.python
@@ -729,9 +746,11 @@ local function report(results, irres, plotted, elapsed)
   local titles = {
     echo = "Instructions per echoed message (callgrind, 100 connections, 64 B, 1 in flight)",
     chat = "Instructions per chat delivery (callgrind, 100 clients)",
+    tls = tls.IR_TITLES.tls,
+    tls_handshake = tls.IR_TITLES.tls_handshake,
   }
   for _, m in ipairs(IR_MODES) do
-    if irres[m.mode] then section(titles[m.mode], ir_table(irres[m.mode], m.mode)) end
+    if irres[m.key] then section(titles[m.key], ir_table(irres[m.key], m.mode)) end
   end
   section("Headline", headline(results, irres))
   local tt, missed = targets(results, irres)
@@ -752,7 +771,9 @@ local function report(results, irres, plotted, elapsed)
   for _, sc in ipairs(SCENARIOS) do
     local res = results[sc.id]
     if res then
-      section(sc.title, sc.mode == "idle" and idle_table(res) or load_table(res))
+      section(sc.title, sc.mode == "idle" and idle_table(res)
+        or sc.mode == "handshake" and tls.handshake_table(res, helpers)
+        or load_table(res) .. (sc.tls and tls.note(res) or ""))
     end
   end
   parts[#parts + 1] = read_file("tests/bench/method.md") or ""
@@ -778,5 +799,6 @@ end
 local irres = run_ir()
 local results = run_all()
 report(results, irres, plot(results), os.time() - started)
+common.cleanup()
 log("bench: wrote %s/benchmarks.md and %s/benchmarks.png in %d s", OUT_DIR, OUT_DIR,
     os.time() - started)
