@@ -3,7 +3,8 @@
 -- for all, bound and logged once), restarts a worker that dies (backing off while one
 -- keeps failing at start, logged, the master staying up), passes SIGHUP on to every
 -- worker (connections kept), stops them gracefully on SIGTERM (a second signal at once),
--- and kills and replaces a worker that stops answering its heartbeat.
+-- kills and replaces a worker that stops answering its heartbeat, and leaves no worker
+-- behind when the master itself is killed.
 local T = require "luahost.test"
 
 -- Greets each client with "worker N/COUNT PID", then echoes. The number and pid come from
@@ -50,6 +51,10 @@ end
 -- Clients until each worker has taken some (the kernel spreads connections over the
 -- workers' sockets by their addresses; 40 tries all on one side: about 1e-12).
 local function clients_of_both(p)
+  -- The master logs "listening on" at the first worker's request: wait until both serve
+  -- (each says its fd limit once its script has run), or the first takes every client.
+  p:wait_log("%[worker 1%] fd limit", 5)
+  p:wait_log("%[worker 2%] fd limit", 5)
   local by = {[1] = {}, [2] = {}}
   local pids = {}
   for _ = 1, 40 do
@@ -169,6 +174,16 @@ describe("luahost --workers", function()
     assert(status, "the master still ran 2 s after a second SIGTERM:\n" .. p:stderr())
     assert.same({"exit", 143}, {status.how, status.code})
     assert(not alive(pids[1]) and not alive(pids[2]), "a worker outlived the master")
+  end)
+
+  it("leaves no worker behind when the master is killed", function()
+    local p = spawn()
+    local by, pids = clients_of_both(p)
+    p:signal("KILL")
+    assert(p:wait(2), "the master survived SIGKILL")
+    T.wait_until(function() return not alive(pids[1]) and not alive(pids[2]) end, 5,
+      "the workers to stop after their master died")
+    assert.is_true(by[1][1]:closed() and by[2][1]:closed())
   end)
 
   it("kills and replaces a worker that stops answering its heartbeat", function()
