@@ -26,7 +26,10 @@ luahost.selector:register(server, luahost.EVENT_READ, function(listener)
     elseif data == "" then
       c:close()
     else
-      if data == "block\n" then os.execute("sleep 3") end
+      if data == "block\n" then
+        luahost.log("info", "blocking")
+        os.execute("sleep 3")
+      end
       c:write(data)
     end
   end)
@@ -166,6 +169,7 @@ describe("luahost --workers", function()
     p = spawn()
     by, pids = clients_of_both(p)
     by[1][1]:send("block\n") -- worker 1's loop is stuck for 3 s: its graceful stop waits
+    p:wait_log("%[worker 1%] blocking")
     p:signal("TERM")
     p:wait_log("%[master%] SIGTERM received")
     assert(p:alive(), tostring(p))
@@ -174,6 +178,19 @@ describe("luahost --workers", function()
     assert(status, "the master still ran 2 s after a second SIGTERM:\n" .. p:stderr())
     assert.same({"exit", 143}, {status.how, status.code})
     assert(not alive(pids[1]) and not alive(pids[2]), "a worker outlived the master")
+  end)
+
+  it("does not restart a worker that ends by itself, and exits 0 once none is left", function()
+    local p = T.spawn(T.tempfile([[
+      local luahost = require "luahost"
+      assert(luahost.listen("127.0.0.1", 0))
+      luahost.after(0.3, luahost.stop)
+    ]]), {}, {options = {"--workers", "2"}})
+    local status = p:wait(5)
+    assert(status, tostring(p))
+    assert.same({"exit", 0}, {status.how, status.code}, p:stderr())
+    assert.equal(2, #p:log_lines("started (pid", true), p:stderr())
+    assert.equal(2, #p:log_lines("exited with status 0", true), p:stderr())
   end)
 
   it("leaves no worker behind when the master is killed", function()
