@@ -123,6 +123,7 @@ describe("luahost --workers", function()
       return n == 1 and pid == new_pid
     end, 5, "a client served by the new worker 1")
     assert.equal(1, #p:log_lines("listening on", true))
+    assert.equal(2, #p:listening_ports(), "the master bound a socket anew") -- one a slot
     T.assert_graceful_stop(p)
   end)
 
