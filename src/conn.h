@@ -10,7 +10,7 @@
 #include "buffer.h"
 #include "selector.h"
 
-enum conn_kind { CONN_SOCKET = 1, CONN_LINGER, CONN_SIGNAL, CONN_WATCH };
+enum conn_kind { CONN_SOCKET = 1, CONN_LINGER, CONN_SIGNAL, CONN_WATCH, CONN_MASTER };
 enum conn_flag {
     CONN_SHUT_WR = 1, /* shut the write side once the buffer drains */
     CONN_PAUSED = 2,  /* the script's READ is withheld until the buffer drains below low water */

@@ -28,6 +28,7 @@ static void release_c(lh_host *host)
     stall_stop(&host->budget);
     signals_close(&host->loop.sig, host->sel);
     watch_close(&host->loop.watch, host->sel);
+    worker_close(&host->loop.master, host->sel);
     linger_close_all(&host->linger);
     adm_free(&host->adm);
     theap_free(&host->timers.heap);
@@ -122,7 +123,7 @@ static void set_count(lua_State *L, const char *name, size_t value)
 static int l_stats(lua_State *L)
 {
     lh_host *host = (lh_host *)LH_CTX(L);
-    size_t own = (host->loop.sig.conn.fd >= 0) + (host->loop.watch.conn.fd >= 0);
+    size_t own = loop_own_fds(&host->loop);
     selector *core = host->selectors.main ? host->selectors.main->core : NULL;
     lua_createtable(L, 0, 8);
     set_count(L, "registered", core ? sel_count(core) : 0);
@@ -137,8 +138,18 @@ static int l_stats(lua_State *L)
     return 1;
 }
 
+/* luahost.worker(): this worker's number and the count (1, 1 without --workers). */
+static int l_worker(lua_State *L)
+{
+    const worker_chan *w = (const worker_chan *)LH_CTX(L);
+    lua_pushinteger(L, w->number);
+    lua_pushinteger(L, w->count);
+    return 2;
+}
+
 /* A host's functions for the module table, on parts of it: each names its part. */
 static const luaL_Reg clock_functions[] = {{"now", l_now}, {NULL, NULL}};
+static const luaL_Reg worker_functions[] = {{"worker", l_worker}, {NULL, NULL}};
 static const luaL_Reg log_functions[] = {{"log", l_log}, {"log_level", l_log_level}, {NULL, NULL}};
 static const luaL_Reg host_functions[] = {
     {"stats", l_stats}, {"parse_address", l_parse_address}, {NULL, NULL}};
@@ -173,6 +184,7 @@ static lh_host *push_host(lua_State *L, const lh_settings *settings)
     host->anchor.ref = LUA_NOREF;
     signals_init(&host->loop.sig);
     watch_init(&host->loop.watch);
+    worker_init(&host->loop.master);
     host->adm.spare_fd = -1;
     lua_createtable(L, 0, 1);
     lua_pushcfunction(L, host_gc);
@@ -196,6 +208,7 @@ lh_host *lh_host_push(lua_State *L, const lh_settings *settings)
     lh_setfuncs(L, clock_functions, module, index, &host->clock);
     lh_setfuncs(L, log_functions, module, index, &host->log);
     lh_setfuncs(L, host_functions, module, index, host);
+    lh_setfuncs(L, worker_functions, module, index, &host->loop.master);
     lhsock_open(L, module, index, &host->sockets);
     lhgroup_open(L, module);
     lhresp_open(L, module);

@@ -20,6 +20,15 @@ int lh_log_level_from_name(const char *name)
     return -1;
 }
 
+/* Which process of a --workers group writes ("master", "worker 2"): a process's
+ * property, as its pid is, so one static; empty outside such a group. */
+static char process_tag[32];
+
+void lh_log_set_tag(const char *tag)
+{
+    snprintf(process_tag, sizeof process_tag, "%s", tag ? tag : "");
+}
+
 /* A host run in process by a test keeps its lines for the test to read, up to a bound;
  * past it, lines are counted and dropped. */
 static void capture(lh_log_capture *c, int level, const char *line)
@@ -104,7 +113,8 @@ static void emit(lh_logger *log, int level, const char *head, const char *text, 
     gmtime_r(&tv.tv_sec, &tm);
     strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S", &tm);
     /* One fprintf per line keeps lines whole when several processes share stderr. */
-    fprintf(stderr, "%s.%03dZ %-5s %s\n", stamp, (int)(tv.tv_usec / 1000), level_names[level], msg);
+    fprintf(stderr, "%s.%03dZ %-5s %s%s%s%s\n", stamp, (int)(tv.tv_usec / 1000), level_names[level],
+            *process_tag ? "[" : "", process_tag, *process_tag ? "] " : "", msg);
 }
 
 void lh_log(lh_logger *log, int level, const char *fmt, ...)

@@ -35,6 +35,10 @@ void lh_log_text(lh_logger *log, int level, const char *head, const char *text, 
  * NUL) as lh_log writes them; returns how many bytes of text fitted whole. */
 size_t lh_log_escape(char *out, size_t outlen, const char *text, size_t len);
 
+/* Names this process in every line written to stderr from now on ("[worker 2] ..."),
+ * for a --workers group sharing one stderr; NULL or "" for none. */
+void lh_log_set_tag(const char *tag);
+
 /* The level of "debug", "info", "warn" or "error", else -1; and back. */
 int lh_log_level_from_name(const char *name);
 const char *lh_log_level_name(int level);

@@ -35,6 +35,12 @@ static void host_ready(void *ud, lua_State *L, conn *c)
     case CONN_WATCH:
         watch_read(&loop->watch);
         break;
+    case CONN_MASTER:
+        if (worker_read(&loop->master, loop->sockets->sel) < 0 && !loop->stop) {
+            lh_log(loop->log, LH_WARN, "the master is gone; stopping");
+            loop->stop = 2;
+        }
+        break;
     }
 }
 
@@ -241,12 +247,17 @@ int loop_step(lua_State *L, lh_loop *loop, int timeout_ms)
     return calls;
 }
 
+size_t loop_own_fds(const lh_loop *loop)
+{
+    return (size_t)(loop->sig.conn.fd >= 0) + (loop->watch.conn.fd >= 0) + loop->master.watched;
+}
+
 int loop_is_idle(const lh_loop *loop)
 {
     const lh_selector *s = loop->selectors->main;
     if (!s)
         return 1;
-    size_t own = (loop->sig.conn.fd >= 0) + (loop->watch.conn.fd >= 0);
+    size_t own = loop_own_fds(loop);
     return sel_count(s->core) == 0 && loop->timers->heap.count == 0 && loop->linger->count == 0 &&
            sel_host_count(s->core) <= own;
 }
@@ -369,6 +380,7 @@ void loop_init(lh_loop *loop, lh_selectors *selectors, lh_sockets *sockets, lh_t
     loop->log = log;
     signals_init(&loop->sig);
     watch_init(&loop->watch);
+    worker_init(&loop->master);
     selectors->host_ready = host_ready;
     selectors->host_ready_ud = loop;
 }

@@ -13,6 +13,7 @@
 #include "reload.h"
 #include "signals.h"
 #include "watch.h"
+#include "worker.h"
 
 typedef struct lh_loop {
     lh_selectors *selectors;
@@ -23,10 +24,11 @@ typedef struct lh_loop {
     admission *adm;
     linger_list *linger;
     lh_logger *log;
-    signals sig;  /* the executable's: SIGINT, SIGTERM, SIGHUP through the selector */
-    watch watch;  /* --watch */
-    int stop;     /* 1: luahost.stop() was called; 2: a signal asked */
-    int debug_gc; /* --debug-gc: a full collection after every round */
+    signals sig;        /* the executable's: SIGINT, SIGTERM, SIGHUP through the selector */
+    watch watch;        /* --watch */
+    worker_chan master; /* a --workers worker's channel to its master */
+    int stop;           /* 1: luahost.stop() was called; 2: a signal asked */
+    int debug_gc;       /* --debug-gc: a full collection after every round */
 } lh_loop;
 
 /* Sets the loop up over the host's parts, and makes it the handler of the host's own
@@ -45,6 +47,9 @@ int loop_step(lua_State *L, lh_loop *loop, int timeout_ms);
  * Returns why it ended: "stopped", "signal", "idle" or "timeout"; NULL with *err set
  * when the wait failed. */
 const char *loop_run(lua_State *L, lh_loop *loop, double timeout, int *err);
+/* The fds the host's selector watches for the loop itself (signals, the watched file,
+ * the master's channel), which keep nothing alive. */
+size_t loop_own_fds(const lh_loop *loop);
 /* Nothing left to do: no registration, no timer, no output waiting to be sent. */
 int loop_is_idle(const lh_loop *loop);
 /* Closes every listener and every socket registered on the host's selector (letting

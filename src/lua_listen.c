@@ -166,6 +166,25 @@ static int push_listener_on(lua_State *L, lh_sockets *ctx, const net_addr *addr)
     return 0;
 }
 
+/* Binds a listening socket for s: 0 or -errno (s keeps the fd either way, to close). */
+static int own_listener(lh_socket *s, const net_addr *addr, int backlog, int reuseport)
+{
+    int fd = net_socket(addr->ss.ss_family, SOCK_STREAM, 1);
+    if (fd < 0)
+        return fd;
+    s->conn.fd = fd;
+    return net_bind_listen(fd, addr, backlog, reuseport);
+}
+
+/* Takes s's listening socket from the provider set at setup: 0 or -errno. */
+static int provided_listener(lh_sockets *ctx, lh_socket *s, const net_addr *addr, int backlog)
+{
+    int fd = ctx->provide_listener(ctx->provide_ud, addr, backlog);
+    if (fd >= 0)
+        s->conn.fd = fd;
+    return fd < 0 ? fd : 0;
+}
+
 /* luahost.listen(host, port[, {backlog =, reuseport =}]). */
 static int l_listen(lua_State *L)
 {
@@ -188,11 +207,8 @@ static int l_listen(lua_State *L)
         lua_pop(L, 2);
     }
     lh_socket *s = lhsock_push(L, ctx, -1, addr.ss.ss_family);
-    int fd = net_socket(addr.ss.ss_family, SOCK_STREAM, 1);
-    if (fd < 0)
-        return lh_push_error(L, fd, NULL);
-    s->conn.fd = fd;
-    int rc = net_bind_listen(fd, &addr, (int)backlog, reuseport);
+    int rc = ctx->provide_listener ? provided_listener(ctx, s, &addr, (int)backlog)
+                                   : own_listener(s, &addr, (int)backlog, reuseport);
     if (rc < 0) {
         char where[NET_ADDRSTRLEN + 20];
         memcpy(where, "cannot listen on ", 18);
@@ -203,7 +219,8 @@ static int l_listen(lua_State *L)
     lhsock_add_listener(L, ctx, -1);
     if (lua_tointeger(L, 2) == 0)
         s->flags |= LH_LISTENING_ANY_PORT;
-    lhsock_log_listening(s);
+    if (!ctx->provide_listener) /* a provider says it once, for every process it serves */
+        lhsock_log_listening(s);
     return 1;
 }
 

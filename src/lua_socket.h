@@ -41,6 +41,11 @@ typedef struct lh_sockets {
      * event for a reused fd number can reach the old registration. */
     void (*closing)(void *ud, lua_State *L, lh_socket *s);
     void *closing_ud;
+    /* Where luahost.listen gets its sockets when this process does not bind its own (a
+     * --workers worker: the master binds and logs): a listening fd or -errno. NULL: the
+     * host binds. */
+    int (*provide_listener)(void *ud, const net_addr *addr, int backlog);
+    void *provide_ud;
     int closed;
 } lh_sockets;
 

@@ -14,6 +14,7 @@
 
 #include "blocks.h"
 #include "luahost.h"
+#include "master.h"
 #include "stall.h"
 #include "warn.h"
 
@@ -36,6 +37,8 @@ typedef struct options {
     long long max_instructions;
     long long max_memory;
     long long max_callback_seconds;
+    long long workers;      /* --workers: 0 for none */
+    const char *worker_env; /* set when this process is a worker: WORKER_ENV's value */
     int check;
     int watch;
     int debug_gc;
@@ -45,6 +48,7 @@ typedef struct options {
 } options;
 
 static const char *progname = "luahost";
+static char worker_progname[40];
 
 static void usage(FILE *out)
 {
@@ -74,6 +78,9 @@ static void usage(FILE *out)
             "                      run N seconds, for a supervisor to restart it: the way\n"
             "                      out of a long C call the budget cannot stop\n"
             "                      (default: 0, off)\n"
+            "  --workers N         run N worker processes, each running SCRIPT, under a\n"
+            "                      master that owns the listeners, restarts a worker that\n"
+            "                      dies and passes SIGHUP on (default: 0, one process)\n"
             "  --check             compile SCRIPT, report, and exit\n"
             "  --watch             reload SCRIPT whenever its file changes\n"
             "  --debug-gc          collect all garbage after every round (slow; for tests)\n"
@@ -124,6 +131,7 @@ static const struct {
     {"--max-instructions", 0, INT32_MAX, offsetof(options, max_instructions)},
     {"--max-memory", 0, LLONG_MAX, offsetof(options, max_memory)},
     {"--max-callback-seconds", 0, 86400, offsetof(options, max_callback_seconds)},
+    {"--workers", 0, MASTER_MAX_WORKERS, offsetof(options, workers)},
 };
 
 /* If argv[*i] is a numeric option, takes its value into o and returns 1, with *status
@@ -302,6 +310,10 @@ static int serve(lua_State *L, const options *o, lh_host *host)
     if (signals_watch(&host->loop.sig, host->sel) < 0)
         lh_log(&host->log, LH_WARN,
                "cannot watch signals; SIGINT/SIGTERM will not stop gracefully");
+    if (worker_watch(&host->loop.master, host->sel) < 0)
+        lh_log(&host->log, LH_WARN,
+               "cannot watch the master's channel; its heartbeat goes "
+               "unanswered");
     if (o->watch && watch_start(&host->loop.watch, host->sel, o->argv[o->script]) < 0)
         lh_log(&host->log, LH_WARN, "cannot watch %s for changes; --watch is off",
                o->argv[o->script]);
@@ -332,6 +344,21 @@ static void start_watchdogs(lua_State *L, const options *o, lh_host *host)
                strerror(-rc));
 }
 
+static int provide_listener(void *ud, const net_addr *addr, int backlog)
+{
+    return worker_listen((worker_chan *)ud, addr, backlog);
+}
+
+/* A worker takes its number and its channel to the master from the environment, and
+ * its listeners from the master. */
+static void become_worker(lua_State *L, const options *o, lh_host *host)
+{
+    if (worker_from_env(&host->loop.master, o->worker_env) < 0)
+        luaL_error(L, "malformed $%s '%s'", WORKER_ENV, o->worker_env);
+    host->sockets.provide_listener = provide_listener;
+    host->sockets.provide_ud = &host->loop.master;
+}
+
 /* Lua's warnings, logged; they must outlive the Lua state. */
 static lh_warnings warnings;
 
@@ -346,6 +373,8 @@ static int pmain(lua_State *L)
      * collection spends far less on it than the incremental default. */
     lua_gc(L, LUA_GCGEN, 0, 0);
     lh_host *host = open_host(L, o);
+    if (o->worker_env)
+        become_worker(L, o, host);
     lh_warnings_install(L, &warnings, &host->log);
     create_arg_table(L, o, host);
     if (luaL_loadfile(L, script) != LUA_OK)
@@ -372,6 +401,40 @@ static void report(const options *o, const char *msg)
     fprintf(stderr, "%s: %.*s\n", progname, verbose ? (int)strlen(msg) : len, msg);
 }
 
+/* Takes WORKER_ENV out of the environment (a script's io.popen must not see it), names
+ * this worker in its log and its error lines, and returns its value, or NULL for a
+ * process that is no worker. */
+static const char *take_worker_env(void)
+{
+    static char value[64];
+    const char *env = getenv(WORKER_ENV);
+    int number;
+    if (!env)
+        return NULL;
+    snprintf(value, sizeof value, "%s", env);
+    unsetenv(WORKER_ENV);
+    if (sscanf(value, "%d", &number) == 1) {
+        char tag[24];
+        snprintf(tag, sizeof tag, "worker %d", number);
+        lh_log_set_tag(tag);
+        snprintf(worker_progname, sizeof worker_progname, "luahost [worker %d]", number);
+        progname = worker_progname;
+    }
+    return value;
+}
+
+/* luahost --workers N: this process is the master and runs no script. */
+static int run_master(const options *o)
+{
+    lh_logger log = {.level = o->log_level ? lh_log_level_from_name(o->log_level) : LH_INFO};
+    lh_log_set_tag("master");
+    master_config cfg = {.workers = (int)o->workers,
+                         .argv = o->argv,
+                         .heartbeat_seconds = (double)o->max_callback_seconds,
+                         .log = &log};
+    return master_run(&cfg);
+}
+
 int main(int argc, char **argv)
 {
     options o = {.argc = argc,
@@ -381,9 +444,12 @@ int main(int argc, char **argv)
                  .max_instructions = -1,
                  .max_memory = -1,
                  .max_callback_seconds = 0};
+    o.worker_env = take_worker_env();
     int status = parse_options(argc, argv, &o);
     if (status >= 0)
         return status;
+    if (o.workers > 0 && !o.worker_env && !o.check)
+        return run_master(&o);
     lh_memory memory = {0, o.max_memory > 0 ? (size_t)o.max_memory : 0};
     /* Without --max-memory nothing needs counting, and small blocks are recycled. */
     blocks small = {0};
