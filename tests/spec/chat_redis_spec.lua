@@ -3,19 +3,22 @@
 -- each sender's order, names unique across servers and listed by who; Redis killed and
 -- restarted mid-chat (local chat goes on, the servers rejoin and settle a name clash);
 -- Redis stalled by DEBUG SLEEP (local chat goes on meanwhile); a killed server's names
--- gone after the TTL (--name-ttl 1).
+-- gone after the TTL (--name-ttl 1); the workers of a --workers 2 server chatting as
+-- servers of their own.
 local T = require "luahost.test"
 local R = require "support.redis"
 local chat = require "support.chat"
 
 local TTL = "1"
 
--- A chat server on redis_server, once it says it is connected to Redis.
-local function start_chat(redis_server)
+-- A chat server on redis_server, once it (each of its `workers`, if given) says it is
+-- connected to Redis.
+local function start_chat(redis_server, workers)
   local p = T.spawn("scripts/chat.lua", {"127.0.0.1:0", "--redis",
     redis_server.host .. ":" .. redis_server.port, "--name-ttl", TTL},
-    {env = {LUA_PATH_5_4 = package.path}}) -- where it finds luahost.redis
-  p:wait_log("redis %S+ connected", 5)
+    {env = {LUA_PATH_5_4 = package.path}, -- where it finds luahost.redis
+     options = workers and {"--workers", tostring(workers)}})
+  p:wait_log("redis %S+ connected", 5, workers)
   return p
 end
 
@@ -242,6 +245,77 @@ describe("chat.lua --redis", function()
     end, 3, "who to list both clients")
     assert.same(sorted({a.name, b.name}), chat.who(b))
     assert.same({}, p1:log_lines("^%S+ error "), p1:stderr())
+  end)
+
+  it("makes the workers of a --workers 2 server and another server one chat", function()
+    local server = R.start()
+    local pw, p2 = start_chat(server, 2), start_chat(server)
+    -- Each worker is a chat server of its own on Redis, so a guest's name carries its
+    -- worker's tag: connect until one client is on each (the kernel spreads connections
+    -- over the workers' sockets by address; 40 all on one worker: about 1e-12).
+    local on_worker, count = {}, 0
+    for i = 1, 40 do
+      local c = chat.connect(pw.host, pw.port, "client " .. i .. " of the workers")
+      c.name = chat.expect(c, {type = "welcome"}).name
+      local tag = assert(c.name:match("^guest%-(%x+)%-%d+$"), c.name)
+      if on_worker[tag] then
+        c:close()
+      else
+        on_worker[tag], count = c, count + 1
+        if count == 2 then break end
+      end
+    end
+    assert.equal(2, count, "no client reached the second worker")
+    local tag1 = next(on_worker)
+    local tag2 = next(on_worker, tag1)
+    local a, b = on_worker[tag1], on_worker[tag2]
+    local c = chat.connect(p2.host, p2.port, "c on the other server")
+    c.name = chat.expect(c, {type = "welcome"}).name
+    local all = {a, b, c}
+    -- Until each client's say reaches the two others (every subscription is made); then
+    -- a marker from each, after which nothing of the probes is left queued.
+    for _, from in ipairs(all) do
+      for _, to in ipairs(all) do
+        if to ~= from then
+          T.wait_until(function()
+            from:send("probe\n")
+            local ok, line = pcall(to.line, to, 0.2)
+            return ok and line:find('"probe"', 1, true)
+          end, 5, "a say from " .. from.label .. " to reach " .. to.label)
+        end
+      end
+    end
+    for _, from in ipairs(all) do
+      from:send("marker\n")
+      for _, to in ipairs(all) do
+        if to ~= from then
+          chat.expect_eventually(to, {type = "say", from = from.name, text = "marker"})
+        end
+      end
+    end
+
+    local N = 30
+    for i = 1, N do
+      for _, from in ipairs(all) do from:send(from.name .. " " .. i .. "\n") end
+    end
+    for _, to in ipairs(all) do
+      local senders, want = {}, {}
+      for _, from in ipairs(all) do
+        if from ~= to then
+          senders[#senders + 1] = from.name
+          want[from.name] = {}
+          for i = 1, N do want[from.name][i] = from.name .. " " .. i end
+        end
+      end
+      assert.same(want, says_from(to, senders, N))
+      local _, skipped = chat.who(to) -- nothing more: no second copy, not its own
+      for _, msg in ipairs(skipped) do assert.is_true(msg.type ~= "say", msg.text) end
+    end
+    T.wait_until(function()
+      return #chat.who(c) == 3
+    end, 5, "who to list the three clients (the spare ones have left)")
+    assert.same(sorted({a.name, b.name, c.name}), chat.who(c))
+    for _, p in ipairs({pw, p2}) do assert.same({}, p:log_lines(" error "), p:stderr()) end
   end)
 
   it("forgets the names of a server that was killed once their TTL runs out", function()
