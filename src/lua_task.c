@@ -44,7 +44,6 @@ enum {
     UP_HOST,   /* keeps the budget alive */
     UP_BUDGET,
     UP_STATE,
-    UP_READY, /* the string a stream's resumer resumes with */
     UP_SLOW,  /* the Lua function that does the whole job */
     UP_AFTER, /* a resumer's: task.lua's after_resume(t, ok, err) */
     UP_STREAM,
@@ -56,6 +55,9 @@ enum {
 /* What a task yields when it waits through luahost.task: the resumer tells a wait from
  * a task that yielded by itself by it. */
 static const char wait_token = 0;
+/* What a stream's resumer resumes its reader with: "ready" (task.lua's wait says so), in
+ * a value told by one comparison and pushed without allocating. */
+static const char ready_token = 0;
 
 /* The helpers below push what they read and leave it: each path sets the stack's top
  * once, when it is done (a lua_pop is a lua_settop, ~25 instructions). */
@@ -103,19 +105,15 @@ static int call_slow(lua_State *L, int nargs)
 }
 
 /* Makes the running task the reader of the stream at index s, as task.lua's wait() does,
- * if it can wait the usual way: it is the current task and runs in its own coroutine
- * (not one of its own inside it), can yield, is not being cancelled, nobody else waits
- * to read, the stream is registered for reading and has no timeout (so no timer).
- * Returns whether it did. */
+ * if it can wait the usual way: it is not being cancelled, nobody else waits to read,
+ * the stream is registered for reading and has no timeout (so no timer). Returns
+ * whether it did. (Called outside a task, or in a coroutine of the task's own, or where
+ * it cannot yield, it does what wait() does there.) */
 static int become_reader(lua_State *L, int s)
 {
     int t = lua_gettop(L) + 1, is_int = 0;
-    if (!lua_isyieldable(L) ||
-        lua_rawgeti(L, lua_upvalueindex(UP_STATE), STATE_CURRENT) != LUA_TTABLE)
-        return 0;
-    lua_rawgeti(L, t, T_CO);
-    if (lua_tothread(L, -1) != L || push_slot(L, t, T_CANCELLING) || push_slot(L, s, S_READER) ||
-        push_slot(L, s, S_TIMEOUT))
+    if (lua_rawgeti(L, lua_upvalueindex(UP_STATE), STATE_CURRENT) != LUA_TTABLE ||
+        push_slot(L, t, T_CANCELLING) || push_slot(L, s, S_READER) || push_slot(L, s, S_TIMEOUT))
         return 0;
     lua_rawgeti(L, s, S_EVENTS);
     if (lua_tointegerx(L, -1, &is_int) != SEL_READ || !is_int) /* luahost.EVENT_READ */
@@ -138,9 +136,9 @@ static int receiveany_woken(lua_State *L, int status, lua_KContext ctx)
 {
     (void)status;
     (void)ctx;
-    size_t len;
+    size_t len = 0;
     const char *why = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
-    if (why && len == 5 && memcmp(why, "ready", 5) == 0)
+    if (lua_touserdata(L, -1) == &ready_token || (len == 5 && memcmp(why, "ready", 5) == 0))
         return receiveany_step(L, 1);
     lua_pushnil(L);
     lua_insert(L, -2);
@@ -179,14 +177,18 @@ static int receiveany_step(lua_State *L, int woken)
     if (!lua_isnil(L, 2))
         max = lua_tointegerx(L, 2, &is_int);
     lh_socket *sock = lua_istable(L, 1) && is_int && max > 0 ? stream_socket(L, 1) : NULL;
-    if (!sock || lua_rawgeti(L, 1, S_BUF) != LUA_TSTRING || lua_rawlen(L, -1) != 0 ||
-        push_slot(L, 1, S_DISCARDING))
+    if (!sock || lua_rawgeti(L, 1, S_BUF) != LUA_TSTRING || lua_rawlen(L, -1) != 0)
         return call_slow(L, 2);
-    if (!woken && push_slot(L, 1, S_DRAINED))
+    /* Woken for this read, the socket had been drained (the wait was for it). */
+    int drained = woken || push_slot(L, 1, S_DRAINED);
+    if (drained && !woken)
         return wait_to_read(L);
+    if (push_slot(L, 1, S_DISCARDING))
+        return call_slow(L, 2);
     char *scratch = sock->ctx->scratch;
     ssize_t n = lhsock_recv(sock, scratch, CHUNK);
-    set_slot(L, 1, S_DRAINED, n < CHUNK);
+    if (drained != (n < CHUNK))
+        set_slot(L, 1, S_DRAINED, n < CHUNK);
     if (n == -EAGAIN)
         return wait_to_read(L);
     if (n > 0)
@@ -291,8 +293,7 @@ static int task_resume(lua_State *L)
     set_slot(L, s, S_READER, 0);
     lua_pushvalue(L, t);
     lua_rawseti(L, lua_upvalueindex(UP_STATE), STATE_CURRENT);
-    lua_pushvalue(L, lua_upvalueindex(UP_READY));
-    lua_xmove(L, co, 1);
+    lua_pushlightuserdata(co, (void *)&ready_token);
     int nres = 0;
     lh_budget *b = (lh_budget *)lua_touserdata(L, lua_upvalueindex(UP_BUDGET));
     int status = budget_coresume(L, b, co, 1, &nres);
@@ -312,10 +313,10 @@ static int task_resumer(lua_State *L)
     return 1;
 }
 
-/* Pushes f as a closure with the shared upvalues (the stack's 1..UP_READY) and slow. */
+/* Pushes f as a closure with the shared upvalues (the stack's 1..UP_STATE) and slow. */
 static void push_fast(lua_State *L, lua_CFunction f, int slow, int after)
 {
-    for (int i = 1; i <= UP_READY; i++)
+    for (int i = 1; i <= UP_STATE; i++)
         lua_pushvalue(L, i);
     lua_pushvalue(L, slow);
     int n = UP_SLOW;
@@ -369,9 +370,8 @@ static int l_task_io(lua_State *L)
     lua_pushvalue(L, lua_upvalueindex(2)); /* its budget */
     lua_getfield(L, 1, "state");
     luaL_argcheck(L, lua_istable(L, -1), 1, "state: a table expected");
-    lua_pushliteral(L, "ready");
-    lua_rotate(L, 1, -1); /* the shared upvalues at 1..UP_READY, the table above */
-    int args = UP_READY + 1;
+    lua_rotate(L, 1, -1); /* the shared upvalues at 1..UP_STATE, the table above */
+    int args = UP_STATE + 1;
     int on_ready = get_function(L, args, "on_ready");
     int after = get_function(L, args, "after_resume");
     int receiveany = get_function(L, args, "receiveany");
@@ -386,6 +386,8 @@ static int l_task_io(lua_State *L)
     lua_setfield(L, out, "send");
     lua_pushlightuserdata(L, (void *)&wait_token);
     lua_setfield(L, out, "WAIT");
+    lua_pushlightuserdata(L, (void *)&ready_token);
+    lua_setfield(L, out, "READY");
     set_slots(L, out);
     return 1;
 }

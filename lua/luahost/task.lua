@@ -36,6 +36,7 @@ local CO <const>, STREAM <const>, SLOT <const>, TIMER <const>, CANCELLING <const
 local state = {false}
 local fast -- luahost._task_io's paths
 local WAIT -- what a task yields when it waits through this module (fast.WAIT)
+local READY -- what a stream's C resumer resumes its reader with: "ready" (fast.READY)
 local live = setmetatable({}, {__mode = "k"}) -- tasks not yet ended
 
 local Task = {}
@@ -180,7 +181,9 @@ local function wait(s, slot, events, timeout)
     end
     t[TIMER] = after(timeout, t.on_timeout)
   end
-  return yield(WAIT)
+  local why = yield(WAIT)
+  if why == READY then return "ready" end
+  return why
 end
 
 ---------------------------------------------------------------------------------------
@@ -603,7 +606,7 @@ end
 
 fast = luahost._task_io{state = state, on_ready = on_ready, after_resume = after_resume,
   receiveany = receiveany, send = send}
-WAIT = fast.WAIT
+WAIT, READY = fast.WAIT, fast.READY
 for name, slot in pairs({CURRENT = CURRENT, SOCK = SOCK, BUF = BUF, READER = READER,
   DRAINER = DRAINER, DRAINED = DRAINED, EVENTS = EVENTS, TIMEOUT = TIMEOUT,
   DISCARDING = DISCARDING, HIGH = HIGH, CO = CO, STREAM = STREAM, SLOT = SLOT, TIMER = TIMER,
