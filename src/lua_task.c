@@ -79,9 +79,10 @@ static void set_slot(lua_State *L, int t, int n, int value)
  * slot and its metatable. */
 static lh_socket *stream_socket(lua_State *L, int s)
 {
-    lua_rawgeti(L, s, S_SOCK);
+    if (lua_rawgeti(L, s, S_SOCK) != LUA_TUSERDATA) /* not a light one, whatever its metatable */
+        return NULL;
     lh_socket *sock = (lh_socket *)lua_touserdata(L, -1);
-    if (!sock || !lua_getmetatable(L, -1) || !lua_rawequal(L, -1, lua_upvalueindex(UP_MT)))
+    if (!lua_getmetatable(L, -1) || !lua_rawequal(L, -1, lua_upvalueindex(UP_MT)))
         return NULL;
     return sock->conn.fd >= 0 && !sock->ctx->closed ? sock : NULL;
 }
