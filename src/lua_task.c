@@ -128,19 +128,25 @@ static int become_reader(lua_State *L, int s)
     return 1;
 }
 
-static int receiveany_step(lua_State *L, int woken);
+static int receive_any(lua_State *L, lh_socket *sock, lua_Integer max, int woken);
 
 /* Where a receiveany that waited goes on: "ready", read (without looking at whether the
  * last read left the socket dry: this is the wait for it); else it failed, why being
- * what the wait ended with ("closed", "timeout"), as task.lua's fill says it. */
-static int receiveany_woken(lua_State *L, int status, lua_KContext ctx)
+ * what the wait ended with ("closed", "timeout"), as task.lua's fill says it. The
+ * socket is the one checked before the wait: left at index 3, the frame's own stack
+ * kept it alive and in place meanwhile; max came through the context. */
+static int receiveany_woken(lua_State *L, int status, lua_KContext max)
 {
     (void)status;
-    (void)ctx;
     size_t len = 0;
     const char *why = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
-    if (lua_touserdata(L, -1) == &ready_token || (len == 5 && memcmp(why, "ready", 5) == 0))
-        return receiveany_step(L, 1);
+    if (lua_touserdata(L, -1) == &ready_token || (len == 5 && memcmp(why, "ready", 5) == 0)) {
+        lh_socket *sock = (lh_socket *)lua_touserdata(L, 3);
+        lua_settop(L, 3);
+        if (sock->conn.fd < 0 || sock->ctx->closed) /* closed behind the stream's back */
+            return call_slow(L, 2);
+        return receive_any(L, sock, (lua_Integer)max, 1);
+    }
     lua_pushnil(L);
     lua_insert(L, -2);
     return 2;
@@ -160,30 +166,25 @@ static int return_read(lua_State *L, const char *data, size_t n, size_t max)
 
 /* The stream's socket was read dry, or was when last read: wait for it, or let the Lua
  * function do all. */
-static int wait_to_read(lua_State *L)
+static int wait_to_read(lua_State *L, lua_Integer max)
 {
     if (!become_reader(L, 1))
         return call_slow(L, 2);
     lua_pushlightuserdata(L, (void *)&wait_token);
-    return lua_yieldk(L, 1, 0, receiveany_woken);
+    return lua_yieldk(L, 1, (lua_KContext)max, receiveany_woken);
 }
 
-/* s:receiveany([max]) on an empty buffer: whatever one read brings, waiting first if the
- * last one left the socket dry (unless woken, as it was for this read). */
-static int receiveany_step(lua_State *L, int woken)
+/* receiveany's read, the stream at index 1 and its socket sock at 3: on an empty
+ * buffer, whatever one read brings, waiting first if the last one left the socket dry
+ * (unless woken, as it was for this read). */
+static int receive_any(lua_State *L, lh_socket *sock, lua_Integer max, int woken)
 {
-    lua_settop(L, 2);
-    lua_Integer max = CHUNK;
-    int is_int = 1;
-    if (!lua_isnil(L, 2))
-        max = lua_tointegerx(L, 2, &is_int);
-    lh_socket *sock = lua_istable(L, 1) && is_int && max > 0 ? stream_socket(L, 1) : NULL;
-    if (!sock || lua_rawgeti(L, 1, S_BUF) != LUA_TSTRING || lua_rawlen(L, -1) != 0)
+    if (lua_rawgeti(L, 1, S_BUF) != LUA_TSTRING || lua_rawlen(L, -1) != 0)
         return call_slow(L, 2);
     /* Woken for this read, the socket had been drained (the wait was for it). */
     int drained = woken || push_slot(L, 1, S_DRAINED);
     if (drained && !woken)
-        return wait_to_read(L);
+        return wait_to_read(L, max);
     if (push_slot(L, 1, S_DISCARDING))
         return call_slow(L, 2);
     char *scratch = sock->ctx->scratch;
@@ -191,7 +192,7 @@ static int receiveany_step(lua_State *L, int woken)
     if (drained != (n < CHUNK))
         set_slot(L, 1, S_DRAINED, n < CHUNK);
     if (n == -EAGAIN)
-        return wait_to_read(L);
+        return wait_to_read(L, max);
     if (n > 0)
         return return_read(L, scratch, (size_t)n, (size_t)max);
     lua_pushnil(L);
@@ -202,9 +203,20 @@ static int receiveany_step(lua_State *L, int woken)
     return 2;
 }
 
+/* s:receiveany([max]): checks the arguments and takes the stream's socket (at index 3). */
 static int task_receiveany(lua_State *L)
 {
-    return receiveany_step(L, 0);
+    lua_settop(L, 2);
+    lua_Integer max = CHUNK;
+    int is_int = 1;
+    if (!lua_isnil(L, 2))
+        max = lua_tointegerx(L, 2, &is_int);
+    lh_socket *sock = lua_istable(L, 1) && is_int && max > 0 ? stream_socket(L, 1) : NULL;
+    if (!sock)
+        return call_slow(L, 2);
+    lua_settop(L, 3);
+    /* No read brings more than CHUNK; so bounded, max fits a continuation's context. */
+    return receive_any(L, sock, max < CHUNK ? max : CHUNK, 0);
 }
 
 /* s:send(data) while the output is under the high water: buffered at once (task.lua's
