@@ -5,11 +5,11 @@
  * tests/bench/findings.md (change 17).
  *
  * They work on task.lua's own tables (streams, tasks, the module's state) through the
- * integer slots below, which task.lua takes from here. A script can write anything into
- * those tables, so every value read is checked for its type (a socket by its
- * metatable), and whatever is not the usual case goes to the Lua function each one
- * stands in for, which does the whole job: the C code only ever does what task.lua
- * would have done. */
+ * integer slots below, which task.lua checks its own against when it loads (_task_io
+ * returns them). A script can write anything into those tables, so every value read is
+ * checked for its type (a socket by its metatable), and whatever is not the usual case
+ * goes to the Lua function each one stands in for, which does the whole job: the C code
+ * only ever does what task.lua would have done. */
 #include "lua_task.h"
 
 #include <errno.h>
