@@ -193,35 +193,57 @@ void budget_note_where(lh_budget *b, lua_State *L, int func, int fd)
     w->noted = fn;
 }
 
+/* Makes co the thread the watchdog arms and the budget counts, while a callback runs;
+ * returns whether it did, for guard_leave. */
+static int guard_enter(lh_budget *b, lua_State *co)
+{
+    if (!co || !b->in_callback || b->max_instructions <= 0)
+        return 0;
+    *budget_slot(co) = b;
+    if (b->armed)
+        lua_sethook(co, budget_hook, LUA_MASKCOUNT, LH_BUDGET_STEP);
+    b->running = co;
+    return 1;
+}
+
+/* The resume of co has returned to L: the count goes back to L, and raises there if the
+ * coroutine used up the budget (it died of it). */
+static void guard_leave(lh_budget *b, lua_State *L, lua_State *co)
+{
+    /* The count ends with the resume: a hook left on the thread (set above, or by a
+     * watchdog tick while it ran) would put every later resume of it, long after this
+     * callback, through the VM's hook path. */
+    if (lua_gethook(co) == budget_hook)
+        lua_sethook(co, NULL, 0, 0);
+    b->running = L;
+    if (b->used >= b->max_instructions)
+        budget_exceeded(L, b);
+    if (b->armed)
+        lua_sethook(L, budget_hook, LUA_MASKCOUNT, LH_BUDGET_STEP);
+}
+
 /* Calls the original coroutine.resume (at index resume) on the arguments (a thread and
  * its values) with that thread made the one the watchdog arms and the budget counts. */
 static int resume_guarded(lua_State *L, lh_budget *b, int resume)
 {
     int nargs = lua_gettop(L);
     lua_State *co = lua_tothread(L, 1);
-    int guarded = co && b->in_callback && b->max_instructions > 0;
-    if (guarded) {
-        *budget_slot(co) = b;
-        if (b->armed)
-            lua_sethook(co, budget_hook, LUA_MASKCOUNT, LH_BUDGET_STEP);
-        b->running = co;
-    }
+    int guarded = guard_enter(b, co);
     lua_pushvalue(L, resume);
     lua_insert(L, 1);
     lua_call(L, nargs, LUA_MULTRET);
-    if (guarded) {
-        /* The count ends with the resume: a hook left on the thread (set above, or by a
-         * watchdog tick while it ran) would put every later resume of it, long after this
-         * callback, through the VM's hook path. */
-        if (lua_gethook(co) == budget_hook)
-            lua_sethook(co, NULL, 0, 0);
-        b->running = L;
-        if (b->used >= b->max_instructions) /* the coroutine died of it */
-            budget_exceeded(L, b);
-        if (b->armed)
-            lua_sethook(L, budget_hook, LUA_MASKCOUNT, LH_BUDGET_STEP);
-    }
+    if (guarded)
+        guard_leave(b, L, co);
     return lua_gettop(L);
+}
+
+int budget_coresume(lua_State *L, lh_budget *b, lua_State *co, int nargs, int *nresults)
+{
+    int guarded = guard_enter(b, co);
+    int status = lua_resume(co, L, nargs, nresults);
+    if (guarded)
+        guard_leave(b, L, co);
+    return status;
 }
 
 /* coroutine.resume, guarded. Upvalues: the budget, the original resume. */

@@ -125,6 +125,11 @@ int budget_start_watchdog(lh_budget *b);
 /* Stops it if it guards b: its ticks must never reach a freed budget. */
 void budget_stop_watchdog(lh_budget *b);
 
+/* lua_resume(co, L, nargs, nresults) counted as the guarded coroutine.resume counts it:
+ * within the budget of the callback running, if one is; raises in L (co dead of it) past
+ * the budget. For resumers written in C (luahost.task's). */
+int budget_coresume(lua_State *L, lh_budget *b, lua_State *co, int nargs, int *nresults);
+
 /* --max-memory: the Lua state's allocator counts what it holds and refuses past the
  * limit, so a callback that allocates too much gets a memory error, not the host. */
 typedef struct lh_memory {

@@ -11,6 +11,7 @@
 #include "lua_redis.h"
 #include "lua_listen.h"
 #include "lua_sockopt.h"
+#include "lua_task.h"
 #include "stall.h"
 
 void lh_settings_init(lh_settings *s)
@@ -216,6 +217,7 @@ lh_host *lh_host_push(lua_State *L, const lh_settings *settings)
     lhsockopt_open(L);
     lhsel_open(L, module, index, &host->selectors, &host->sockets);
     lhtimer_open(L, module, index, &host->timers);
+    lhtask_open(L, module, index, &host->budget);
     lhreload_open(L, module, index, &host->reload);
     loop_open(L, module, index, &host->loop);
     lhsel_push_main(L, &host->selectors, host->sel);

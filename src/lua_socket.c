@@ -277,13 +277,18 @@ static int sock_accept(lua_State *L)
     return 1 + lhsock_push_addr(L, &peer);
 }
 
-/* Pushes what recv got: the n bytes at data, "" at the end of the stream, or the
- * failure. The end (or a failure) is marked as seen by the script, which the host needs
- * to tell a script that ignores it. */
-static int push_received(lua_State *L, lh_socket *s, const char *data, ssize_t n)
+ssize_t lhsock_recv(lh_socket *s, char *into, size_t want)
 {
+    ssize_t n = s->ctx->io->recv(s->ctx->io, s->conn.fd, into, want);
     if (n <= 0 && n != -EAGAIN)
         s->conn.flags |= CONN_EOF_SEEN;
+    return n;
+}
+
+/* Pushes what recv got: the n bytes at data, "" at the end of the stream, or the
+ * failure. */
+static int push_received(lua_State *L, const char *data, ssize_t n)
+{
     if (n < 0)
         return lh_push_error(L, (int)n, NULL);
     lua_pushlstring(L, data, (size_t)n);
@@ -299,15 +304,13 @@ static int sock_recv(lua_State *L)
     if (!is_integer) /* the usual case is an integer: the auxiliary library costs ~40 more */
         want = luaL_optinteger(L, 2, LH_SCRATCH_SIZE);
     luaL_argcheck(L, want > 0, 2, "size must be positive");
-    if (want <= LH_SCRATCH_SIZE) {
-        ssize_t n = ctx->io->recv(ctx->io, s->conn.fd, ctx->scratch, (size_t)want);
-        return push_received(L, s, ctx->scratch, n);
-    }
+    if (want <= LH_SCRATCH_SIZE)
+        return push_received(L, ctx->scratch, lhsock_recv(s, ctx->scratch, (size_t)want));
     luaL_Buffer b;
     char *space = luaL_buffinitsize(L, &b, (size_t)want);
-    ssize_t n = ctx->io->recv(ctx->io, s->conn.fd, space, (size_t)want);
+    ssize_t n = lhsock_recv(s, space, (size_t)want);
     if (n <= 0)
-        return push_received(L, s, "", n);
+        return push_received(L, "", n);
     luaL_pushresultsize(&b, (size_t)n);
     return 1;
 }

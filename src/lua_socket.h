@@ -104,6 +104,12 @@ static inline lh_socket *lhsock_check_open(lua_State *L, int index)
     return s;
 }
 
+/* s:recv without the type check: reads at most want bytes into into (the host's
+ * scratch, or the script's buffer). Returns the bytes read, 0 at the end of the stream,
+ * or -errno; the end (or a failure) is marked as seen by the script, which the host
+ * needs to tell a script that ignores it. */
+ssize_t lhsock_recv(lh_socket *s, char *into, size_t want);
+
 /* s:write(data) without the type check: buffers what the kernel does not take; past the
  * output limit resets s at once (logged) and returns -ENOBUFS. Returns the bytes
  * pending or -errno. */

@@ -23,7 +23,20 @@ local HIGH_WATER = 256 * 1024
 local CHUNK = 65536 -- the most one recv asks for
 local CANCELLED = setmetatable({}, {__tostring = function() return "task cancelled" end})
 
-local current -- the task running now, or nil in a callback or the main chunk
+-- The paths every message takes are in C (luahost._task_io, src/lua_task.c): a stream's
+-- key callback resumes its reader, receiveany and send run without Lua when nothing is
+-- unusual, and hand everything else to the functions of this file they stand in for.
+-- They read and write the fields they share with this file in the tables' array parts,
+-- at these slots (checked against theirs below): the state's, a stream's, a task's.
+local CURRENT <const> = 1 -- the task running now, or false in a callback or the main chunk
+local SOCK <const>, BUF <const>, READER <const>, DRAINER <const> = 1, 2, 3, 4
+local DRAINED <const>, EVENTS <const>, TIMEOUT <const> = 5, 6, 7
+local DISCARDING <const>, HIGH <const> = 8, 9
+local CO <const>, STREAM <const>, SLOT <const>, TIMER <const>, CANCELLING <const> = 1, 2, 3, 4, 5
+local state = {false}
+local fast -- luahost._task_io's paths
+local WAIT -- what a task yields when it waits through this module (fast.WAIT)
+local READY -- what a stream's C resumer resumes its reader with: "ready" (fast.READY)
 local live = setmetatable({}, {__mode = "k"}) -- tasks not yet ended
 
 local Task = {}
@@ -40,132 +53,125 @@ local finish -- defined below
 -- that yielded by itself, not through a wait of this module, could never be woken: it
 -- fails.
 local function after_resume(t, ok, err)
-  if costatus(t.co) == "dead" then
+  local co = t[CO]
+  if costatus(co) == "dead" then
     if ok then
       finish(t, "done")
     elseif err == CANCELLED then
       finish(t, "cancelled")
     else
-      local trace = debug.traceback(t.co, tostring(err))
-      coclose(t.co) -- runs its <close> variables, as a cancel does
+      local trace = debug.traceback(co, tostring(err))
+      coclose(co) -- runs its <close> variables, as a cancel does
       finish(t, "failed", trace)
     end
-  elseif not t.waiting then
-    coclose(t.co)
+  else
+    coclose(co)
     finish(t, "failed", "a task yielded outside luahost.task; it can never be woken")
   end
 end
 
 -- Resumes t, which waits, with why it woke; ends it if it returned or raised.
 local function step(t, why)
-  local prev = current
-  current = t
-  t.waiting = false
-  local ok, err = resume(t.co, why)
-  current = prev
-  if ok and t.waiting then return end -- the usual case: it waits again
-  after_resume(t, ok, err)
+  local prev = state[CURRENT]
+  state[CURRENT] = t
+  local ok, waits = resume(t[CO], why)
+  state[CURRENT] = prev
+  if ok and waits == WAIT then return end -- the usual case: it waits again
+  after_resume(t, ok, waits)
 end
 
 -- Ends t's current wait (its stream slot and its timer) without resuming it.
 local function unhook(t)
-  local s, slot = t.stream, t.slot
+  local s, slot = t[STREAM], t[SLOT]
   if s then
     if s[slot] == t then s[slot] = false end
-    t.stream = false
+    t[STREAM] = false
   end
-  if t.timer then
-    t.timer:cancel()
-    t.timer = false
+  local timer = t[TIMER]
+  if timer then
+    timer:cancel()
+    t[TIMER] = false
   end
 end
 
--- Wakes t, which waits, with why: "ready", "timeout" or "closed".
+-- Wakes t, which waits, with why ("ready", "timeout", "closed").
 local function wake(t, why)
   unhook(t)
   step(t, why)
 end
 
 -- A resume the budget cut short (--max-instructions or --max-memory raise past step, in
--- the callback that resumed) leaves its task in current with a dead coroutine: the next
+-- the callback that resumed) leaves its task current with a dead coroutine: the next
 -- callback of the host ends it as failed, which resets its streams. The host has already
 -- reset the one whose event ran it.
 local function reap_cut_short()
-  local t = current
-  current = nil
-  if t and t.co and costatus(t.co) == "dead" and live[t] then
+  local t = state[CURRENT]
+  state[CURRENT] = false
+  if t and t[CO] and costatus(t[CO]) == "dead" and live[t] then
     finish(t, "failed", "its callback was cut short (--max-instructions or --max-memory)")
   end
 end
 
 -- The same, from a callback of the host (a key, a timer, on_drain): no task runs then,
--- whatever one the budget cut short left in current.
+-- whatever one the budget cut short left current.
 local function wake_from_host(t, why)
-  if current then reap_cut_short() end
+  if state[CURRENT] then reap_cut_short() end
   unhook(t)
   step(t, why)
 end
 
 local pending -- a socket method, taken with the others below
 
--- The callback in a stream's key: wakes the task that waits to read from (or connect
--- or accept on) it, else one waiting in send whose wait is over (the host dropped the
--- output of a connection whose peer is gone: no on_drain comes, but the read side
--- reports it); with neither, the key is removed, so a level-triggered event does not
--- come back round after round while the stream's task does something else.
-local function ready_callback(s)
-  return function()
-    local t = s.reader
-    if t then -- wake_from_host and unhook, inlined: this is the path of every message
-      if current then reap_cut_short() end
-      s.reader, t.stream = false, false
-      if t.timer then
-        t.timer:cancel()
-        t.timer = false
-      end
-      return step(t, "ready")
-    end
-    local d = s.drainer
-    if d and pending(s.sock) <= s.high then return wake_from_host(d, "ready") end
-    s.events = false
-    sel:unregister(s.sock)
-  end
+-- What a stream's key callback (fast.resumer(s)) does beyond resuming a reader it can
+-- resume itself: wakes the task that waits to read from (or connect or accept on) s,
+-- else one waiting in send whose wait is over (the host dropped the output of a
+-- connection whose peer is gone: no on_drain comes, but the read side reports it); with
+-- neither, the key is removed, so a level-triggered event does not come back round after
+-- round while the stream's task does something else.
+local function on_ready(s)
+  local t = s[READER]
+  if t then return wake_from_host(t, "ready") end
+  local d = s[DRAINER]
+  if d and pending(s[SOCK]) <= s[HIGH] then return wake_from_host(d, "ready") end
+  s[EVENTS] = false
+  sel:unregister(s[SOCK])
 end
 
 local function ensure_registered(s, events)
-  if s.events == events then return end
-  if s.events then
-    sel:modify(s.sock, events, s.on_ready)
+  local registered = s[EVENTS]
+  if registered == events then return end
+  if registered then
+    sel:modify(s[SOCK], events, s.on_ready)
   else
-    sel:register(s.sock, events, s.on_ready)
+    sel:register(s[SOCK], events, s.on_ready)
   end
-  s.events = events
+  s[EVENTS] = events
 end
 
--- The running task waits, on s (slot "reader": readiness for events; "drainer": its
--- output all sent) or on nothing (a sleep), for at most timeout seconds (nil: no
--- bound). Returns why it woke: "ready", "timeout" or "closed".
+-- The running task waits, on s (slot READER: readiness for events; DRAINER: its output
+-- all sent) or on nothing (a sleep), for at most timeout seconds (nil: no bound).
+-- Returns why it woke: "ready", "timeout" or "closed".
 local function wait(s, slot, events, timeout)
-  local t = current
+  local t = state[CURRENT]
   if not t then error("luahost.task: a stream waits only inside a task (task.spawn)", 3) end
-  if t.cancelling then error(CANCELLED, 0) end
+  if t[CANCELLING] then error(CANCELLED, 0) end
   if s then
     if s[slot] then error("luahost.task: another task already waits on this stream", 3) end
-    s[slot], t.stream, t.slot = t, s, slot
+    s[slot], t[STREAM], t[SLOT] = t, s, slot
     if events then
-      if s.events ~= events then ensure_registered(s, events) end
+      ensure_registered(s, events)
     else -- waiting for output to drain
       if not s.on_drain_set then
         s.on_drain_set = true
-        s.sock:on_drain(function()
-          local d = s.drainer
+        s[SOCK]:on_drain(function()
+          local d = s[DRAINER]
           if d then wake_from_host(d, "ready") end
         end)
       end
       -- Also for reading, which tells of a peer gone. With the high water at a quarter
       -- of the output limit the host does not read (nor report) the connection while
       -- send waits, so data the peer sends meanwhile wakes nobody round after round.
-      if s.events ~= READ then ensure_registered(s, READ) end
+      ensure_registered(s, READ)
     end
   end
   if timeout then
@@ -173,10 +179,11 @@ local function wait(s, slot, events, timeout)
       unhook(t)
       return "timeout"
     end
-    t.timer = after(timeout, t.on_timeout)
+    t[TIMER] = after(timeout, t.on_timeout)
   end
-  t.waiting = true
-  return yield()
+  local why = yield(WAIT)
+  if why == READY then return "ready" end
+  return why
 end
 
 ---------------------------------------------------------------------------------------
@@ -185,25 +192,25 @@ end
 -- The running task: current, unless a resume the budget cut short (the error raised past
 -- step) left a dead one there.
 local function running_task()
-  local t = current
-  if t and (not t.co or costatus(t.co) == "dead") then
+  local t = state[CURRENT]
+  if t and (not t[CO] or costatus(t[CO]) == "dead") then
     reap_cut_short()
     return nil
   end
-  return t
+  return t or nil
 end
 
 -- Runs fn(...) in a new task now, until it first waits. Streams among the arguments
 -- become the new task's own: they are closed when it ends.
 function task.spawn(fn, ...)
   assert(type(fn) == "function", "task.spawn: a function expected")
-  -- Every field is set (false for none): a missing one would be looked up in Task on
-  -- each read, on the path of every message.
-  local t = setmetatable({co = create(fn), streams = {}, state = "running", waiting = false,
-    stream = false, slot = false, timer = false, cancelling = false, awaiting = false}, Task)
+  -- The slots (CO, STREAM, SLOT, TIMER, CANCELLING) in its array part, the rest named,
+  -- every one set (false for none): a missing one would be looked up in Task on each read.
+  local t = setmetatable({create(fn), false, false, false, false, streams = {},
+    state = "running", awaiting = false}, Task)
   t.on_timeout = function()
-    if t.timer then
-      t.timer = false
+    if t[TIMER] then
+      t[TIMER] = false
       wake_from_host(t, "timeout")
     end
   end
@@ -215,11 +222,11 @@ function task.spawn(fn, ...)
     end
   end
   live[t] = true
-  local prev = running_task()
-  current = t
-  local ok, err = resume(t.co, ...)
-  current = prev
-  if not (ok and t.waiting) then after_resume(t, ok, err) end
+  local prev = running_task() or false
+  state[CURRENT] = t
+  local ok, waits = resume(t[CO], ...)
+  state[CURRENT] = prev
+  if not (ok and waits == WAIT) then after_resume(t, ok, waits) end
   return t
 end
 
@@ -227,7 +234,7 @@ end
 -- "cancelled".
 function Task:status()
   if self.state ~= "running" then return self.state end
-  return costatus(self.co) == "suspended" and "waiting" or "running"
+  return costatus(self[CO]) == "suspended" and "waiting" or "running"
 end
 
 -- Ends the task: a waiting one at once (its <close> variables run, its streams close),
@@ -235,14 +242,14 @@ end
 -- waits. Returns false if it had already ended.
 function Task:cancel()
   if self.state ~= "running" then return false end
-  local status = costatus(self.co)
+  local status = costatus(self[CO])
   if status == "running" then error(CANCELLED, 0) end
   if status == "normal" then
-    self.cancelling = true
+    self[CANCELLING] = true
     return true
   end
   unhook(self)
-  coclose(self.co)
+  coclose(self[CO])
   finish(self, "cancelled")
   return true
 end
@@ -260,7 +267,7 @@ finish = function(t, how, err)
   live[t] = nil
   if err then log("error", "error in task for " .. peer_of(t) .. ": " .. err) end
   local streams = t.streams
-  t.streams, t.co = {}, nil
+  t.streams, t[CO] = {}, false
   for s in pairs(streams) do
     s.owner = false
     -- A task that failed left its connections in no known state: reset them, as the
@@ -289,7 +296,7 @@ function task.await(start)
       t.awaiting = false
       -- From a host callback or from another task (which stays current): not wake_from_host,
       -- whose reaping would take the running task for one the budget cut short.
-      if current and (not current.co or costatus(current.co) == "dead") then reap_cut_short() end
+      if current and (not current[CO] or costatus(current[CO]) == "dead") then reap_cut_short() end
       step(t, "ready")
     end
   end)
@@ -331,11 +338,12 @@ local function new_stream(sock, peer)
     local methods = getmetatable(sock).__index
     recv, write, pending, fileno = methods.recv, methods.write, methods.pending, methods.fileno
   end
-  local s = setmetatable({sock = sock, buf = "", maxline = MAXLINE, high = HIGH_WATER,
-    peer = peer or false, owner = running_task() or false, timeout = false, closed = false,
-    reader = false, drainer = false, events = false, drained = false, discarding = false,
+  -- The slots (SOCK, BUF, READER, DRAINER, DRAINED, EVENTS, TIMEOUT, DISCARDING, HIGH) in
+  -- its array part, the rest named, every one set (false for none).
+  local s = setmetatable({sock, "", false, false, false, false, false, false, HIGH_WATER,
+    maxline = MAXLINE, peer = peer or false, owner = running_task() or false, closed = false,
     accept_failed = false, on_drain_set = false}, Stream)
-  s.on_ready = ready_callback(s)
+  s.on_ready = fast.resumer(s)
   if s.owner then s.owner.streams[s] = true end
   return s
 end
@@ -352,7 +360,7 @@ local function left(deadline)
 end
 
 local function is_open(s)
-  return not s.closed and s.sock:fileno() >= 0
+  return not s.closed and s[SOCK]:fileno() >= 0
 end
 
 -- Connects to host:port and returns a stream once the connection is up, or nil and why.
@@ -361,7 +369,7 @@ function task.connect(host, port, opts)
   local sock, err = luahost.connect(host, port)
   if not sock then return nil, err end
   local s = new_stream(sock, address(host, port))
-  local why = wait(s, "reader", WRITE, opts and opts.timeout)
+  local why = wait(s, READER, WRITE, opts and opts.timeout)
   if why == "ready" and sock:getpeername() then return s end
   if why == "ready" then
     local _, message = sock:recv(1) -- writable but not connected: recv says why
@@ -372,12 +380,12 @@ function task.connect(host, port, opts)
 end
 
 function Stream:socket()
-  return self.sock
+  return self[SOCK]
 end
 
 -- nil or a negative number: operations wait as long as it takes.
 function Stream:settimeout(seconds)
-  self.timeout = (seconds and seconds >= 0) and seconds or false
+  self[TIMEOUT] = (seconds and seconds >= 0) and seconds or false
   return 1
 end
 
@@ -389,12 +397,12 @@ end
 -- The output limit of the socket; send then waits while a quarter of it is buffered, where
 -- the host stops reading. (Under --max-output, call it with that limit.)
 function Stream:setlimit(bytes)
-  self.sock:setlimit(bytes)
-  self.high = bytes // 4
+  self[SOCK]:setlimit(bytes)
+  self[HIGH] = bytes // 4
 end
 
 function Stream:__tostring()
-  return "luahost.task stream (" .. tostring(self.sock) .. ")"
+  return "luahost.task stream (" .. tostring(self[SOCK]) .. ")"
 end
 
 -- Closes the stream (letting the socket send what it has buffered); a task waiting on it
@@ -406,9 +414,9 @@ function Stream:close(how)
     self.owner.streams[self] = nil
     self.owner = false
   end
-  if how == "abort" then self.sock:abort() else self.sock:close() end -- unregisters it
-  self.events = false
-  for _, slot in ipairs({"reader", "drainer"}) do
+  if how == "abort" then self[SOCK]:abort() else self[SOCK]:close() end -- unregisters it
+  self[EVENTS] = false
+  for _, slot in ipairs({READER, DRAINER}) do
     local t = self[slot]
     if t then wake(t, "closed") end
   end
@@ -423,11 +431,11 @@ end
 -- A stream for the next client, with its address and port; nil and a message when an
 -- accept fails (the next call waits for the listener first).
 function Stream:accept()
-  local deadline = self.timeout and now() + self.timeout
+  local deadline = self[TIMEOUT] and now() + self[TIMEOUT]
   while true do
     if not is_open(self) then return nil, "closed" end
     if not self.accept_failed then
-      local conn, host, port = self.sock:accept()
+      local conn, host, port = self[SOCK]:accept()
       if conn then return new_stream(conn, address(host, port)), host, port end
       if host ~= "wouldblock" then
         self.accept_failed = true
@@ -435,7 +443,7 @@ function Stream:accept()
       end
     end
     self.accept_failed = false
-    local why = wait(self, "reader", READ, left(deadline))
+    local why = wait(self, READER, READ, left(deadline))
     if why ~= "ready" then return nil, why end
   end
 end
@@ -443,37 +451,31 @@ end
 -- Reads once into the buffer, waiting for data first when the last read drained the
 -- socket. Returns true, or nil and why not ("closed" at end of stream).
 local function fill(s, deadline)
-  local sock = s.sock
+  local sock = s[SOCK]
   if s.closed or fileno(sock) < 0 then return nil, "closed" end
   while true do
     local l = deadline and deadline - now()
-    if s.drained and (not l or l > 0) then -- past the deadline: one last try, no wait
-      local why
-      local t = current
-      if not l and s.events == READ and t and not s.reader and not t.cancelling then
-        s.reader, t.stream, t.slot, t.waiting = t, s, "reader", true -- wait(), inlined
-        why = yield()
-      else
-        why = wait(s, "reader", READ, l)
-      end
+    if s[DRAINED] and (not l or l > 0) then -- past the deadline: one last try, no wait
+      local why = wait(s, READER, READ, l)
       if why ~= "ready" then return nil, why end -- ready: still registered, so open
     end
     local data, err = recv(sock, CHUNK)
-    s.drained = data == nil or #data < CHUNK
+    s[DRAINED] = data == nil or #data < CHUNK
     if err == "wouldblock" and l and l <= 0 then return nil, "timeout" end
     if data == "" then
       return nil, "closed"
     elseif data then
-      if s.discarding then -- the rest of a line too long, up to its end
+      if s[DISCARDING] then -- the rest of a line too long, up to its end
         local nl = find(data, "\n", 1, true)
         if nl then
-          s.discarding = false
+          s[DISCARDING] = false
           data = sub(data, nl + 1)
         else
           data = ""
         end
       end
-      s.buf = s.buf == "" and data or s.buf .. data
+      local buf = s[BUF]
+      s[BUF] = buf == "" and data or buf .. data
       return true
     elseif err ~= "wouldblock" then
       return nil, err
@@ -483,26 +485,26 @@ end
 
 -- Whatever the buffer holds, as the partial result of a failed operation.
 local function fail(s, err)
-  local partial = s.buf
-  s.buf = ""
+  local partial = s[BUF]
+  s[BUF] = ""
   return nil, err, partial
 end
 
 local function read_line(s, deadline)
   local from = 1
   while true do
-    local buf = s.buf
+    local buf = s[BUF]
     local nl = find(buf, "\n", from, true)
     if nl then
       local j = nl - 1
       if byte(buf, j) == 13 then j = j - 1 end
-      s.buf = sub(buf, nl + 1)
+      s[BUF] = sub(buf, nl + 1)
       if j > s.maxline then return nil, "line too long" end
       return sub(buf, 1, j)
     end
     -- The bound is on the line without its ending, and a CR may wait for its LF.
     if #buf - (byte(buf, -1) == 13 and 1 or 0) > s.maxline then
-      s.buf, s.discarding = "", true
+      s[BUF], s[DISCARDING] = "", true
       return nil, "line too long"
     end
     from = #buf + 1
@@ -512,30 +514,30 @@ local function read_line(s, deadline)
 end
 
 local function read_count(s, n, deadline)
-  while #s.buf < n do
+  while #s[BUF] < n do
     local ok, err = fill(s, deadline)
     if not ok then return fail(s, err) end
   end
-  local buf = s.buf
+  local buf = s[BUF]
   if #buf == n then
-    s.buf = ""
+    s[BUF] = ""
     return buf
   end
-  s.buf = sub(buf, n + 1)
+  s[BUF] = sub(buf, n + 1)
   return sub(buf, 1, n)
 end
 
 local function read_all(s, deadline)
   while true do
-    if #s.buf > s.maxline then
-      s.buf = ""
+    if #s[BUF] > s.maxline then
+      s[BUF] = ""
       return nil, "too long"
     end
     local ok, err = fill(s, deadline)
     if not ok then
       if err ~= "closed" then return fail(s, err) end
-      local buf = s.buf
-      s.buf = ""
+      local buf = s[BUF]
+      s[BUF] = ""
       return buf
     end
   end
@@ -546,7 +548,7 @@ end
 -- "line too long", a system message) and the partial data, as LuaSocket.
 function Stream:receive(pattern, prefix)
   pattern = pattern or "*l"
-  local deadline = self.timeout and now() + self.timeout
+  local deadline = self[TIMEOUT] and now() + self[TIMEOUT]
   local data, err, partial
   if pattern == "*l" or pattern == "l" then
     data, err, partial = read_line(self, deadline)
@@ -569,18 +571,18 @@ end
 function Stream:receive_until(delimiter, max)
   assert(type(delimiter) == "string" and #delimiter > 0, "receive_until: a delimiter expected")
   max = max or self.maxline
-  local deadline = self.timeout and now() + self.timeout
+  local deadline = self[TIMEOUT] and now() + self[TIMEOUT]
   local from = 1
   while true do
-    local buf = self.buf
+    local buf = self[BUF]
     local i, j = find(buf, delimiter, from, true)
     if i then
-      self.buf = sub(buf, j + 1)
+      self[BUF] = sub(buf, j + 1)
       if i - 1 > max then return nil, "too long" end
       return sub(buf, 1, i - 1)
     end
     if #buf > max + #delimiter - 1 then
-      self.buf = ""
+      self[BUF] = ""
       return nil, "too long"
     end
     from = math.max(1, #buf - #delimiter + 2)
@@ -589,43 +591,56 @@ function Stream:receive_until(delimiter, max)
   end
 end
 
--- What has come (at most max bytes, default 65536), waiting only if nothing has.
-function Stream:receiveany(max)
-  local buf = self.buf
+-- What has come (at most max bytes, default 65536), waiting only if nothing has. (In C,
+-- fast.receiveany, for an empty buffer read or waited for the usual way.)
+local function receiveany(self, max)
+  local buf = self[BUF]
   if buf == "" then
-    local deadline = self.timeout and now() + self.timeout
+    local deadline = self[TIMEOUT] and now() + self[TIMEOUT]
     repeat -- a read may bring only the discarded end of a line too long
       local ok, err = fill(self, deadline)
       if not ok then return nil, err end
-      buf = self.buf
+      buf = self[BUF]
     until buf ~= ""
   end
   max = max or CHUNK
   if #buf <= max then
-    self.buf = ""
+    self[BUF] = ""
     return buf
   end
-  self.buf = sub(buf, max + 1)
+  self[BUF] = sub(buf, max + 1)
   return sub(buf, 1, max)
 end
 
 -- Buffers data for sending (the host sends it as the peer takes it), first waiting while
--- the output buffered is over the high water. Returns #data, or nil, why and 0.
-function Stream:send(data)
-  local sock = self.sock
+-- the output buffered is over the high water. Returns #data, or nil, why and 0. (In C,
+-- fast.send, under the high water.)
+local function send(self, data)
+  local sock = self[SOCK]
   if self.closed or fileno(sock) < 0 then return nil, "closed", 0 end
-  if pending(sock) > self.high then
-    local deadline = self.timeout and now() + self.timeout
+  if pending(sock) > self[HIGH] then
+    local deadline = self[TIMEOUT] and now() + self[TIMEOUT]
     repeat
-      local why = wait(self, "drainer", nil, left(deadline))
+      local why = wait(self, DRAINER, nil, left(deadline))
       if why ~= "ready" then return nil, why, 0 end
       if not is_open(self) then return nil, "closed", 0 end
-    until pending(sock) <= self.high
+    until pending(sock) <= self[HIGH]
   end
   local left_over, err = write(sock, data)
   if not left_over then return nil, err, 0 end
   return #data
 end
+
+fast = luahost._task_io{state = state, on_ready = on_ready, after_resume = after_resume,
+  receiveany = receiveany, send = send}
+WAIT, READY = fast.WAIT, fast.READY
+for name, slot in pairs({CURRENT = CURRENT, SOCK = SOCK, BUF = BUF, READER = READER,
+  DRAINER = DRAINER, DRAINED = DRAINED, EVENTS = EVENTS, TIMEOUT = TIMEOUT,
+  DISCARDING = DISCARDING, HIGH = HIGH, CO = CO, STREAM = STREAM, SLOT = SLOT, TIMER = TIMER,
+  CANCELLING = CANCELLING}) do
+  assert(fast[name] == slot, "luahost.task: its slots differ from luahost's")
+end
+Stream.receiveany, Stream.send = fast.receiveany, fast.send
 
 task.Stream = Stream -- for getmetatable checks
 return task

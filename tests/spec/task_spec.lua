@@ -269,6 +269,56 @@ describe("a luahost.task stream", function()
     T.assert_clean(srv)
   end)
 
+  -- receiveany and send run in C (src/lua_task.c) when nothing is unusual: a message
+  -- wakes the task, is read and sent, and the task waits again, message after message.
+  -- (A first version waited again at once on being woken, since the read before its wait
+  -- had left the socket dry: the first message came back, no later one.)
+  it("echoes message after message with receiveany and send, each waking its task", function()
+    local srv = serve(function(s)
+      while true do
+        local data, err = s:receiveany(4) -- at most 4: the rest stays for the next call
+        if not data then
+          s:send("end: " .. err .. "\n")
+          return
+        end
+        s:send("[" .. data .. "]")
+      end
+    end)
+    local c = T.client(srv)
+    for i = 1, 5 do
+      c:send("m" .. i .. "\n")
+      assert.equal("[m" .. i .. "\n]", c:read(5))
+    end
+    c:send("abcdef\n")
+    assert.equal("[abcd][ef\n]", c:read(11))
+    c:shutdown()
+    assert.equal("end: closed", c:line())
+    srv:stop()
+    T.assert_clean(srv)
+  end)
+
+  -- The C paths read a stream's fields from its table, which a script can write: each
+  -- value is checked, and one that is not what task.lua put there goes to the Lua path,
+  -- which raises as any misuse does: the task fails, the host goes on.
+  it("fails only the task whose stream's fields a script overwrote", function()
+    local srv = serve(function(s)
+      local what = s:receive("*l")
+      if what == "socket" then s[1] = {} elseif what == "buffer" then s[2] = 42 end
+      s:send(assert(s:receiveany()))
+    end)
+    local a, b, c = T.client(srv), T.client(srv), T.client(srv)
+    a:send("socket\n")
+    b:send("buffer\n")
+    assert.is_true(a:closed())
+    assert.is_true(b:closed())
+    c:send("fine\nback")
+    assert.equal("back", c:read(4))
+    assert.matches("error in task for [^\n]*luahost.socket expected", srv:log())
+    assert.matches("error in task for [^\n]*attempt to get length of a number", srv:log())
+    srv:stop()
+    T.assert_clean(srv)
+  end)
+
   it("mixes with callbacks on the same selector", function()
     local srv = T.start(T.tempfile([[
 local luahost = require "luahost"

@@ -1,0 +1,413 @@
+/* lua_task.c: the per-message paths of luahost.task (lua/luahost/task.lua) in C: the
+ * resumer a waiting stream's key calls, and a stream's receiveany and send when they
+ * need not wait or can wait the usual way. A message through Lua took some 150 Lua
+ * instructions of bookkeeping and a resume through coroutine.resume; see
+ * tests/bench/findings.md (change 17).
+ *
+ * They work on task.lua's own tables (streams, tasks, the module's state) through the
+ * integer slots below, which task.lua checks its own against when it loads (_task_io
+ * returns them). A script can write anything into those tables, so every value read is
+ * checked for its type (a socket by its metatable), and whatever is not the usual case
+ * goes to the Lua function each one stands in for, which does the whole job: the C code
+ * only ever does what task.lua would have done. */
+#include "lua_task.h"
+
+#include <errno.h>
+#include <string.h>
+
+#include "lua_socket.h"
+
+/* The slots, kept in the array part of task.lua's tables. */
+enum {
+    STATE_CURRENT = 1, /* the task running now, or false */
+    /* a stream */
+    S_SOCK = 1,
+    S_BUF,
+    S_READER,  /* the task waiting to read (accept, connect), or false */
+    S_DRAINER, /* the task waiting in send for output to drain, or false */
+    S_DRAINED, /* the last read left nothing: wait before reading */
+    S_EVENTS,  /* what its key is registered for, or false */
+    S_TIMEOUT, /* seconds, or false */
+    S_DISCARDING,
+    S_HIGH, /* the high water of its output */
+    /* a task */
+    T_CO = 1,
+    T_STREAM, /* the stream it waits on, or false */
+    T_SLOT,   /* S_READER or S_DRAINER */
+    T_TIMER,
+    T_CANCELLING,
+};
+
+/* The upvalues of the functions made here. */
+enum {
+    UP_MT = 1, /* the socket metatable */
+    UP_HOST,   /* keeps the budget alive */
+    UP_BUDGET,
+    UP_STATE,
+    UP_SLOW,  /* the Lua function that does the whole job */
+    UP_AFTER, /* a resumer's: task.lua's after_resume(t, ok, err) */
+    UP_STREAM,
+    UP_COUNT = UP_STREAM,
+};
+
+#define CHUNK LH_SCRATCH_SIZE /* the most one read asks for, as task.lua's CHUNK */
+
+/* What a task yields when it waits through luahost.task: the resumer tells a wait from
+ * a task that yielded by itself by it. */
+static const char wait_token = 0;
+/* What a stream's resumer resumes its reader with: "ready" (task.lua's wait says so), in
+ * a value told by one comparison and pushed without allocating. */
+static const char ready_token = 0;
+
+/* The helpers below push what they read and leave it: each path sets the stack's top
+ * once, when it is done (a lua_pop is a lua_settop, ~25 instructions). */
+
+/* Pushes slot n of the table at index t; returns whether it is true (not nil or false). */
+static int push_slot(lua_State *L, int t, int n)
+{
+    lua_rawgeti(L, t, n);
+    return lua_toboolean(L, -1);
+}
+
+static void set_slot(lua_State *L, int t, int n, int value)
+{
+    lua_pushboolean(L, value);
+    lua_rawseti(L, t, n);
+}
+
+/* The open socket of the stream at index s, on a host still open; else NULL. Pushes the
+ * slot and its metatable. */
+static lh_socket *stream_socket(lua_State *L, int s)
+{
+    if (lua_rawgeti(L, s, S_SOCK) != LUA_TUSERDATA) /* not a light one, whatever its metatable */
+        return NULL;
+    lh_socket *sock = (lh_socket *)lua_touserdata(L, -1);
+    if (!lua_getmetatable(L, -1) || !lua_rawequal(L, -1, lua_upvalueindex(UP_MT)))
+        return NULL;
+    return sock->conn.fd >= 0 && !sock->ctx->closed ? sock : NULL;
+}
+
+static int pass_results(lua_State *L, int status, lua_KContext ctx)
+{
+    (void)status;
+    (void)ctx;
+    return lua_gettop(L);
+}
+
+/* Not the usual case: the Lua function this one stands in for, on the first nargs
+ * arguments. */
+static int call_slow(lua_State *L, int nargs)
+{
+    lua_settop(L, nargs);
+    lua_pushvalue(L, lua_upvalueindex(UP_SLOW));
+    lua_insert(L, 1);
+    lua_callk(L, nargs, LUA_MULTRET, 0, pass_results);
+    return lua_gettop(L);
+}
+
+/* Makes the running task the reader of the stream at index s, as task.lua's wait() does,
+ * if it can wait the usual way: it is not being cancelled, nobody else waits to read,
+ * the stream is registered for reading and has no timeout (so no timer). Returns
+ * whether it did. (Called outside a task, or in a coroutine of the task's own, or where
+ * it cannot yield, it does what wait() does there.) */
+static int become_reader(lua_State *L, int s)
+{
+    int t = lua_gettop(L) + 1, is_int = 0;
+    if (lua_rawgeti(L, lua_upvalueindex(UP_STATE), STATE_CURRENT) != LUA_TTABLE ||
+        push_slot(L, t, T_CANCELLING) || push_slot(L, s, S_READER) || push_slot(L, s, S_TIMEOUT))
+        return 0;
+    lua_rawgeti(L, s, S_EVENTS);
+    if (lua_tointegerx(L, -1, &is_int) != SEL_READ || !is_int) /* luahost.EVENT_READ */
+        return 0;
+    lua_pushvalue(L, t);
+    lua_rawseti(L, s, S_READER);
+    lua_pushvalue(L, s);
+    lua_rawseti(L, t, T_STREAM);
+    lua_pushinteger(L, S_READER);
+    lua_rawseti(L, t, T_SLOT);
+    return 1;
+}
+
+static int receive_any(lua_State *L, lh_socket *sock, lua_Integer max, int woken);
+
+/* Where a receiveany that waited goes on: "ready", read (without looking at whether the
+ * last read left the socket dry: this is the wait for it); else it failed, why being
+ * what the wait ended with ("closed", "timeout"), as task.lua's fill says it. The
+ * socket is the one checked before the wait: left at index 3, the frame's own stack
+ * kept it alive and in place meanwhile; max came through the context. */
+static int receiveany_woken(lua_State *L, int status, lua_KContext max)
+{
+    (void)status;
+    size_t len = 0;
+    const char *why = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
+    if (lua_touserdata(L, -1) == &ready_token || (len == 5 && memcmp(why, "ready", 5) == 0)) {
+        lh_socket *sock = (lh_socket *)lua_touserdata(L, 3);
+        lua_settop(L, 3);
+        if (sock->conn.fd < 0 || sock->ctx->closed) /* closed behind the stream's back */
+            return call_slow(L, 2);
+        return receive_any(L, sock, (lua_Integer)max, 1);
+    }
+    lua_pushnil(L);
+    lua_insert(L, -2);
+    return 2;
+}
+
+/* Returns the n bytes read at data, keeping what passes max in the stream's buffer. */
+static int return_read(lua_State *L, const char *data, size_t n, size_t max)
+{
+    if (n > max) {
+        lua_pushlstring(L, data + max, n - max);
+        lua_rawseti(L, 1, S_BUF);
+        n = max;
+    }
+    lua_pushlstring(L, data, n);
+    return 1;
+}
+
+/* The stream's socket was read dry, or was when last read: wait for it, or let the Lua
+ * function do all. */
+static int wait_to_read(lua_State *L, lua_Integer max)
+{
+    if (!become_reader(L, 1))
+        return call_slow(L, 2);
+    lua_pushlightuserdata(L, (void *)&wait_token);
+    return lua_yieldk(L, 1, (lua_KContext)max, receiveany_woken);
+}
+
+/* receiveany's read, the stream at index 1 and its socket sock at 3: on an empty
+ * buffer, whatever one read brings, waiting first if the last one left the socket dry
+ * (unless woken, as it was for this read). */
+static int receive_any(lua_State *L, lh_socket *sock, lua_Integer max, int woken)
+{
+    if (lua_rawgeti(L, 1, S_BUF) != LUA_TSTRING || lua_rawlen(L, -1) != 0)
+        return call_slow(L, 2);
+    /* Woken for this read, the socket had been drained (the wait was for it). */
+    int drained = woken || push_slot(L, 1, S_DRAINED);
+    if (drained && !woken)
+        return wait_to_read(L, max);
+    if (push_slot(L, 1, S_DISCARDING))
+        return call_slow(L, 2);
+    char *scratch = sock->ctx->scratch;
+    ssize_t n = lhsock_recv(sock, scratch, CHUNK);
+    if (drained != (n < CHUNK))
+        set_slot(L, 1, S_DRAINED, n < CHUNK);
+    if (n == -EAGAIN)
+        return wait_to_read(L, max);
+    if (n > 0)
+        return return_read(L, scratch, (size_t)n, (size_t)max);
+    lua_pushnil(L);
+    if (n == 0)
+        lua_pushliteral(L, "closed");
+    else
+        lua_pushstring(L, strerror((int)-n));
+    return 2;
+}
+
+/* s:receiveany([max]): checks the arguments and takes the stream's socket (at index 3). */
+static int task_receiveany(lua_State *L)
+{
+    lua_settop(L, 2);
+    lua_Integer max = CHUNK;
+    int is_int = 1;
+    if (!lua_isnil(L, 2))
+        max = lua_tointegerx(L, 2, &is_int);
+    lh_socket *sock = lua_istable(L, 1) && is_int && max > 0 ? stream_socket(L, 1) : NULL;
+    if (!sock)
+        return call_slow(L, 2);
+    lua_settop(L, 3);
+    /* No read brings more than CHUNK; so bounded, max fits a continuation's context. */
+    return receive_any(L, sock, max < CHUNK ? max : CHUNK, 0);
+}
+
+/* s:send(data) while the output is under the high water: buffered at once (task.lua's
+ * Stream.send in all; that one waits when over it). */
+static int task_send(lua_State *L)
+{
+    lua_settop(L, 2);
+    lh_socket *sock = lua_istable(L, 1) ? stream_socket(L, 1) : NULL;
+    int is_int = 0;
+    lua_Integer high = 0;
+    if (sock) {
+        lua_rawgeti(L, 1, S_HIGH);
+        high = lua_tointegerx(L, -1, &is_int);
+    }
+    if (!is_int || high < 0 || conn_pending(&sock->conn) > (size_t)high)
+        return call_slow(L, 2);
+    size_t len;
+    const char *data = luaL_checklstring(L, 2, &len);
+    ssize_t rc = lhsock_write(L, sock, data, len);
+    if (rc >= 0) {
+        lua_pushinteger(L, (lua_Integer)len);
+        return 1;
+    }
+    luaL_pushfail(L);
+    if (rc == -ENOBUFS)
+        lua_pushliteral(L, "buffer full");
+    else
+        lua_pushstring(L, rc == -EAGAIN ? "wouldblock" : strerror((int)-rc));
+    lua_pushinteger(L, 0);
+    return 3;
+}
+
+/* The coroutine of the task (pushed at index t) waiting to read the resumer's stream at
+ * index s, if it can be woken here: no task cut short waits to be reaped (the state's
+ * current), it has no timer to cancel, and it is suspended in a yield. */
+static lua_State *wakeable(lua_State *L, int s, int t)
+{
+    if (lua_rawgeti(L, s, S_READER) != LUA_TTABLE ||
+        push_slot(L, lua_upvalueindex(UP_STATE), STATE_CURRENT) || push_slot(L, t, T_TIMER))
+        return NULL;
+    lua_rawgeti(L, t, T_CO);
+    lua_State *co = lua_tothread(L, -1);
+    if (!co || lua_status(co) != LUA_YIELD || !lua_checkstack(co, 1))
+        return NULL;
+    return co;
+}
+
+/* After the resume of the task at index t (which left status and nres on co): unless it
+ * waits again, task.lua's after_resume(t, ok, err) ends it. */
+static void after_resume(lua_State *L, int t, lua_State *co, int status, int nres)
+{
+    int ok = status == LUA_OK || status == LUA_YIELD;
+    int waits = status == LUA_YIELD && nres == 1 && lua_touserdata(co, -1) == &wait_token;
+    set_slot(L, lua_upvalueindex(UP_STATE), STATE_CURRENT, 0);
+    if (waits) {
+        lua_pop(co, 1);
+        return;
+    }
+    lua_pushvalue(L, lua_upvalueindex(UP_AFTER));
+    lua_pushvalue(L, t);
+    lua_pushboolean(L, ok);
+    if (ok) {
+        lua_pop(co, nres);
+        lua_pushnil(L);
+    } else {
+        lua_xmove(co, L, 1); /* the error; co keeps its frames for the traceback */
+    }
+    lua_call(L, 3, 0);
+}
+
+/* A stream's key callback: resumes the task waiting to read with "ready", as task.lua's
+ * on_ready would (through wake_from_host), within the budget of this callback. A task
+ * cut short by the budget stays the current one, for task.lua to end at its next
+ * callback. The task keeps its STREAM slot, which its next wait sets again (and
+ * task.lua's unhook clears only the stream slot that still holds the task). Upvalue
+ * UP_STREAM: the stream. */
+static int task_resume(lua_State *L)
+{
+    int s = lua_upvalueindex(UP_STREAM), t = lua_gettop(L) + 1;
+    lua_State *co = wakeable(L, s, t);
+    if (!co) {
+        lua_pushvalue(L, lua_upvalueindex(UP_SLOW));
+        lua_pushvalue(L, s);
+        lua_call(L, 1, 0);
+        return 0;
+    }
+    set_slot(L, s, S_READER, 0);
+    lua_pushvalue(L, t);
+    lua_rawseti(L, lua_upvalueindex(UP_STATE), STATE_CURRENT);
+    lua_pushlightuserdata(co, (void *)&ready_token);
+    int nres = 0;
+    lh_budget *b = (lh_budget *)lua_touserdata(L, lua_upvalueindex(UP_BUDGET));
+    int status = budget_coresume(L, b, co, 1, &nres);
+    after_resume(L, t, co, status, nres);
+    return 0;
+}
+
+/* fast.resumer(stream): the callback for the stream's key. */
+static int task_resumer(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    for (int i = 1; i < UP_STREAM; i++)
+        lua_pushvalue(L, lua_upvalueindex(i));
+    lua_pushvalue(L, 1);
+    lua_pushcclosure(L, task_resume, UP_COUNT);
+    return 1;
+}
+
+/* Pushes f as a closure with the shared upvalues (the stack's 1..UP_STATE) and slow. */
+static void push_fast(lua_State *L, lua_CFunction f, int slow, int after)
+{
+    for (int i = 1; i <= UP_STATE; i++)
+        lua_pushvalue(L, i);
+    lua_pushvalue(L, slow);
+    int n = UP_SLOW;
+    if (after) {
+        lua_pushvalue(L, after);
+        n = UP_AFTER;
+    }
+    lua_pushcclosure(L, f, n);
+}
+
+static int get_function(lua_State *L, int t, const char *name)
+{
+    lua_getfield(L, t, name);
+    luaL_argcheck(L, lua_isfunction(L, -1), 1, name);
+    return lua_gettop(L);
+}
+
+static void set_integer(lua_State *L, int t, const char *name, int value)
+{
+    lua_pushinteger(L, value);
+    lua_setfield(L, t, name);
+}
+
+/* The slots, for task.lua to use the same ones. */
+static void set_slots(lua_State *L, int t)
+{
+    static const struct {
+        const char *name;
+        int slot;
+    } slots[] = {
+        {"CURRENT", STATE_CURRENT}, {"SOCK", S_SOCK},       {"BUF", S_BUF},
+        {"READER", S_READER},       {"DRAINER", S_DRAINER}, {"DRAINED", S_DRAINED},
+        {"EVENTS", S_EVENTS},       {"TIMEOUT", S_TIMEOUT}, {"DISCARDING", S_DISCARDING},
+        {"HIGH", S_HIGH},           {"CO", T_CO},           {"STREAM", T_STREAM},
+        {"SLOT", T_SLOT},           {"TIMER", T_TIMER},     {"CANCELLING", T_CANCELLING},
+    };
+    for (size_t i = 0; i < sizeof slots / sizeof slots[0]; i++)
+        set_integer(L, t, slots[i].name, slots[i].slot);
+}
+
+/* luahost._task_io{state =, on_ready =, after_resume =, receiveany =, send =}: for
+ * task.lua only. Returns the slots the C paths read and write, the token a wait yields
+ * (WAIT), and the paths: resumer(stream), receiveany and send, each falling back to
+ * the Lua function given under its name (a resumer: on_ready(stream)). */
+static int l_task_io(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    luaL_getmetatable(L, LH_SOCKET);
+    lua_pushvalue(L, lua_upvalueindex(1)); /* the host */
+    lua_pushvalue(L, lua_upvalueindex(2)); /* its budget */
+    lua_getfield(L, 1, "state");
+    luaL_argcheck(L, lua_istable(L, -1), 1, "state: a table expected");
+    lua_rotate(L, 1, -1); /* the shared upvalues at 1..UP_STATE, the table above */
+    int args = UP_STATE + 1;
+    int on_ready = get_function(L, args, "on_ready");
+    int after = get_function(L, args, "after_resume");
+    int receiveany = get_function(L, args, "receiveany");
+    int send = get_function(L, args, "send");
+    lua_createtable(L, 0, 20);
+    int out = lua_gettop(L);
+    push_fast(L, task_resumer, on_ready, after);
+    lua_setfield(L, out, "resumer");
+    push_fast(L, task_receiveany, receiveany, 0);
+    lua_setfield(L, out, "receiveany");
+    push_fast(L, task_send, send, 0);
+    lua_setfield(L, out, "send");
+    lua_pushlightuserdata(L, (void *)&wait_token);
+    lua_setfield(L, out, "WAIT");
+    lua_pushlightuserdata(L, (void *)&ready_token);
+    lua_setfield(L, out, "READY");
+    set_slots(L, out);
+    return 1;
+}
+
+static const luaL_Reg functions[] = {{"_task_io", l_task_io}, {NULL, NULL}};
+
+void lhtask_open(lua_State *L, int module, int host, lh_budget *budget)
+{
+    lh_setfuncs(L, functions, module, host, budget);
+}
