@@ -128,11 +128,17 @@ static void shed(admission *a, int listen_fd, int err)
     a->spare_fd = open_spare();
     a->refused += (size_t)shed;
     adm_pause(a);
-    if (may_warn(a))
+    if (may_warn(a)) {
         lh_log(a->log, LH_WARN,
                "out of file descriptors (%s) with %zu connections open: "
                "closed %d waiting connections, accepting again in %.1f s",
                strerror(err), a->connections, shed, ADM_PAUSE_SECONDS);
+        return;
+    }
+    /* Within the second after such a line: counted with the refusals, which are said
+     * once the second has passed, so a storm's sheds are all told. */
+    a->refused_unsaid += (size_t)shed;
+    a->refusal = "out of file descriptors, waiting connections closed";
 }
 
 /* Why a just-accepted fd must be closed at once, or NULL. An fd beyond what the selector

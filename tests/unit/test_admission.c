@@ -183,6 +183,37 @@ static void test_out_of_fds(void)
     teardown(&f);
 }
 
+/* Regression: a second shed within a second of the first was never told (the line is
+ * said once a second). It is counted with the refusals and said once the second has
+ * passed, at the end of a round. */
+static void test_out_of_fds_twice(void)
+{
+    fixture f;
+    net_addr peer;
+    const char *why = NULL;
+    setup(&f, 0);
+    f.k.fail = EMFILE;
+    f.k.fails = 1;
+    f.k.waiting = 3;
+    CHECK(adm_accept(&f.a, 3, &peer, &why) == -EMFILE);
+    f.clock.virtual_now += ADM_PAUSE_SECONDS;
+    CHECK(adm_resume_due(&f.a));
+    f.k.fails = 1;
+    f.k.waiting = 5;
+    CHECK(adm_accept(&f.a, 3, &peer, &why) == -EMFILE);
+    CHECK(f.a.refused == 8 && f.a.refused_unsaid == 5);
+    CHECK(strstr(logged(&f), "closed 5") == NULL);
+    CHECK(adm_timeout_ms(&f.a) > 0);
+    f.clock.virtual_now += 1.0;
+    adm_begin_round(&f.a);
+    adm_end_round(&f.a);
+    CHECK(strstr(logged(&f), "refusing connections: out of file descriptors, waiting "
+                             "connections closed (5 refused since the last such line, 8 "
+                             "in all)") != NULL);
+    CHECK(f.a.refused_unsaid == 0);
+    teardown(&f);
+}
+
 /* Regression: "(1 refused so far)" was the only line when 168 were refused in that
  * second. The first refusal is said at once; the rest of the second's are counted and
  * said, all of them, once the second has passed, at the end of a round, whose timeout
@@ -252,6 +283,7 @@ int main(void)
     test_ceiling();
     test_round_share();
     test_out_of_fds();
+    test_out_of_fds_twice();
     if (failures) {
         printf("test_admission: %lu of %lu checks failed\n", failures, checks);
         return 1;
