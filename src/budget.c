@@ -2,6 +2,7 @@
  * without one), a protected call under it, and coroutines guarded by it. */
 #include "budget.h"
 
+#include <stdio.h>
 #include <errno.h>
 #include <lauxlib.h>
 #include <stdlib.h>
@@ -37,8 +38,15 @@ static lh_budget **budget_slot(lua_State *L)
 static void budget_exceeded(lua_State *L, lh_budget *b)
 {
     lua_sethook(L, budget_hook, LUA_MASKCALL | LUA_MASKCOUNT, 1);
-    luaL_error(L, "%s ran past its budget of %I instructions (--max-instructions)", b->what,
-               (lua_Integer)b->max_instructions);
+    /* Where it was stopped: level 0, the function the hook interrupted. luaL_error's
+     * level 1 is its caller, for a main chunk the C call that ran it, which has no line,
+     * and only a traceback (at log level debug, at startup) would have said where. */
+    lua_Debug here;
+    char at[LUA_IDSIZE + 32] = "";
+    if (lua_getstack(L, 0, &here) && lua_getinfo(L, "Sl", &here) && here.currentline > 0)
+        snprintf(at, sizeof at, ", at %s:%d", here.short_src, here.currentline);
+    luaL_error(L, "%s ran past its budget of %I instructions (--max-instructions)%s", b->what,
+               (lua_Integer)b->max_instructions, at);
 }
 
 /* Called every LH_BUDGET_STEP instructions once armed; raises once the callback has

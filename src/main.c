@@ -13,6 +13,7 @@
 #include <lualib.h>
 
 #include "blocks.h"
+#include "log.h"
 #include "luahost.h"
 #include "master.h"
 #include "stall.h"
@@ -393,12 +394,32 @@ static int pmain(lua_State *L)
     return serve(L, o, host);
 }
 
+/* Writes text escaped as the log escapes it (a NUL must not end a message, nor a control
+ * byte reach the terminal), but for the newlines and tabs that lay out a traceback. */
+static void print_escaped(const char *text, size_t len)
+{
+    char escaped[1024];
+    const char *end = text + len;
+    while (text < end) {
+        size_t piece = 0;
+        while (text + piece < end && text[piece] != '\t' && text[piece] != '\n')
+            piece++;
+        size_t taken = lh_log_escape(escaped, sizeof escaped, text, piece);
+        fputs(escaped, stderr);
+        text += taken;
+        if (taken == piece && text < end)
+            fputc(*text++, stderr);
+    }
+}
+
 /* The first line of an error; the traceback follows only at log level debug. */
-static void report(const options *o, const char *msg)
+static void report(const options *o, const char *msg, size_t len)
 {
     int verbose = o->log_level && strcmp(o->log_level, "debug") == 0;
-    int len = (int)strcspn(msg, "\n");
-    fprintf(stderr, "%s: %.*s\n", progname, verbose ? (int)strlen(msg) : len, msg);
+    const char *end = msg + len, *nl = memchr(msg, '\n', len);
+    fprintf(stderr, "%s: ", progname);
+    print_escaped(msg, (size_t)((verbose || !nl ? end : nl) - msg));
+    fputc('\n', stderr);
 }
 
 /* Takes WORKER_ENV out of the environment (a script's io.popen must not see it), names
@@ -464,8 +485,13 @@ int main(int argc, char **argv)
     lua_pushlightuserdata(L, &o);
     status = lua_pcall(L, 1, 0, 0);
     if (status != LUA_OK) {
-        const char *msg = lua_tostring(L, -1);
-        report(&o, msg ? msg : "(error object is not a string)");
+        size_t len;
+        const char *msg = lua_tolstring(L, -1, &len);
+        if (!msg) {
+            msg = "(error object is not a string)";
+            len = strlen(msg);
+        }
+        report(&o, msg, len);
     }
     lua_close(L);
     blocks_release(&small);

@@ -132,6 +132,12 @@ describe("the luahost command line", function()
       local r = T.run({path})
       assert_one_line_error(r, SCRIPT_ERROR, path .. ":2:", "the configuration is broken")
     end)
+
+    it("for a main chunk's error with a NUL and control bytes: escaped, not cut", function()
+      local path = T.tempfile('error("before\\0after\\27[2J the end")\n')
+      local r = T.run({path})
+      assert_one_line_error(r, SCRIPT_ERROR, path .. ":1:", "before\\x00after\\x1b[2J the end")
+    end)
   end)
 
   describe("--check", function()

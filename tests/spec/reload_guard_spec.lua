@@ -156,7 +156,7 @@ describe("reloads and starts that never end", function()
         local r = T.run(args, {timeout = 20})
         assert.same({"exit", 1}, {r.how, r.code}, tostring(r))
         assert.matches("^luahost: main chunk ran past its budget of %d+ instructions "
-          .. "%(%-%-max%-instructions%)\n$", r.stderr)
+          .. "%(%-%-max%-instructions%), at " .. path:gsub("%p", "%%%0") .. ":2\n$", r.stderr)
       end
     end)
 
