@@ -295,8 +295,9 @@ function task.await(start)
     if t.awaiting == token and t.state == "running" then
       t.awaiting = false
       -- From a host callback or from another task (which stays current): not wake_from_host,
-      -- whose reaping would take the running task for one the budget cut short.
-      if current and (not current[CO] or costatus(current[CO]) == "dead") then reap_cut_short() end
+      -- whose reaping would take the running task for one the budget cut short;
+      -- running_task() reaps only a dead one.
+      running_task()
       step(t, "ready")
     end
   end)
