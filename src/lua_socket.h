@@ -13,6 +13,7 @@
 #include "linger.h"
 #include "net.h"
 #include "selector.h"
+#include "tls.h"
 
 #define LH_SOCKET "luahost.socket"
 
@@ -41,6 +42,11 @@ typedef struct lh_sockets {
      * event for a reused fd number can reach the old registration. */
     void (*closing)(void *ud, lua_State *L, lh_socket *s);
     void *closing_ud;
+    /* TLS (lua_tls.c sets these): a listener with a context accepted s, which needs its
+     * TLS state; and the host's own readiness came for s while its handshake runs. */
+    void (*tls_accepted)(void *ud, lua_State *L, lh_socket *listener, lh_socket *s);
+    void (*tls_ready)(void *ud, lua_State *L, lh_socket *s);
+    void *tls_ud;
     int closed;
 } lh_sockets;
 
@@ -51,13 +57,30 @@ struct lh_socket {
     uint16_t registrations; /* selectors it is registered with */
     uint8_t family;
     uint8_t flags; /* LH_LISTENING..., LH_HAS_DRAIN */
+    /* NULL for plain TCP; else a connection's tls_conn, or with LH_TLS_LISTENER the
+     * tls_ctx a listener's connections are made with. One test of it is all the plain
+     * path pays. */
+    void *tls;
 };
 
 enum {
     LH_LISTENING = 1,
     LH_LISTENING_ANY_PORT = 2, /* with LH_LISTENING: port 0 was asked */
     LH_HAS_DRAIN = 4,          /* on_drain was set once: look in the drain table */
+    LH_TLS_LISTENER = 8,       /* tls is a tls_ctx (a listener's), not a tls_conn */
 };
+
+/* s's TLS state: its tls_conn, or NULL for plain TCP and for a listener. */
+static inline tls_conn *lhsock_tls(const lh_socket *s)
+{
+    return (s->flags & LH_TLS_LISTENER) ? NULL : (tls_conn *)s->tls;
+}
+
+/* Lets go of s's TLS state or its listener's context. */
+void lhsock_tls_release(lh_socket *s);
+
+/* Pushes the failure rc of a TLS call on s (tls_error's message, or the system's). */
+int lhsock_push_tls_error(lua_State *L, lh_socket *s, int rc);
 
 void lhsock_init(lua_State *L, lh_sockets *ctx, selector *sel, uint32_t max_output, admission *adm,
                  linger_list *linger, lh_budget *budget, lh_logger *log, lh_journal *journal,

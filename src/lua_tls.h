@@ -1,0 +1,23 @@
+/* lua_tls.h: TLS for scripts: luahost.tls_context, listen's and connect's tls option,
+ * and the socket methods starttls, handshake and tls_info. */
+#ifndef LUAHOST_LUA_TLS_H
+#define LUAHOST_LUA_TLS_H
+
+#include "lhaux.h"
+#include "lua_socket.h"
+#include "lua_timer.h"
+
+/* A host's TLS part: the sockets it gives TLS state to, and the timers that bound their
+ * handshakes. */
+typedef struct lh_tls {
+    lh_sockets *sockets;
+    lh_timers *timers;
+} lh_tls;
+
+/* Sets the sockets' TLS hooks (accepting on a TLS listener, a handshake's readiness). */
+void lhtls_init(lh_tls *ctx, lh_sockets *sockets, lh_timers *timers);
+/* Puts tls_context into the module table and wraps its listen and connect (made by
+ * lhlisten_open) with their tls option; adds the socket methods. */
+void lhtls_open(lua_State *L, int module, int host, lh_tls *ctx);
+
+#endif
