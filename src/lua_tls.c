@@ -20,9 +20,9 @@ static const char *opt_string(lua_State *L, int opts, const char *name)
 {
     const char *v = NULL;
     if (lua_getfield(L, opts, name) != LUA_TNIL) {
-        v = lua_tostring(L, -1);
-        if (!v || lua_type(L, -1) != LUA_TSTRING)
+        if (lua_type(L, -1) != LUA_TSTRING)
             luaL_error(L, "tls option '%s' must be a string", name);
+        v = lua_tostring(L, -1);
     }
     lua_pop(L, 1); /* the table keeps the string alive */
     return v;
@@ -183,8 +183,8 @@ static int handshake_timeout(lua_State *L)
         return 0;
     char why[96], peer[NET_ADDRSTRLEN];
     snprintf(why, sizeof why, "TLS handshake timed out after %g s", tls_handshake_timeout(t));
+    lhsock_describe(s, peer, sizeof peer); /* before the shutdown, which loses the peer */
     tls_fail(t, &s->conn, ctx->sockets->sel, why);
-    lhsock_describe(s, peer, sizeof peer);
     lh_log(ctx->sockets->log, LH_DEBUG, "%s: %s", peer, why);
     return 0;
 }
@@ -210,21 +210,20 @@ static void start_tls(lua_State *L, lh_tls *ctx, int index, tls_conn *t)
         tls_handshake(t, &s->conn, socks->sel, socks->io);
 }
 
-static void log_failure(lh_tls *ctx, lh_socket *s, tls_conn *t)
-{
-    char peer[NET_ADDRSTRLEN];
-    lhsock_describe(s, peer, sizeof peer);
-    lh_log(ctx->sockets->log, LH_DEBUG, "%s: %s", peer, tls_error(t));
-}
-
-/* The hook lhsock_flush calls while s's handshake runs. */
+/* The hook lhsock_flush calls while s's handshake runs. A failure is logged at debug
+ * with the peer (named first: a failed connection is shut down, and its peer's address
+ * goes with it): it is the client's, and the script learns of it on its next recv. */
 static void tls_ready(void *ud, lua_State *L, lh_socket *s)
 {
     lh_tls *ctx = (lh_tls *)ud;
     tls_conn *t = lhsock_tls(s);
+    char peer[NET_ADDRSTRLEN];
     (void)L;
-    if (t && tls_handshake(t, &s->conn, ctx->sockets->sel, ctx->sockets->io) < 0)
-        log_failure(ctx, s, t);
+    if (!t)
+        return;
+    lhsock_describe(s, peer, sizeof peer);
+    if (tls_handshake(t, &s->conn, ctx->sockets->sel, ctx->sockets->io) < 0)
+        lh_log(ctx->sockets->log, LH_DEBUG, "%s: %s", peer, tls_error(t));
 }
 
 /* The hook sock_accept calls for a connection of a TLS listener (socket c on the top). */

@@ -122,10 +122,17 @@ static int select_cert(SSL *ssl, int *alert, void *arg)
 {
     tls_ctx *ctx = (tls_ctx *)arg;
     const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
-    (void)alert;
+    *alert = SSL_AD_INTERNAL_ERROR;
     for (size_t i = 0; name && i < ctx->nservers; i++) {
         if (strcasecmp(name, ctx->names[i]) == 0) {
-            SSL_set_SSL_CTX(ssl, ctx->sni[i]);
+            /* The certificate alone changes: trust and verification stay the context's
+             * (SSL_set_SSL_CTX would take the other context's empty store with it). */
+            SSL_CTX *other = ctx->sni[i];
+            STACK_OF(X509) *chain = NULL;
+            SSL_CTX_get0_chain_certs(other, &chain);
+            if (!SSL_use_cert_and_key(ssl, SSL_CTX_get0_certificate(other),
+                                      SSL_CTX_get0_privatekey(other), chain, 1))
+                return SSL_TLSEXT_ERR_ALERT_FATAL;
             break;
         }
     }
