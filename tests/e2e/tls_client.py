@@ -11,7 +11,9 @@ Usage: tls_client.py MODE HOST PORT CA [ARGS...]
   plaintext        a plain HTTP request: exit 0 if the server closes without echoing
   garbage N        N random bytes: likewise
   silent           connects and says nothing: exit 0 once the server hangs up
+  stall            sends half a ClientHello and waits: likewise
   truncate         echoes a line, then ends TCP without close_notify
+  clean            echoes a line, then sends close_notify and closes
 Each run is bounded: every socket has a timeout, so it cannot hang.
 """
 import os
@@ -191,19 +193,31 @@ def main(argv):
             print("refused:", e.verify_message)
     elif mode == "split":
         failures = split(host, port, ca, int(rest[0]))
-    elif mode in ("plaintext", "garbage", "silent"):
+    elif mode in ("plaintext", "garbage", "silent", "stall"):
         s = socket.create_connection((host, port), timeout=TIMEOUT)
-        if mode == "plaintext":
+        if mode == "stall":
+            outgoing = ssl.MemoryBIO()
+            obj = context(ca).wrap_bio(ssl.MemoryBIO(), outgoing, server_hostname="h")
+            try:
+                obj.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+            hello = outgoing.read()
+            s.sendall(hello[:len(hello) // 2])
+        elif mode == "plaintext":
             s.sendall(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
         elif mode == "garbage":
             s.sendall(os.urandom(int(rest[0])))
         if not server_hangs_up(s):
             failures = ["the server did not hang up"]
-    elif mode == "truncate":
+    elif mode in ("truncate", "clean"):
         s = connect(host, port, ca)
         s.sendall(b"line\n")
         if read_exactly(s, 5) != b"line\n":
             failures = ["no echo"]
+        if mode == "clean":
+            s.unwrap().close()
+            return 1 if failures else 0
         raw = socket.socket(fileno=s.detach())  # no close_notify: TCP's FIN alone
         raw.settimeout(TIMEOUT)
         raw.shutdown(socket.SHUT_WR)

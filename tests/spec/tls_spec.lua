@@ -34,8 +34,8 @@ describe("echo over TLS", function()
   it("echoes a line to openssl s_client, which verifies the certificate", function()
     local p = spawn_echo()
     local r = T.run_command({"sh", "-c", string.format(
-      "(printf 'hello over tls\\n'; sleep 1) | openssl s_client -connect 127.0.0.1:%d "
-      .. "-CAfile %s -verify_return_error -servername localhost -quiet 2>&1", p.port,
+      "(printf 'hello over tls\\n'; sleep 0.5) | openssl s_client -connect 127.0.0.1:%d "
+      .. "-CAfile %s -verify_return_error -servername localhost -quiet -no_ign_eof 2>&1", p.port,
       SERVER.cert)}, {env = {LD_PRELOAD = false}, timeout = 20})
     assert.matches("hello over tls", r.stdout, 1, true)
     assert.matches("verify return:1", r.stdout, 1, true)
