@@ -158,7 +158,7 @@ static void init_parts(lua_State *L, lh_host *host, const lh_settings *settings)
     lhtimer_init(L, &host->timers, &host->clock, &host->budget, &host->log, journal, &host->anchor);
     lhsock_init(L, &host->sockets, host->sel, settings->max_output, &host->adm, &host->linger,
                 &host->budget, &host->log, journal, &host->anchor);
-    lhtls_init(&host->tls, &host->sockets, &host->timers);
+    lhtls_init(L, &host->tls, &host->sockets, &host->timers);
     loop_init(&host->loop, &host->selectors, &host->sockets, &host->timers, &host->budget,
               &host->reload, &host->adm, &host->linger, &host->log);
     host->loop.debug_gc = settings->debug_gc;

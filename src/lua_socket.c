@@ -193,6 +193,8 @@ static void close_socket(lua_State *L, lh_socket *s, int graceful, size_t refuse
     }
     if (s->registrations > 0)
         ctx->closing(ctx->closing_ud, L, s);
+    if (s->conn.flags & CONN_HANDSHAKE)
+        ctx->tls_closing(ctx->tls_ud, L, s);
     lhsock_remove_listener(L, s);
     if (s->flags & LH_HAS_DRAIN)
         forget_drain(L, s);

@@ -46,6 +46,7 @@ typedef struct lh_sockets {
      * TLS state; and the host's own readiness came for s while its handshake runs. */
     void (*tls_accepted)(void *ud, lua_State *L, lh_socket *listener, lh_socket *s);
     void (*tls_ready)(void *ud, lua_State *L, lh_socket *s);
+    void (*tls_closing)(void *ud, lua_State *L, lh_socket *s); /* before its state goes */
     void *tls_ud;
     int closed;
 } lh_sockets;

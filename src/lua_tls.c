@@ -172,6 +172,24 @@ static tls_ctx *ctx_of(lua_State *L, int index, int client, char *err, size_t er
     return make_ctx(L, lua_absindex(L, index), client, err, errlen);
 }
 
+/* Cancels the timer of s's handshake, which has ended (or s is closing): a pending
+ * timer would keep a host with nothing else to do running. */
+static void end_timeout(lua_State *L, lh_tls *ctx, lh_socket *s)
+{
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ctx->timeouts_ref);
+    if (lua_rawgetp(L, -1, s) != LUA_TNIL) {
+        lhtimer_cancel(L, lua_gettop(L));
+        lua_pushnil(L);
+        lua_rawsetp(L, -3, s);
+    }
+    lua_pop(L, 2);
+}
+
+static void tls_closing(void *ud, lua_State *L, lh_socket *s)
+{
+    end_timeout(L, (lh_tls *)ud, s);
+}
+
 /* The handshake of s ran out of time: it fails as a handshake does, so the script
  * learns of it on its next recv. Upvalues: the host's lh_tls, s, and s's tls_conn. */
 static int handshake_timeout(lua_State *L)
@@ -179,6 +197,7 @@ static int handshake_timeout(lua_State *L)
     lh_tls *ctx = (lh_tls *)lua_touserdata(L, lua_upvalueindex(1));
     lh_socket *s = (lh_socket *)lua_touserdata(L, lua_upvalueindex(2));
     tls_conn *t = (tls_conn *)lua_touserdata(L, lua_upvalueindex(3));
+    end_timeout(L, ctx, s);
     if (s->conn.fd < 0 || lhsock_tls(s) != t || !(s->conn.flags & CONN_HANDSHAKE))
         return 0;
     char why[96], peer[NET_ADDRSTRLEN];
@@ -205,7 +224,10 @@ static void start_tls(lua_State *L, lh_tls *ctx, int index, tls_conn *t)
     lua_pushlightuserdata(L, t);
     lua_pushcclosure(L, handshake_timeout, 3);
     lhtimer_after(L, ctx->timers, tls_handshake_timeout(t), -1);
-    lua_pop(L, 2);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ctx->timeouts_ref);
+    lua_pushvalue(L, -2);
+    lua_rawsetp(L, -2, s);
+    lua_pop(L, 3);                       /* the table, the timer, the closure */
     if (!tls_is_server(t) && socks->sel) /* the client speaks first */
         tls_handshake(t, &s->conn, socks->sel, socks->io);
 }
@@ -222,8 +244,11 @@ static void tls_ready(void *ud, lua_State *L, lh_socket *s)
     if (!t)
         return;
     lhsock_describe(s, peer, sizeof peer);
-    if (tls_handshake(t, &s->conn, ctx->sockets->sel, ctx->sockets->io) < 0)
+    int rc = tls_handshake(t, &s->conn, ctx->sockets->sel, ctx->sockets->io);
+    if (rc < 0)
         lh_log(ctx->sockets->log, LH_DEBUG, "%s: %s", peer, tls_error(t));
+    if (rc != 0)
+        end_timeout(L, ctx, s);
 }
 
 /* The hook sock_accept calls for a connection of a TLS listener (socket c on the top). */
@@ -352,6 +377,8 @@ static int sock_handshake(lua_State *L)
     tls_conn *t = lhsock_tls(s);
     luaL_argcheck(L, t != NULL, 1, "not a TLS socket");
     int rc = tls_handshake(t, &s->conn, s->ctx->sel, s->ctx->io);
+    if (rc != 0)
+        end_timeout(L, (lh_tls *)s->ctx->tls_ud, s);
     if (rc == 0)
         rc = -EAGAIN;
     if (rc < 0)
@@ -391,12 +418,15 @@ static int sock_tls_info(lua_State *L)
     return 1;
 }
 
-void lhtls_init(lh_tls *ctx, lh_sockets *sockets, lh_timers *timers)
+void lhtls_init(lua_State *L, lh_tls *ctx, lh_sockets *sockets, lh_timers *timers)
 {
     ctx->sockets = sockets;
     ctx->timers = timers;
+    lua_newtable(L);
+    ctx->timeouts_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     sockets->tls_accepted = tls_accepted;
     sockets->tls_ready = tls_ready;
+    sockets->tls_closing = tls_closing;
     sockets->tls_ud = ctx;
 }
 

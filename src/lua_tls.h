@@ -12,10 +12,12 @@
 typedef struct lh_tls {
     lh_sockets *sockets;
     lh_timers *timers;
+    int timeouts_ref; /* weak-keyed: socket -> the timer bounding its handshake */
 } lh_tls;
 
-/* Sets the sockets' TLS hooks (accepting on a TLS listener, a handshake's readiness). */
-void lhtls_init(lh_tls *ctx, lh_sockets *sockets, lh_timers *timers);
+/* Sets the sockets' TLS hooks (accepting on a TLS listener, a handshake's readiness, a
+ * TLS socket closing). */
+void lhtls_init(lua_State *L, lh_tls *ctx, lh_sockets *sockets, lh_timers *timers);
 /* Puts tls_context into the module table and wraps its listen and connect (made by
  * lhlisten_open) with their tls option; adds the socket methods. */
 void lhtls_open(lua_State *L, int module, int host, lh_tls *ctx);

@@ -462,6 +462,8 @@ int tls_handshake(tls_conn *t, conn *c, selector *sel, const net_io *io)
 {
     if (t->failed)
         return t->failed;
+    if (conn_pending(c) > 0)
+        conn_flush(c, sel, io); /* a flight queued before the socket could send it */
     int rc = tls_done(t) ? 1 : handshake_step(t, c, sel, io);
     settle(t, c, sel);
     return rc;

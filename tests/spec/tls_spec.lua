@@ -42,6 +42,18 @@ describe("echo over TLS", function()
     T.assert_graceful_stop(p)
   end)
 
+  it("serves scripts/client.lua --tls, which verifies the server against --ca", function()
+    local p = spawn_echo()
+    local address = "127.0.0.1:" .. p.port
+    local r = T.run({"scripts/client.lua", address, "20", "3", "--tls", "--ca", SERVER.cert})
+    assert.same({"exit", 0}, {r.how, r.code}, tostring(r))
+    assert.matches("20 connections, %d+ bytes sent, %d+ received, 0 failed", r.stdout)
+    local refused = T.run({"scripts/client.lua", address, "1", "1", "--tls"}) -- system CAs
+    assert.same({"exit", 1}, {refused.how, refused.code}, tostring(refused))
+    assert.matches("certificate verify failed: self%-signed certificate", refused.stderr)
+    T.assert_graceful_stop(p)
+  end)
+
   it("serves the kit's TLS clients in process, and says what was negotiated", function()
     local srv = T.start("tests/support/tls_echo.lua", {"127.0.0.1:0", SERVER.cert, SERVER.key})
     local c = T.client(srv, {tls = {ca = SERVER.cert, alpn = {"h2", "echo/1"}}})
