@@ -225,6 +225,7 @@ void lh_host_close(lua_State *L, lh_host *host, double grace_seconds)
     lhsock_close_listeners(L, &host->sockets);
     lhsel_release_all(L, &host->selectors);
     lhtimer_close(L, &host->timers);
+    lhtls_release(L, &host->tls);
     lhsock_release(L, &host->sockets);
     lhreload_release(L, &host->reload);
     release_c(host);

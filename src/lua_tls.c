@@ -176,6 +176,8 @@ static tls_ctx *ctx_of(lua_State *L, int index, int client, char *err, size_t er
  * timer would keep a host with nothing else to do running. */
 static void end_timeout(lua_State *L, lh_tls *ctx, lh_socket *s)
 {
+    if (ctx->timeouts_ref == LUA_NOREF) /* the host is closed: its timers are gone */
+        return;
     lua_rawgeti(L, LUA_REGISTRYINDEX, ctx->timeouts_ref);
     if (lua_rawgetp(L, -1, s) != LUA_TNIL) {
         lhtimer_cancel(L, lua_gettop(L));
@@ -215,6 +217,10 @@ static void start_tls(lua_State *L, lh_tls *ctx, int index, tls_conn *t)
     index = lua_absindex(L, index);
     lh_socket *s = (lh_socket *)lua_touserdata(L, index);
     lh_sockets *socks = ctx->sockets;
+    if (socks->closed) {
+        tls_conn_free(t);
+        luaL_error(L, "the host is closed");
+    }
     s->tls = t;
     s->conn.flags |= CONN_HANDSHAKE;
     if (socks->sel)
@@ -428,6 +434,12 @@ void lhtls_init(lua_State *L, lh_tls *ctx, lh_sockets *sockets, lh_timers *timer
     sockets->tls_ready = tls_ready;
     sockets->tls_closing = tls_closing;
     sockets->tls_ud = ctx;
+}
+
+void lhtls_release(lua_State *L, lh_tls *ctx)
+{
+    luaL_unref(L, LUA_REGISTRYINDEX, ctx->timeouts_ref);
+    ctx->timeouts_ref = LUA_NOREF;
 }
 
 /* Replaces module function name with f, which calls the original (its upvalue 3). */

@@ -21,5 +21,7 @@ void lhtls_init(lua_State *L, lh_tls *ctx, lh_sockets *sockets, lh_timers *timer
 /* Puts tls_context into the module table and wraps its listen and connect (made by
  * lhlisten_open) with their tls option; adds the socket methods. */
 void lhtls_open(lua_State *L, int module, int host, lh_tls *ctx);
+/* The host is closing (its timers are cancelled): lets go of the timers' table. */
+void lhtls_release(lua_State *L, lh_tls *ctx);
 
 #endif
