@@ -27,13 +27,13 @@ static tls_ctx *server_ctx, *client_ctx;
 static selector *sel;
 static size_t cut = 1; /* the most the server's next kernel read takes */
 
-#define CHECK(cond)                                                                 \
-    do {                                                                            \
-        if (!(cond)) {                                                              \
-            fprintf(stderr, "%s:%d: check failed at input byte %zu: %s\n", __FILE__, \
-                    __LINE__, in_pos, #cond);                                       \
-            abort();                                                                \
-        }                                                                           \
+#define CHECK(cond)                                                                            \
+    do {                                                                                       \
+        if (!(cond)) {                                                                         \
+            fprintf(stderr, "%s:%d: check failed at input byte %zu: %s\n", __FILE__, __LINE__, \
+                    in_pos, #cond);                                                            \
+            abort();                                                                           \
+        }                                                                                      \
     } while (0)
 
 static unsigned next_byte(void)
