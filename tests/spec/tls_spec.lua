@@ -21,7 +21,8 @@ end
 local function spawn_echo(extra)
   local args = {"127.0.0.1:0", "--tls-cert", SERVER.cert, "--tls-key", SERVER.key}
   for _, a in ipairs(extra or {}) do args[#args + 1] = a end
-  return T.spawn("scripts/echo.lua", args, {log_level = "debug"})
+  -- Generous timeouts: tests/valgrind/run.sh runs these servers under memcheck.
+  return T.spawn("scripts/echo.lua", args, {log_level = "debug", timeout = 30})
 end
 
 describe("echo over TLS", function()
@@ -33,10 +34,14 @@ describe("echo over TLS", function()
 
   it("echoes a line to openssl s_client, which verifies the certificate", function()
     local p = spawn_echo()
+    -- stdin stays open until the echo is in s_client's output (at most 10 s), so a slow
+    -- server (under valgrind) is waited for and a fast one is not.
+    local out = T.tempfile("", "s_client.out")
     local r = T.run_command({"sh", "-c", string.format(
-      "(printf 'hello over tls\\n'; sleep 0.5) | openssl s_client -connect 127.0.0.1:%d "
-      .. "-CAfile %s -verify_return_error -servername localhost -quiet -no_ign_eof 2>&1", p.port,
-      SERVER.cert)}, {env = {LD_PRELOAD = false}, timeout = 20})
+      "(printf 'hello over tls\\n'; for i in $(seq 100); do grep -q 'hello over tls' %s && "
+      .. "break; sleep 0.1; done) | openssl s_client -connect 127.0.0.1:%d -CAfile %s "
+      .. "-verify_return_error -servername localhost -quiet -no_ign_eof >%s 2>&1; cat %s",
+      out, p.port, SERVER.cert, out, out)}, {env = {LD_PRELOAD = false}, timeout = 20})
     assert.matches("hello over tls", r.stdout, 1, true)
     assert.matches("verify return:1", r.stdout, 1, true)
     T.assert_graceful_stop(p)
@@ -45,10 +50,12 @@ describe("echo over TLS", function()
   it("serves scripts/client.lua --tls, which verifies the server against --ca", function()
     local p = spawn_echo()
     local address = "127.0.0.1:" .. p.port
-    local r = T.run({"scripts/client.lua", address, "20", "3", "--tls", "--ca", SERVER.cert})
+    local r = T.run({"scripts/client.lua", address, "20", "3", "--tls", "--ca", SERVER.cert},
+      {timeout = 60})
     assert.same({"exit", 0}, {r.how, r.code}, tostring(r))
     assert.matches("20 connections, %d+ bytes sent, %d+ received, 0 failed", r.stdout)
-    local refused = T.run({"scripts/client.lua", address, "1", "1", "--tls"}) -- system CAs
+    local refused = T.run({"scripts/client.lua", address, "1", "1", "--tls"}, -- system CAs
+      {timeout = 60})
     assert.same({"exit", 1}, {refused.how, refused.code}, tostring(refused))
     assert.matches("certificate verify failed: self%-signed certificate", refused.stderr)
     T.assert_graceful_stop(p)
