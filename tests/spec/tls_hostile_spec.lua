@@ -23,7 +23,7 @@ end
 -- The spawned TLS echo server, with a handshake timeout of timeout seconds (default 10).
 local function spawn(timeout)
   return T.spawn(ECHO, {"127.0.0.1:0", SERVER.cert, SERVER.key, tostring(timeout or 10)},
-    {log_level = "debug"})
+    {log_level = "debug", timeout = 30}) -- room for memcheck (tests/valgrind/run.sh)
 end
 
 local function assert_still_serves(p)

@@ -1,6 +1,6 @@
 -- tls_echo.lua: a TLS echo server for the TLS specs, which tells what the script saw.
 -- luacheck: globals SEEN
--- Usage: tls_echo.lua ADDRESS CERT KEY [HANDSHAKE_TIMEOUT] [MAX_OUTPUT]
+-- Usage: tls_echo.lua ADDRESS CERT KEY [HANDSHAKE_TIMEOUT]
 -- Logs "end: eof" or "end: error MESSAGE" (info) as each connection ends, and keeps in
 -- the global SEEN the most bytes one connection had pending (largest_pending), the ends
 -- (ends) and the tls_info of each connection once data came (infos).
