@@ -84,12 +84,28 @@ describe("a TLS port", function()
     T.assert_graceful_stop(p)
   end)
 
+  it("echoes on across a TLS 1.3 key update that asks to be answered", function()
+    local p = spawn()
+    local out = T.tempfile("", "s_client.out")
+    -- Each step waits (up to 10 s) for the one before to show in s_client's output.
+    local r = T.run_command({"sh", "-c", string.format(
+      "w() { for i in $(seq 100); do grep -q \"$1\" %s && return; sleep 0.1; done; }; "
+      .. "(printf 'before\\n'; w before; printf 'K\\n'; w KEYUPDATE; printf 'after\\n'; "
+      .. "w after) | openssl s_client -connect 127.0.0.1:%d -CAfile %s -tls1_3 -no_ign_eof "
+      .. ">%s 2>&1; cat %s", out, p.port, SERVER.cert, out, out)},
+      {env = {LD_PRELOAD = false}, timeout = 40})
+    assert.matches("KEYUPDATE\nafter\n", r.stdout)
+    T.assert_graceful_stop(p)
+  end)
+
   it("refuses a TLS 1.2 renegotiation", function()
     local p = spawn()
+    local out = T.tempfile("", "s_client.out")
     local r = T.run_command({"sh", "-c", string.format(
-      "(printf 'R\\n'; sleep 0.5; printf 'after\\n'; sleep 0.3) | openssl s_client "
-      .. "-connect 127.0.0.1:%d -CAfile %s -tls1_2 -no_ign_eof 2>&1", p.port, SERVER.cert)},
-      {env = {LD_PRELOAD = false}, timeout = 20})
+      "w() { for i in $(seq 100); do grep -q \"$1\" %s && return; sleep 0.1; done; }; "
+      .. "(printf 'R\\n'; w 'no renegotiation'; printf 'after\\n'; sleep 0.2) | openssl "
+      .. "s_client -connect 127.0.0.1:%d -CAfile %s -tls1_2 -no_ign_eof >%s 2>&1; cat %s",
+      out, p.port, SERVER.cert, out, out)}, {env = {LD_PRELOAD = false}, timeout = 40})
     assert.matches("RENEGOTIATING", r.stdout, 1, true)
     assert.matches("no renegotiation", r.stdout, 1, true)
     assert.is_nil(r.stdout:find("\nafter", 1, true))
