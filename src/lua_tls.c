@@ -294,6 +294,9 @@ static int l_listen(lua_State *L)
         tls_ctx_unref(tctx);
         return lua_gettop(L);
     }
+    /* Journaled: a reload that fails later puts the old context back. */
+    if (s->tls || tctx)
+        lh_journal_note(s->ctx->journal, L, LH_LISTENER_TLS, 1, 0);
     if (s->tls)
         lhsock_tls_release(s);
     s->tls = tctx;

@@ -230,6 +230,11 @@ local base = f:read("l")
 f:close()
 local tls = assert(luahost.tls_context{cert = base .. ".pem", key = base .. ".key"})
 local server = assert(luahost.listen("127.0.0.1", tonumber(arg[2]), {tls = tls}))
+local fail = io.open(dir .. "/fail")
+if fail then
+  fail:close()
+  error("failing after listen")
+end
 luahost.selector:register(server, luahost.EVENT_READ, function()
   local conn = server:accept()
   if not conn then return end
@@ -280,7 +285,16 @@ describe("certificates and reload", function()
     assert.matches("cannot load certificate", err)
     local after = client(two, "two.test")
     assert.equal("/CN=two.test", after.sock:tls_info().subject)
-    for _, c in ipairs({old, new, after}) do c:close() end
+    -- A good certificate, but the chunk fails after listen took it: the reload is
+    -- refused, and the listener keeps the certificate it had.
+    use((one.cert:gsub("%.pem$", "")))
+    assert(io.open(dir .. "/fail", "w")):close()
+    ok, err = srv:reload()
+    assert.is_nil(ok)
+    assert.matches("failing after listen", err)
+    local still = client(two, "two.test")
+    assert.equal("/CN=two.test", still.sock:tls_info().subject)
+    for _, c in ipairs({old, new, after, still}) do c:close() end
     srv:stop()
     T.assert_clean(srv)
   end)
