@@ -77,10 +77,11 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 typedef struct pair {
     conn srv, cli;
     tls_conn *ts, *tc;
-    char expect[MAX_PLAIN]; /* what the client wrote that the server has not read */
     size_t expected;
-    int spoiled;  /* raw bytes went into the stream: it no longer has to make sense */
-    int finished; /* the server read the end, or a failure */
+    int spoiled;            /* raw bytes went into the stream: it no longer has to make sense */
+    int finished;           /* the server read the end, or a failure */
+    char expect[MAX_PLAIN]; /* last: what the client wrote that the server has not read;
+                               everything before it is zeroed for each input */
 } pair;
 
 static pair p;
@@ -190,7 +191,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t len)
     int fds[2];
     in_data = data, in_len = len, in_pos = 0;
     memset(&p, 0, offsetof(pair, expect));
-    p.expected = 0;
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, fds) < 0)
         return 0;
     conn_init(&p.srv, fds[0], CONN_SOCKET, CONN_DEFAULT_LIMIT);
