@@ -44,10 +44,9 @@ describe("a TLS port", function()
 
   it("ends a handshake that stalls, or never starts, at its timeout", function()
     local p = spawn(0.3)
-    local started = os.time()
+    -- Each client fails unless the server hangs up within its 10 s socket timeout.
     assert_exit0(python("stall", p), p)
     assert_exit0(python("silent", p), p)
-    assert.is_true(os.time() - started < 8)
     p:wait_log("TLS handshake timed out after 0%.3 s")
     assert_still_serves(p)
     T.assert_graceful_stop(p)
