@@ -142,6 +142,19 @@ ssize_t conn_flush(conn *c, selector *sel, const net_io *io)
     return finish_drain(c, sel);
 }
 
+ssize_t conn_send_pending(conn *c, const net_io *io)
+{
+    size_t len;
+    while (conn_pending(c) > 0) {
+        const char *data = buf_peek(c->out, &len);
+        ssize_t sent = io->send(io, c->fd, data, len);
+        if (sent < 0)
+            return sent == -EAGAIN ? (ssize_t)conn_pending(c) : sent;
+        buf_consume(c->out, (size_t)sent);
+    }
+    return 0;
+}
+
 void conn_drop(conn *c, selector *sel)
 {
     conn_free(c);

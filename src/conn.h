@@ -51,6 +51,13 @@ ssize_t conn_flush(conn *c, selector *sel, const net_io *io);
  * flags and pending output (after CONN_HANDSHAKE changed). 0 or the selector's error. */
 int conn_sync(conn *c, selector *sel);
 
+/* Sends what the kernel takes of the buffered bytes, and no more: the host's interest,
+ * the pause and the end of the drain are left to its next conn_flush (the host's
+ * writability event, still asked for). For a layer that must push its own output along
+ * on a socket whose host may not be running its loop (a test's client). Returns the
+ * bytes still pending, or the send error (the bytes are kept). */
+ssize_t conn_send_pending(conn *c, const net_io *io);
+
 /* Discards pending output and withdraws the host's interest and any pause. */
 void conn_drop(conn *c, selector *sel);
 

@@ -555,11 +555,17 @@ static void run_on_drain(lua_State *L, lh_sockets *ctx, lh_socket *s)
 
 void lhsock_flush(lua_State *L, lh_sockets *ctx, lh_socket *s)
 {
-    ssize_t rc = conn_pending(&s->conn) > 0 ? conn_flush(&s->conn, ctx->sel, ctx->io) : 1;
-    if (s->conn.flags & CONN_HANDSHAKE) {
-        ctx->tls_ready(ctx->tls_ud, L, s); /* the handshake's turn: no drain yet */
+    if (s->conn.flags & CONN_HANDSHAKE) { /* the handshake's turn: no drain yet */
+        if (conn_pending(&s->conn) > 0)
+            conn_flush(&s->conn, ctx->sel, ctx->io);
+        ctx->tls_ready(ctx->tls_ud, L, s);
         return;
     }
+    ssize_t rc = conn_flush(&s->conn, ctx->sel, ctx->io);
+    /* Backpressure withheld the script's READ, and with it any post of input TLS held:
+     * once it is given back, that input is posted again. */
+    if (lhsock_tls(s) && !(s->conn.flags & CONN_PAUSED))
+        tls_post_input(lhsock_tls(s), &s->conn, ctx->sel);
     if (rc == 0 && (s->flags & LH_HAS_DRAIN))
         run_on_drain(L, ctx, s);
     else if (rc < 0)

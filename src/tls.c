@@ -334,6 +334,12 @@ int tls_has_input(const tls_conn *t)
     return n >= 5 && n >= 5 + (((unsigned char)p[3] << 8) | (unsigned char)p[4]);
 }
 
+void tls_post_input(const tls_conn *t, const conn *c, selector *sel)
+{
+    if (tls_has_input(t))
+        sel_post(sel, c->fd);
+}
+
 /* Moves what TLS wrote into c's output. conn_write's result. */
 static ssize_t push(tls_conn *t, conn *c, selector *sel, const net_io *io, size_t *refused)
 {
@@ -463,7 +469,7 @@ int tls_handshake(tls_conn *t, conn *c, selector *sel, const net_io *io)
     if (t->failed)
         return t->failed;
     if (conn_pending(c) > 0)
-        conn_flush(c, sel, io); /* a flight queued before the socket could send it */
+        conn_send_pending(c, io); /* a flight queued before the socket could send it */
     int rc = tls_done(t) ? 1 : handshake_step(t, c, sel, io);
     settle(t, c, sel);
     return rc;
@@ -500,8 +506,8 @@ ssize_t tls_recv(tls_conn *t, conn *c, selector *sel, const net_io *io, char *bu
 {
     if (t->failed)
         return t->failed;
-    if (conn_pending(c) > 0)
-        conn_flush(c, sel, io); /* for a socket no host loop flushes (a test's client) */
+    if (conn_pending(c) > 0) /* for a socket no host loop flushes (a test's client) */
+        conn_send_pending(c, io);
     if (!tls_done(t)) {
         int rc = tls_handshake(t, c, sel, io);
         if (rc <= 0)
@@ -539,7 +545,7 @@ ssize_t tls_send(tls_conn *t, conn *c, selector *sel, const net_io *io, const ch
             return rc < 0 ? rc : -EAGAIN;
     }
     if (conn_pending(c) > 0) {
-        ssize_t rc = conn_flush(c, sel, io);
+        ssize_t rc = conn_send_pending(c, io);
         if (rc != 0)
             return rc < 0 ? rc : -EAGAIN;
     }

@@ -84,6 +84,9 @@ double tls_handshake_timeout(const tls_conn *t);
  * announce again. */
 int tls_has_input(const tls_conn *t);
 int tls_done(const tls_conn *t); /* the handshake is done */
+/* Posts c's fd (sel_post) if t holds input the script has not read: after its READ was
+ * paused, when a post made meanwhile was not delivered. */
+void tls_post_input(const tls_conn *t, const conn *c, selector *sel);
 int tls_is_server(const tls_conn *t);
 /* Why the last call failed ("" when none did). */
 const char *tls_error(const tls_conn *t);

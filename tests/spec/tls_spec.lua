@@ -300,6 +300,46 @@ describe("certificates and reload", function()
   end)
 end)
 
+-- Writes 512 KB as it accepts (before the handshake is done) and counts its drains.
+local DRAINING = [[
+local luahost = require "luahost"
+local sel = luahost.selector
+local tls = assert(luahost.tls_context{cert = arg[1], key = arg[2]})
+DRAINS = 0
+local server = assert(luahost.listen("127.0.0.1", 0, {tls = tls}))
+sel:register(server, luahost.EVENT_READ, function()
+  local conn = server:accept()
+  if not conn then return end
+  conn:on_drain(function() DRAINS = DRAINS + 1 end)
+  assert(conn:setsockopt("sndbuf", 16384)) -- so that most of it waits in the host
+  BUFFERED = conn:write(string.rep("d", 512 * 1024)) -- all of it: the handshake runs
+  sel:register(conn, luahost.EVENT_READ, function()
+    local data = conn:recv(100)
+    if data and data ~= "" then
+      conn:write(data)
+    elseif data == "" then
+      sel:unregister(conn)
+      conn:close()
+    end
+  end)
+end)
+]]
+
+describe("buffered output over TLS", function()
+  it("sends what was written during the handshake, then runs on_drain", function()
+    local srv = T.start(T.tempfile(DRAINING), {SERVER.cert, SERVER.key})
+    local c = T.client(srv, {tls = {ca = SERVER.cert}, rcvbuf = 16384})
+    c:send("ping\n") -- read by the server while its output is still queued
+    assert.equal(string.rep("d", 512 * 1024), c:read(512 * 1024, 10))
+    assert.equal("ping", c:line())
+    srv:run_until(function() return srv.env.DRAINS > 0 end, 5, "on_drain ran")
+    assert.is_true(srv.env.BUFFERED > 0)
+    c:close()
+    srv:stop()
+    T.assert_clean(srv)
+  end)
+end)
+
 describe("luahost.tls_context", function()
   it("returns nil and why for a missing file, and raises on a misused option", function()
     local ctx, err = luahost.tls_context{cert = "/nonexistent.pem", key = "/nonexistent.key"}
