@@ -3,7 +3,8 @@
  * both ways in order, in records read in pieces; writes made before the handshake sent
  * after it; close_notify read as a clean end, and an end without it as -ECONNRESET;
  * garbage failing the handshake with a reason, the connection shut and posted; the
- * client refusing a certificate it cannot verify, or of another name. */
+ * client refusing a certificate it cannot verify, or of another name; output pushed along
+ * by a TLS call leaving the end of its drain to the host. */
 #include "tls.h"
 
 #include <errno.h>
@@ -162,6 +163,28 @@ static void test_verification(tls_ctx *sctx)
     tls_ctx_unref(strict);
 }
 
+/* conn_send_pending, which TLS calls use to push output along, sends but leaves the end
+ * of the drain (the host's interest withdrawn, on_drain) to the host's own flush. */
+static void test_send_pending(void)
+{
+    static char big[1 << 20], sink[65536];
+    int fds[2];
+    conn c;
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, fds) == 0);
+    conn_init(&c, fds[0], CONN_SOCKET, CONN_DEFAULT_LIMIT);
+    CHECK(conn_write(&c, sel, &net_io_kernel, big, sizeof big / 2, NULL) > 0);
+    for (int i = 0; i < 1000 && conn_send_pending(&c, &net_io_kernel) > 0; i++)
+        while (read(fds[1], sink, sizeof sink) > 0)
+            ;
+    CHECK(conn_pending(&c) == 0);
+    CHECK(sel_slot(sel, fds[0]) && (sel_slot(sel, fds[0])->host_events & SEL_WRITE));
+    CHECK(conn_flush(&c, sel, &net_io_kernel) == 0);
+    CHECK(sel_slot(sel, fds[0]) == NULL);
+    conn_free(&c);
+    close(fds[0]);
+    close(fds[1]);
+}
+
 int main(void)
 {
     char err[160];
@@ -172,6 +195,7 @@ int main(void)
     test_truncation(sctx, cctx);
     test_garbage(sctx, cctx);
     test_verification(sctx);
+    test_send_pending();
     tls_ctx_unref(sctx);
     tls_ctx_unref(cctx);
     sel_free(sel);
