@@ -340,6 +340,36 @@ describe("buffered output over TLS", function()
   end)
 end)
 
+-- Registers each connection for reading only 0.2 s after accepting it.
+local LATE = [[
+local luahost = require "luahost"
+local sel = luahost.selector
+local tls = assert(luahost.tls_context{cert = arg[1], key = arg[2]})
+local server = assert(luahost.listen("127.0.0.1", 0, {tls = tls}))
+sel:register(server, luahost.EVENT_READ, function()
+  local conn = server:accept()
+  if not conn then return end
+  luahost.after(0.2, function()
+    sel:register(conn, luahost.EVENT_READ, function()
+      local data = conn:recv(100)
+      if data and data ~= "" then conn:write(data) end
+    end)
+  end)
+end)
+]]
+
+describe("a TLS socket registered late", function()
+  it("is told of a request that came with the handshake's last flight", function()
+    local srv = T.start(T.tempfile(LATE), {SERVER.cert, SERVER.key})
+    local c = T.client(srv, {tls = {ca = SERVER.cert}})
+    c:send("late\n") -- read by the host with the client's Finished, before the register
+    assert.equal("late", c:line(3))
+    c:close()
+    srv:stop()
+    T.assert_clean(srv)
+  end)
+end)
+
 describe("luahost.tls_context", function()
   it("returns nil and why for a missing file, and raises on a misused option", function()
     local ctx, err = luahost.tls_context{cert = "/nonexistent.pem", key = "/nonexistent.key"}
