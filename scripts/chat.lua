@@ -3,7 +3,9 @@
 --
 -- Usage: luahost scripts/chat.lua [[HOST:]PORT] [--idle-timeout SECONDS] [--max-line BYTES]
 --                                  [--redis HOST:PORT [--name-ttl SECONDS]]
---        (default 127.0.0.1:12345, idle timeout 300 s, max line 65536 bytes)
+--                                  [--tls-cert FILE --tls-key FILE]
+--        (default 127.0.0.1:12345, idle timeout 300 s, max line 65536 bytes; with a
+--        certificate and its key, clients connect over TLS)
 -- A client that sends no complete line for the idle timeout is closed; bytes of a line
 -- that does not end do not count.
 --
@@ -22,6 +24,7 @@ local cjson = require "cjson.safe"
 local sel, READ = luahost.selector, luahost.EVENT_READ
 local USAGE = "usage: luahost scripts/chat.lua [[HOST:]PORT] [--idle-timeout SECONDS]"
   .. " [--max-line BYTES] [--redis HOST:PORT [--name-ttl SECONDS]]"
+  .. " [--tls-cert FILE --tls-key FILE]"
 
 local function parse_args(args)
   local opts = { host = "127.0.0.1", port = 12345, idle_timeout = 300, max_line = 65536,
@@ -45,6 +48,10 @@ local function parse_args(args)
       if not host then error("--redis needs HOST:PORT; " .. USAGE, 0) end
       opts.redis = { host = host, port = tonumber(port) }
       i = i + 2
+    elseif a == "--tls-cert" or a == "--tls-key" then
+      if not args[i + 1] then error(a .. " needs a file; " .. USAGE, 0) end
+      opts[a == "--tls-cert" and "cert" or "key"] = args[i + 1]
+      i = i + 2
     elseif a:sub(1, 1) == "-" then
       error("unknown option " .. a .. "; " .. USAGE, 0)
     else
@@ -53,6 +60,9 @@ local function parse_args(args)
       opts.host, opts.port = host, port
       i = i + 1
     end
+  end
+  if (opts.cert == nil) ~= (opts.key == nil) then
+    error("--tls-cert and --tls-key go together; " .. USAGE, 0)
   end
   return opts
 end
@@ -393,7 +403,10 @@ end
 
 -- On a reload, listen returns the listener already open and register replaces its
 -- callback, so new clients reach the new code at once.
-local server = assert(luahost.listen(opts.host, opts.port))
+-- The TLS context is made on every load, so a reload takes a renewed certificate (and a
+-- bad one fails the reload: the old one keeps serving).
+local tls = opts.cert and assert(luahost.tls_context{cert = opts.cert, key = opts.key})
+local server = assert(luahost.listen(opts.host, opts.port, {tls = tls}))
 sel:register(server, READ, on_accept)
 local sweeper = luahost.every(math.min(1, opts.idle_timeout / 4), sweep_idle)
 

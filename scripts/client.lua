@@ -1,16 +1,32 @@
 -- client.lua: the multi-connection client of the Python selectors tutorials, in Lua.
 -- It runs its own select loop in the main chunk, so the host exits when it returns.
--- Usage: luahost scripts/client.lua [HOST:]PORT [CONNECTIONS] [MESSAGES]
+-- Usage: luahost scripts/client.lua [HOST:]PORT [CONNECTIONS] [MESSAGES] [--tls [--ca FILE]]
 --   Opens CONNECTIONS (default 2) connections, sends MESSAGES (default 2) messages on
 --   each, and checks that every byte comes back. Exits 0 only if all of them did.
+--   --tls speaks TLS, verifying the server against the system's CAs or FILE's.
 local luahost = require "luahost"
 
 local READ, WRITE = luahost.EVENT_READ, luahost.EVENT_WRITE
 local USAGE = "usage: luahost scripts/client.lua [HOST:]PORT [CONNECTIONS] [MESSAGES]"
+  .. " [--tls [--ca FILE]]"
 local TIMEOUT = 30 -- seconds for the whole run; a server that stops answering fails it
 
-local host, port = luahost.parse_address(arg[1] or "", "127.0.0.1", -1)
-local nconns, nmessages = tonumber(arg[2] or 2), tonumber(arg[3] or 2)
+local words, tls = {}, nil
+do
+  local i = 1
+  while arg[i] do
+    if arg[i] == "--tls" then
+      tls, i = tls or {}, i + 1
+    elseif arg[i] == "--ca" and arg[i + 1] then
+      tls = tls or {}
+      tls.ca, i = arg[i + 1], i + 2
+    else
+      words[#words + 1], i = arg[i], i + 1
+    end
+  end
+end
+local host, port = luahost.parse_address(words[1] or "", "127.0.0.1", -1)
+local nconns, nmessages = tonumber(words[2] or 2), tonumber(words[3] or 2)
 if not host or port < 0 or not nconns or nconns < 1 or not nmessages or nmessages < 1 then
   error((host and "" or port .. "; ") .. USAGE, 0)
 end
@@ -37,6 +53,7 @@ local function start_connection(id)
   if err ~= 0 and err ~= 115 then -- 115: EINPROGRESS
     error(string.format("connection %d: connect failed (errno %s)", id, tostring(err)), 0)
   end
+  if tls then assert(sock:starttls(tls, host)) end -- the handshake runs in the loop below
   local messages = {}
   for i = 1, nmessages do
     messages[i] = string.format("Message %d from connection %d.\n", i, id)
@@ -46,6 +63,15 @@ local function start_connection(id)
                   expected = expected, received = {}, nreceived = 0 }
   sel:register(sock, READ | WRITE, state)
   open = open + 1
+end
+
+-- With TLS, nothing moves before the handshake is done: true once it is.
+local function handshake_done(state)
+  if not tls or state.shaken then return true end
+  local ok, err = state.sock:handshake()
+  if not ok and err ~= "wouldblock" then finish(state, err) end
+  state.shaken = ok
+  return ok
 end
 
 local function on_readable(state)
@@ -86,8 +112,10 @@ local deadline = luahost.now() + TIMEOUT
 while open > 0 and luahost.now() < deadline do
   for key, mask in sel:select(deadline - luahost.now()) do
     local state = key.data
+    if not handshake_done(state) then goto next end
     if mask & READ ~= 0 then on_readable(state) end
     if mask & WRITE ~= 0 and sel:get_key(state.sock) then on_writable(state) end
+    ::next::
   end
 end
 for _, key in pairs(sel:get_map()) do finish(key.data, "timed out") end

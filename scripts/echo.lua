@@ -1,11 +1,33 @@
 -- echo.lua: the echo server of the Python selectors tutorials, done right.
--- Usage: luahost scripts/echo.lua [[HOST:]PORT]     (default 127.0.0.1:7342)
+-- Usage: luahost scripts/echo.lua [[HOST:]PORT] [--tls-cert FILE --tls-key FILE]
+--        (default 127.0.0.1:7342; with a certificate and its key, echo over TLS)
 local luahost = require "luahost"
 
 local sel = luahost.selector
 local READ = luahost.EVENT_READ
+local USAGE = "usage: luahost scripts/echo.lua [[HOST:]PORT] [--tls-cert FILE --tls-key FILE]"
 
-local host, port = assert(luahost.parse_address(arg[1], "127.0.0.1", 7342))
+local address, cert, key
+local i = 1
+while arg[i] do
+  local a = arg[i]
+  if a == "--tls-cert" or a == "--tls-key" then
+    if not arg[i + 1] then error(a .. " needs a file; " .. USAGE, 0) end
+    if a == "--tls-cert" then cert = arg[i + 1] else key = arg[i + 1] end
+    i = i + 2
+  elseif a:sub(1, 1) == "-" or address then
+    error("unexpected argument " .. a .. "; " .. USAGE, 0)
+  else
+    address, i = a, i + 1
+  end
+end
+if (cert == nil) ~= (key == nil) then
+  error("--tls-cert and --tls-key go together; " .. USAGE, 0)
+end
+local host, port = assert(luahost.parse_address(address, "127.0.0.1", 7342))
+-- Made on every load, so a SIGHUP reload takes a renewed certificate (a bad one fails
+-- the reload, and the old one keeps serving).
+local tls = cert and assert(luahost.tls_context{cert = cert, key = key})
 
 -- Called whenever a client connection is readable.
 local function on_read(conn)
@@ -39,5 +61,5 @@ local function on_accept(server)
   end
 end
 
-local server = assert(luahost.listen(host, port))
+local server = assert(luahost.listen(host, port, {tls = tls}))
 sel:register(server, READ, on_accept)

@@ -50,14 +50,32 @@ static void update_pause(conn *c, selector *sel)
                                         : pending > conn_high_water(c);
     if (want == !!(c->flags & CONN_PAUSED))
         return;
-    if (sel_set_paused(sel, c->fd, want ? SEL_READ : 0) == 0)
+    int handshake = (c->flags & CONN_HANDSHAKE) ? SEL_BOTH : 0;
+    if (sel_set_paused(sel, c->fd, (want ? SEL_READ : 0) | handshake) == 0)
         c->flags = want ? (c->flags | CONN_PAUSED) : (c->flags & ~CONN_PAUSED);
+}
+
+/* The host's own interest: writability while output is pending, and readability while
+ * a handshake is under way (the host reads it). */
+static int host_events(const conn *c)
+{
+    return (conn_pending(c) > 0 ? SEL_WRITE : 0) | ((c->flags & CONN_HANDSHAKE) ? SEL_READ : 0);
+}
+
+int conn_sync(conn *c, selector *sel)
+{
+    int events = host_events(c);
+    int rc = sel_set_host_events(sel, c->fd, events, events ? c : NULL);
+    if (rc < 0)
+        return rc;
+    int paused = (c->flags & CONN_PAUSED) ? SEL_READ : 0;
+    return sel_set_paused(sel, c->fd, paused | ((c->flags & CONN_HANDSHAKE) ? SEL_BOTH : 0));
 }
 
 static int finish_drain(conn *c, selector *sel)
 {
     update_pause(c, sel);
-    sel_set_host_events(sel, c->fd, 0, NULL);
+    sel_set_host_events(sel, c->fd, host_events(c), (c->flags & CONN_HANDSHAKE) ? c : NULL);
     if (c->flags & CONN_SHUT_WR) {
         c->flags &= ~CONN_SHUT_WR;
         if (shutdown(c->fd, SHUT_WR) < 0 && errno != ENOTCONN)
@@ -92,7 +110,7 @@ ssize_t conn_write(conn *c, selector *sel, const net_io *io, const char *data, s
     if (!c->out || buf_append(c->out, data, len) < 0)
         return -ENOMEM;
     if (pending == 0) {
-        int rc = sel_set_host_events(sel, c->fd, SEL_WRITE, c);
+        int rc = sel_set_host_events(sel, c->fd, host_events(c), c);
         if (rc < 0) {
             conn_free(c);
             return rc;
@@ -124,11 +142,27 @@ ssize_t conn_flush(conn *c, selector *sel, const net_io *io)
     return finish_drain(c, sel);
 }
 
+ssize_t conn_send_pending(conn *c, const net_io *io)
+{
+    size_t len;
+    while (conn_pending(c) > 0) {
+        const char *data = buf_peek(c->out, &len);
+        ssize_t sent = io->send(io, c->fd, data, len);
+        if (sent < 0)
+            return sent == -EAGAIN ? (ssize_t)conn_pending(c) : sent;
+        buf_consume(c->out, (size_t)sent);
+    }
+    return 0;
+}
+
 void conn_drop(conn *c, selector *sel)
 {
     conn_free(c);
-    c->flags &= ~CONN_SHUT_WR;
+    int handshake = c->flags & CONN_HANDSHAKE;
+    c->flags &= ~(CONN_SHUT_WR | CONN_HANDSHAKE);
     update_pause(c, sel);
+    if (handshake)
+        sel_set_paused(sel, c->fd, c->flags & CONN_PAUSED ? SEL_READ : 0);
     sel_set_host_events(sel, c->fd, 0, NULL);
 }
 

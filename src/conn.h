@@ -17,6 +17,9 @@ enum conn_flag {
     CONN_WRITE_CLOSED = 4, /* shutdown("w") was asked: nothing more may be written */
     CONN_ACCEPTED = 8,     /* counts towards the host's connections until its fd closes */
     CONN_EOF_SEEN = 16,    /* the script's recv returned end of stream or an error */
+    /* A TLS handshake is under way: the host reads the fd itself and withholds all of the
+     * script's events, which would tell of bytes no application sent. */
+    CONN_HANDSHAKE = 32,
 };
 
 #define CONN_DEFAULT_LIMIT (1024u * 1024u)
@@ -43,6 +46,17 @@ ssize_t conn_write(conn *c, selector *sel, const net_io *io, const char *data, s
  * pending (0 once drained and the host interest withdrawn), or the send error, in which
  * case the buffer is dropped. */
 ssize_t conn_flush(conn *c, selector *sel, const net_io *io);
+
+/* Tells sel the host's interest in c's fd and the script events it withholds, from c's
+ * flags and pending output (after CONN_HANDSHAKE changed). 0 or the selector's error. */
+int conn_sync(conn *c, selector *sel);
+
+/* Sends what the kernel takes of the buffered bytes, and no more: the host's interest,
+ * the pause and the end of the drain are left to its next conn_flush (the host's
+ * writability event, still asked for). For a layer that must push its own output along
+ * on a socket whose host may not be running its loop (a test's client). Returns the
+ * bytes still pending, or the send error (the bytes are kept). */
+ssize_t conn_send_pending(conn *c, const net_io *io);
 
 /* Discards pending output and withdraws the host's interest and any pause. */
 void conn_drop(conn *c, selector *sel);

@@ -171,6 +171,7 @@ static void init_parts(lua_State *L, lh_host *host, const lh_settings *settings)
     lhtimer_init(L, &host->timers, &host->clock, &host->budget, &host->log, journal, &host->anchor);
     lhsock_init(L, &host->sockets, host->sel, settings->max_output, &host->adm, &host->linger,
                 &host->budget, &host->log, journal, &host->anchor);
+    lhtls_init(L, &host->tls, &host->sockets, &host->timers);
     loop_init(&host->loop, &host->selectors, &host->sockets, &host->timers, &host->budget,
               &host->reload, &host->adm, &host->linger, &host->log);
     host->loop.debug_gc = settings->debug_gc;
@@ -215,6 +216,7 @@ lh_host *lh_host_push(lua_State *L, const lh_settings *settings)
     lhresp_open(L, module);
     lhlisten_open(L, module, index, &host->sockets);
     lhsockopt_open(L);
+    lhtls_open(L, module, index, &host->tls);
     lhsel_open(L, module, index, &host->selectors, &host->sockets);
     lhtimer_open(L, module, index, &host->timers);
     lhtask_open(L, module, index, &host->budget);
@@ -240,6 +242,7 @@ void lh_host_close(lua_State *L, lh_host *host, double grace_seconds)
     lhsock_close_listeners(L, &host->sockets);
     lhsel_release_all(L, &host->selectors);
     lhtimer_close(L, &host->timers);
+    lhtls_release(L, &host->tls);
     lhsock_release(L, &host->sockets);
     lhreload_release(L, &host->reload);
     release_c(host);

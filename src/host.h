@@ -14,6 +14,7 @@
 #include "lua_selector.h"
 #include "lua_socket.h"
 #include "lua_timer.h"
+#include "lua_tls.h"
 #include "reload.h"
 
 /* What a host is made with: the executable's command line, or luahost.open's table. */
@@ -42,6 +43,7 @@ typedef struct lh_host {
     lh_budget budget;
     lh_timers timers;
     lh_sockets sockets;
+    lh_tls tls;
     lh_selectors selectors;
     lh_reload reload;
     lh_loop loop;

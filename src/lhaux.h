@@ -59,6 +59,7 @@ enum lh_change {
     LH_MADE_TIMER,      /* index: a timer scheduled (cancelled on failure) */
     LH_CANCELLED_TIMER, /* index: a timer cancelled (scheduled again on failure) */
     LH_CHANGED_KEY,     /* index: a selector; arg: the fd whose registration changes */
+    LH_LISTENER_TLS,    /* index: a listener whose TLS context changes (put back on failure) */
 };
 
 /* The script's loads, as the bindings below the reload see them: which load runs, and

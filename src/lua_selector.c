@@ -86,16 +86,26 @@ static int check_events(lua_State *L, int index)
 
 /* A socket counts the selectors it is registered with, so closing it can skip the
  * search when there are none. */
-static void count_registration(lua_State *L, int key, int delta)
+static lh_socket *count_registration(lua_State *L, int key, int delta)
 {
     lua_getiuservalue(L, key, 1);
     lh_socket *sock = lhsock_test(L, -1);
     if (sock)
         sock->registrations = (uint16_t)(sock->registrations + delta);
     lua_pop(L, 1);
+    return sock;
 }
 
 static int sel_modify_l(lua_State *L);
+
+/* A TLS socket newly registered for READ may hold input it read before (a request that
+ * came with the handshake's last flight): no kernel readiness will tell of it, so it is
+ * posted. */
+static void post_tls_input(lh_selector *s, lh_socket *sock, int events)
+{
+    if (sock && (events & SEL_READ) && lhsock_tls(sock))
+        tls_post_input(lhsock_tls(sock), &sock->conn, s->core);
+}
 
 static int sel_register_l(lua_State *L)
 {
@@ -122,7 +132,7 @@ static int sel_register_l(lua_State *L)
         lua_rawseti(L, 6, fd);
         return luaL_error(L, "%s", sel_error(s->core));
     }
-    count_registration(L, 5, 1);
+    post_tls_input(s, count_registration(L, 5, 1), events);
     lua_settop(L, 5);
     return 1;
 }
@@ -144,10 +154,13 @@ static int sel_modify_l(lua_State *L)
     lua_rawgeti(L, 5, fd);                /* 6: the key now */
     lua_getiuservalue(L, 6, 1);           /* 7: the object registered, which stays */
     push_new_key(L, s, fd, events, 7, 4); /* 8: the result */
+    int adds_read = (events & SEL_READ) && !(sel_get(s->core, fd)->events & SEL_READ);
     if (sel_modify(s->core, fd, events) < 0)
         return luaL_error(L, "%s", sel_error(s->core));
     lua_pushvalue(L, 8);
     lua_rawseti(L, 5, fd); /* the fd's slot exists: no allocation */
+    if (adds_read)
+        post_tls_input(s, lhsock_test(L, 7), events);
     return 1;
 }
 

@@ -86,9 +86,12 @@ static inline int lhsel_script_mask(lua_State *L, const lh_selector *s, const se
     const sel_key *slot = sel_slot(s->core, f->fd);
     int mask = sel_deliverable_in(slot, f);
     if (mask && (mask & slot->host_events)) {
+        /* While the host reads the fd itself (a TLS handshake), what made it readable was
+         * the host's to read: input left for the script is posted for the next round. */
+        int host_read = slot->host_events & SEL_READ;
         s->ctx->host_ready(s->ctx->host_ready_ud, L, (conn *)sel_host_data(s->core, f->fd));
         slot = sel_slot(s->core, f->fd);
-        mask = sel_deliverable_in(slot, f);
+        mask = sel_deliverable_in(slot, f) & ~host_read;
     }
     return mask & ((slot && slot->registered) ? slot->events : 0);
 }

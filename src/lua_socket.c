@@ -64,6 +64,7 @@ static void socket_init(lh_socket *s, lh_sockets *ctx, int fd, int family)
     s->registrations = 0;
     s->family = (uint8_t)family;
     s->flags = 0;
+    s->tls = NULL;
 }
 
 lh_socket *lhsock_push(lua_State *L, lh_sockets *ctx, int fd, int family)
@@ -141,8 +142,31 @@ static void forget_drain(lua_State *L, lh_socket *s)
  * (of a write past the limit), or always (why given, e.g. its callback failed: the
  * stream ends at no point the script chose). The reset is logged with the peer, why and
  * the bytes dropped. */
+void lhsock_tls_release(lh_socket *s)
+{
+    if (s->flags & LH_TLS_LISTENER)
+        tls_ctx_unref((tls_ctx *)s->tls);
+    else
+        tls_conn_free((tls_conn *)s->tls);
+    s->tls = NULL;
+    s->flags &= (uint8_t)~LH_TLS_LISTENER;
+}
+
+int lhsock_push_tls_error(lua_State *L, lh_socket *s, int rc)
+{
+    tls_conn *t = lhsock_tls(s);
+    if (rc == -EAGAIN || !t || !*tls_error(t))
+        return lh_push_error(L, rc, NULL);
+    luaL_pushfail(L);
+    lua_pushstring(L, tls_error(t));
+    lua_pushinteger(L, -rc);
+    return 3;
+}
+
 static void close_fd(lh_sockets *ctx, lh_socket *s, size_t refused, const char *why)
 {
+    if (s->tls)
+        lhsock_tls_release(s);
     size_t dropped = conn_pending(&s->conn) + refused;
     if (ctx->sel)
         conn_drop(&s->conn, ctx->sel);
@@ -169,10 +193,16 @@ static void close_socket(lua_State *L, lh_socket *s, int graceful, size_t refuse
     }
     if (s->registrations > 0)
         ctx->closing(ctx->closing_ud, L, s);
+    if (s->conn.flags & CONN_HANDSHAKE)
+        ctx->tls_closing(ctx->tls_ud, L, s);
     lhsock_remove_listener(L, s);
     if (s->flags & LH_HAS_DRAIN)
         forget_drain(L, s);
+    if (graceful && lhsock_tls(s)) /* close_notify: the end is the one this side chose */
+        tls_close_notify(lhsock_tls(s), &s->conn, ctx->sel, ctx->io);
     if (graceful && conn_pending(&s->conn) > 0) {
+        if (s->tls)
+            lhsock_tls_release(s);
         linger_add(ctx->linger, &s->conn);
         return;
     }
@@ -274,6 +304,8 @@ static int sock_accept(lua_State *L)
     c->conn.fd = fd;
     c->family = (uint8_t)peer.ss.ss_family;
     lhsock_nodelay(ctx, fd, c->family);
+    if (s->tls)
+        ctx->tls_accepted(ctx->tls_ud, L, s, c);
     return 1 + lhsock_push_addr(L, &peer);
 }
 
@@ -295,6 +327,26 @@ static int push_received(lua_State *L, const char *data, ssize_t n)
     return 1;
 }
 
+/* sock_recv over TLS: the same results, and TLS's own failures with their reason. */
+static int tls_recv_push(lua_State *L, lh_socket *s, size_t want)
+{
+    lh_sockets *ctx = s->ctx;
+    tls_conn *t = lhsock_tls(s);
+    if (!t)
+        return lh_push_error(L, -ENOTCONN, NULL);
+    luaL_Buffer b;
+    char *space = want <= LH_SCRATCH_SIZE ? ctx->scratch : luaL_buffinitsize(L, &b, want);
+    ssize_t n = tls_recv(t, &s->conn, ctx->sel, ctx->io, space, want);
+    if (n <= 0 && n != -EAGAIN) /* as lhsock_recv: the host tells a script that ignores it */
+        s->conn.flags |= CONN_EOF_SEEN;
+    if (n < 0 && n != -EAGAIN)
+        return lhsock_push_tls_error(L, s, (int)n);
+    if (n <= 0 || want <= LH_SCRATCH_SIZE)
+        return push_received(L, space, n);
+    luaL_pushresultsize(&b, (size_t)n);
+    return 1;
+}
+
 static int sock_recv(lua_State *L)
 {
     lh_socket *s = lhsock_check_open(L, 1);
@@ -304,6 +356,8 @@ static int sock_recv(lua_State *L)
     if (!is_integer) /* the usual case is an integer: the auxiliary library costs ~40 more */
         want = luaL_optinteger(L, 2, LH_SCRATCH_SIZE);
     luaL_argcheck(L, want > 0, 2, "size must be positive");
+    if (__builtin_expect(s->tls != NULL, 0))
+        return tls_recv_push(L, s, (size_t)want);
     if (want <= LH_SCRATCH_SIZE)
         return push_received(L, ctx->scratch, lhsock_recv(s, ctx->scratch, (size_t)want));
     luaL_Buffer b;
@@ -322,9 +376,18 @@ static int sock_send(lua_State *L)
     lh_socket *s = lhsock_check_open(L, 1);
     size_t len;
     const char *data = luaL_checklstring(L, 2, &len);
+    ssize_t n;
+    if (s->tls) {
+        tls_conn *t = lhsock_tls(s);
+        n = t ? tls_send(t, &s->conn, s->ctx->sel, s->ctx->io, data, len) : -ENOTCONN;
+        if (n < 0)
+            return lhsock_push_tls_error(L, s, (int)n);
+        lua_pushinteger(L, n);
+        return 1;
+    }
     if (conn_pending(&s->conn) > 0)
         return lh_push_error(L, -EAGAIN, NULL);
-    ssize_t n = s->ctx->io->send(s->ctx->io, s->conn.fd, data, len);
+    n = s->ctx->io->send(s->ctx->io, s->conn.fd, data, len);
     if (n < 0)
         return lh_push_error(L, (int)n, NULL);
     lua_pushinteger(L, n);
@@ -339,7 +402,13 @@ ssize_t lhsock_write(lua_State *L, lh_socket *s, const char *data, size_t len)
     if (!ctx->sel)
         return luaL_error(L, "the host's selector is closed");
     size_t refused = 0;
-    ssize_t pending = conn_write(&s->conn, ctx->sel, ctx->io, data, len, &refused);
+    ssize_t pending;
+    if (__builtin_expect(s->tls == NULL, 1)) /* plain TCP: the path the bench measures */
+        pending = conn_write(&s->conn, ctx->sel, ctx->io, data, len, &refused);
+    else if (lhsock_tls(s))
+        pending = tls_write(lhsock_tls(s), &s->conn, ctx->sel, ctx->io, data, len, &refused);
+    else
+        pending = -ENOTCONN; /* a listener */
     if (pending != -ENOBUFS)
         return pending;
     char why[96];
@@ -360,7 +429,7 @@ static int sock_write(lua_State *L)
         return 1;
     }
     if (pending != -ENOBUFS)
-        return lh_push_error(L, (int)pending, NULL);
+        return lhsock_push_tls_error(L, s, (int)pending);
     luaL_pushfail(L);
     lua_pushliteral(L, "buffer full");
     return 2;
@@ -489,7 +558,17 @@ static void run_on_drain(lua_State *L, lh_sockets *ctx, lh_socket *s)
 
 void lhsock_flush(lua_State *L, lh_sockets *ctx, lh_socket *s)
 {
+    if (s->conn.flags & CONN_HANDSHAKE) { /* the handshake's turn: no drain yet */
+        if (conn_pending(&s->conn) > 0)
+            conn_flush(&s->conn, ctx->sel, ctx->io);
+        ctx->tls_ready(ctx->tls_ud, L, s);
+        return;
+    }
     ssize_t rc = conn_flush(&s->conn, ctx->sel, ctx->io);
+    /* Backpressure withheld the script's READ, and with it any post of input TLS held:
+     * once it is given back, that input is posted again. */
+    if (lhsock_tls(s) && !(s->conn.flags & CONN_PAUSED))
+        tls_post_input(lhsock_tls(s), &s->conn, ctx->sel);
     if (rc == 0 && (s->flags & LH_HAS_DRAIN))
         run_on_drain(L, ctx, s);
     else if (rc < 0)
@@ -504,6 +583,8 @@ static int sock_shutdown(lua_State *L)
     if (how != 1 && shutdown(s->conn.fd, SHUT_RD) < 0 && errno != ENOTCONN)
         return lh_push_error(L, -errno, NULL);
     if (how != 0) {
+        if (lhsock_tls(s)) /* close_notify first: the peer sees a clean end */
+            tls_close_notify(lhsock_tls(s), &s->conn, s->ctx->sel, s->ctx->io);
         int rc = conn_shutdown_write(&s->conn, s->ctx->sel);
         if (rc < 0 && rc != -ENOTCONN)
             return lh_push_error(L, rc, NULL);

@@ -13,6 +13,7 @@
 #include "linger.h"
 #include "net.h"
 #include "selector.h"
+#include "tls.h"
 
 #define LH_SOCKET "luahost.socket"
 
@@ -46,6 +47,12 @@ typedef struct lh_sockets {
      * host binds. */
     int (*provide_listener)(void *ud, const net_addr *addr, int backlog);
     void *provide_ud;
+    /* TLS (lua_tls.c sets these): a listener with a context accepted s, which needs its
+     * TLS state; and the host's own readiness came for s while its handshake runs. */
+    void (*tls_accepted)(void *ud, lua_State *L, lh_socket *listener, lh_socket *s);
+    void (*tls_ready)(void *ud, lua_State *L, lh_socket *s);
+    void (*tls_closing)(void *ud, lua_State *L, lh_socket *s); /* before its state goes */
+    void *tls_ud;
     int closed;
 } lh_sockets;
 
@@ -56,13 +63,30 @@ struct lh_socket {
     uint16_t registrations; /* selectors it is registered with */
     uint8_t family;
     uint8_t flags; /* LH_LISTENING..., LH_HAS_DRAIN */
+    /* NULL for plain TCP; else a connection's tls_conn, or with LH_TLS_LISTENER the
+     * tls_ctx a listener's connections are made with. One test of it is all the plain
+     * path pays. */
+    void *tls;
 };
 
 enum {
     LH_LISTENING = 1,
     LH_LISTENING_ANY_PORT = 2, /* with LH_LISTENING: port 0 was asked */
     LH_HAS_DRAIN = 4,          /* on_drain was set once: look in the drain table */
+    LH_TLS_LISTENER = 8,       /* tls is a tls_ctx (a listener's), not a tls_conn */
 };
+
+/* s's TLS state: its tls_conn, or NULL for plain TCP and for a listener. */
+static inline tls_conn *lhsock_tls(const lh_socket *s)
+{
+    return (s->flags & LH_TLS_LISTENER) ? NULL : (tls_conn *)s->tls;
+}
+
+/* Lets go of s's TLS state or its listener's context. */
+void lhsock_tls_release(lh_socket *s);
+
+/* Pushes the failure rc of a TLS call on s (tls_error's message, or the system's). */
+int lhsock_push_tls_error(lua_State *L, lh_socket *s, int rc);
 
 void lhsock_init(lua_State *L, lh_sockets *ctx, selector *sel, uint32_t max_output, admission *adm,
                  linger_list *linger, lh_budget *budget, lh_logger *log, lh_journal *journal,
@@ -107,7 +131,8 @@ static inline lh_socket *lhsock_check_open(lua_State *L, int index)
 /* s:recv without the type check: reads at most want bytes into into (the host's
  * scratch, or the script's buffer). Returns the bytes read, 0 at the end of the stream,
  * or -errno; the end (or a failure) is marked as seen by the script, which the host
- * needs to tell a script that ignores it. */
+ * needs to tell a script that ignores it. Plain sockets only: a TLS one reads through its
+ * TLS state (sock_recv). */
 ssize_t lhsock_recv(lh_socket *s, char *into, size_t want);
 
 /* s:write(data) without the type check: buffers what the kernel does not take; past the

@@ -212,7 +212,7 @@ static int task_receiveany(lua_State *L)
     if (!lua_isnil(L, 2))
         max = lua_tointegerx(L, 2, &is_int);
     lh_socket *sock = lua_istable(L, 1) && is_int && max > 0 ? stream_socket(L, 1) : NULL;
-    if (!sock)
+    if (!sock || sock->tls) /* TLS input is read through s:recv, in task.lua */
         return call_slow(L, 2);
     lua_settop(L, 3);
     /* No read brings more than CHUNK; so bounded, max fits a continuation's context. */

@@ -65,10 +65,9 @@ static lua_Number check_seconds(lua_State *L, int index, int positive, const cha
     return n;
 }
 
-static int schedule(lua_State *L, lua_Number delay, double interval)
+static int schedule_on(lua_State *L, lh_timers *t, lua_Number delay, double interval, int fn)
 {
-    lh_timers *t = (lh_timers *)LH_CTX(L);
-    luaL_checktype(L, 2, LUA_TFUNCTION);
+    fn = lua_absindex(L, fn);
     if (t->closed)
         return luaL_error(L, "the host is closed");
     lh_timer *tm = (lh_timer *)lua_newuserdatauv(L, sizeof *tm, 1);
@@ -79,7 +78,7 @@ static int schedule(lua_State *L, lua_Number delay, double interval)
     tm->ctx = t;
     luaL_setmetatable(L, LH_TIMER);
     lh_anchor_hold(t->anchor);
-    lua_pushvalue(L, 2);
+    lua_pushvalue(L, fn);
     lua_setiuservalue(L, -2, 1);
     /* Journaled and anchored before it is scheduled: a memory error in either must not
      * leave in the heap a timer the collector may free. */
@@ -90,6 +89,17 @@ static int schedule(lua_State *L, lua_Number delay, double interval)
         return luaL_error(L, "not enough memory to schedule a timer");
     }
     return 1;
+}
+
+static int schedule(lua_State *L, lua_Number delay, double interval)
+{
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    return schedule_on(L, (lh_timers *)LH_CTX(L), delay, interval, 2);
+}
+
+void lhtimer_after(lua_State *L, lh_timers *t, double delay, int fn)
+{
+    schedule_on(L, t, delay, 0, fn);
 }
 
 static int l_after(lua_State *L)

@@ -26,6 +26,8 @@ void lhtimer_init(lua_State *L, lh_timers *t, const timer_clock *clock, lh_budge
 /* Puts after and every into the module table; host is the host userdata's index. */
 void lhtimer_open(lua_State *L, int module, int host, lh_timers *t);
 
+/* As luahost.after(delay, f) for the function at index fn, from C: pushes the timer. */
+void lhtimer_after(lua_State *L, lh_timers *t, double delay, int fn);
 /* Runs every timer due by now, each once, its callback within the budget; an error is
  * logged and the timer keeps its schedule. */
 void lhtimer_run_due(lua_State *L, lh_timers *t);

@@ -5,14 +5,14 @@
 #include <stdio.h>
 #include <string.h>
 
-static const char *const journal_lists[] = {"seen",  "keys",      "sockets", "listeners",
-                                            "asked", "cancelled", "timers",  NULL};
+static const char *const journal_lists[] = {"seen",      "keys",   "sockets", "listeners", "asked",
+                                            "cancelled", "timers", "tls",     NULL};
 
 /* Makes the journal with all its lists before the new chunk runs, so that a rollback
  * (which may run because memory ran out) finds them without allocating. */
 static void new_journal(lua_State *L, lh_reload *r)
 {
-    lua_createtable(L, 0, 7);
+    lua_createtable(L, 0, 8);
     for (int i = 0; journal_lists[i]; i++) {
         lua_newtable(L);
         lua_setfield(L, -2, journal_lists[i]);
@@ -81,6 +81,47 @@ static void record_key(lua_State *L, lh_reload *r, int selector_index, int fd)
     lua_pop(L, 1);
 }
 
+/* Records a listener (at index) and the TLS context it has now, which the journal holds
+ * a reference to until the reload ends: put back if it fails, let go if it succeeds. */
+static void record_tls(lua_State *L, lh_reload *r, int index)
+{
+    index = lua_absindex(L, index);
+    lh_socket *s = (lh_socket *)lua_touserdata(L, index);
+    tls_ctx *old = (s->flags & LH_TLS_LISTENER) ? (tls_ctx *)s->tls : NULL;
+    push_list(L, r, "tls");
+    int list = lua_gettop(L);
+    append(L, list, index);
+    lua_pushlightuserdata(L, old);
+    lua_rawseti(L, list, (lua_Integer)lua_rawlen(L, list) + 1);
+    lua_pop(L, 1);
+    if (old)
+        tls_ctx_ref(old);
+}
+
+/* The listeners' contexts the reload changed: the old ones put back, latest change
+ * first (restore), or the journal's references to them dropped. */
+static void settle_tls(lua_State *L, lh_reload *r, int restore)
+{
+    push_list(L, r, "tls"); /* listener, its context before */
+    for (lua_Integer i = (lua_Integer)lua_rawlen(L, -1) - 1; i >= 1; i -= 2) {
+        lua_rawgeti(L, -1, i);
+        lua_rawgeti(L, -2, i + 1);
+        lh_socket *s = (lh_socket *)lua_touserdata(L, -2);
+        tls_ctx *old = (tls_ctx *)lua_touserdata(L, -1);
+        lua_pop(L, 2);
+        if (!restore || s->conn.fd < 0) {
+            tls_ctx_unref(old);
+            continue;
+        }
+        if (s->tls)
+            lhsock_tls_release(s);
+        s->tls = old;
+        if (old)
+            s->flags |= LH_TLS_LISTENER;
+    }
+    lua_pop(L, 1);
+}
+
 /* The journal hook the bindings below call while a reload runs. */
 static void record(void *ud, lua_State *L, int change, int index, int arg)
 {
@@ -103,6 +144,9 @@ static void record(void *ud, lua_State *L, int change, int index, int arg)
         break;
     case LH_CHANGED_KEY:
         record_key(L, r, index, arg);
+        break;
+    case LH_LISTENER_TLS:
+        record_tls(L, r, index);
         break;
     }
 }
@@ -404,8 +448,10 @@ int lhreload_run(lua_State *L, lh_reload *r, const char *path, int guarded)
         lua_pushvalue(L, old_on_reload);
         lua_rawseti(L, LUA_REGISTRYINDEX, r->on_reload_ref);
         rollback(L, r);
+        settle_tls(L, r, 1);
     } else {
         settle_cancelled(L, r, 0);
+        settle_tls(L, r, 0);
     }
     luaL_unref(L, LUA_REGISTRYINDEX, r->journal_ref);
     r->journal_ref = LUA_NOREF;

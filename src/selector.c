@@ -36,6 +36,9 @@ struct selector {
     sel_fired *fired; /* the current batch */
     int fired_cap;
     int nfired;
+    sel_fired *posted; /* sel_post'ed fds, with their slots' generations */
+    int posted_cap;
+    int nposted;
     char err[160];
 };
 
@@ -91,6 +94,7 @@ void sel_free(selector *sel)
     free(sel->keys);
     free(sel->host_data);
     free(sel->fired);
+    free(sel->posted);
     free(sel);
 }
 
@@ -412,15 +416,69 @@ static int sel_filter(selector *sel, int n)
     return kept;
 }
 
+int sel_post(selector *sel, int fd)
+{
+    if (fd < 0 || fd >= sel->nkeys || !sel->keys[fd].gen || sel->keys[fd].posted)
+        return 0;
+    if (sel->nposted == sel->posted_cap) {
+        int cap = sel->posted_cap ? sel->posted_cap * 2 : 16;
+        sel_fired *p = realloc(sel->posted, (size_t)cap * sizeof *p);
+        if (!p)
+            return sel_fail(sel, -ENOMEM, "no memory to post fd %d", fd);
+        sel->posted = p;
+        sel->posted_cap = cap;
+    }
+    sel->posted[sel->nposted++] = (sel_fired){fd, SEL_READ, sel->keys[fd].gen};
+    sel->keys[fd].posted = 1;
+    return 0;
+}
+
+/* Whether a posted fd's registration may be told it is readable now. */
+static int sel_post_due(sel_key *k)
+{
+    k->posted = 0;
+    return k->registered && (k->events & ~k->paused & SEL_READ);
+}
+
+/* Adds the posted fds to the batch: READ joins an fd's own entry, or makes one. */
+static int sel_take_posted(selector *sel)
+{
+    for (int i = 0; i < sel->nfired; i++) {
+        sel_key *k = &sel->keys[sel->fired[i].fd];
+        if (k->posted && sel_post_due(k))
+            sel->fired[i].mask |= SEL_READ;
+    }
+    for (int i = 0; i < sel->nposted; i++) {
+        sel_fired p = sel->posted[i];
+        sel_key *k = p.fd < sel->nkeys ? &sel->keys[p.fd] : NULL;
+        if (!k || k->gen != p.gen || !k->posted || !sel_post_due(k))
+            continue;
+        if (sel->nfired == sel->fired_cap) {
+            sel_fired *f = realloc(sel->fired, (size_t)(sel->fired_cap + 64) * sizeof *f);
+            if (!f)
+                return sel_fail(sel, -ENOMEM, "no memory for posted events");
+            sel->fired = f;
+            sel->fired_cap += 64;
+        }
+        sel->fired[sel->nfired++] = p;
+    }
+    sel->nposted = 0;
+    return 0;
+}
+
 int sel_select(selector *sel, int timeout_ms)
 {
     int n;
     sel->nfired = 0;
     if ((n = sel_fit_fired(sel)) < 0)
         return n;
+    if (sel->nposted > 0)
+        timeout_ms = 0; /* what was posted is ready now */
     if ((n = sel_poll(sel, timeout_ms < 0 ? -1 : timeout_ms)) < 0)
         return sel_fail(sel, n, "%s wait failed: %s", sel->be->name, strerror(-n));
     sel->nfired = sel_filter(sel, n);
+    if (sel->nposted > 0 && (n = sel_take_posted(sel)) < 0)
+        return n;
     return sel->nfired;
 }
 

@@ -36,6 +36,7 @@ typedef struct sel_key {
     unsigned host_events : 2; /* the host's own interest, apart from the script's */
     unsigned paused : 2;      /* script events withheld from the backend (backpressure) */
     unsigned armed : 2;       /* the mask the backend currently watches */
+    unsigned posted : 1;      /* sel_post'ed: in the list for the next batch */
 } sel_key;
 
 typedef struct selector selector;
@@ -67,6 +68,12 @@ int sel_unregister(selector *sel, int fd);
 int sel_set_host_events(selector *sel, int fd, int host_events, void *host_data);
 /* The host_data of fd's host interest, or NULL when the host has none in fd. */
 void *sel_host_data(const selector *sel, int fd);
+/* Makes the next sel_select report fd readable to its registration whether or not the
+ * kernel has anything: for input a layer above the kernel holds (TLS records already
+ * read and decrypted), which no kernel readiness will announce. Once: the next batch
+ * takes it, and not while the script's READ is paused. 0 or -ENOMEM. */
+int sel_post(selector *sel, int fd);
+
 /* Withholds some of the script's events from the backend without changing them. */
 int sel_set_paused(selector *sel, int fd, int paused);
 

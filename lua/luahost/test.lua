@@ -178,6 +178,50 @@ function T.tempfile(text, name)
   return path
 end
 
+local tls_dir, tls_certs -- the certificates T.tls_cert made, in one directory
+-- tls_dir's removal, when this table is collected: as the process ends.
+T._tls_cleanup = nil
+
+-- A certificate and its key for tests, made with the openssl command: an ECDSA P-256
+-- key, subject CN=name (default "localhost"), alternative names name, 127.0.0.1 and ::1,
+-- self-signed (so it is its own CA: pass its cert as a client's ca). opts.expired makes
+-- one whose validity ended a day ago. Returns {cert = path, key = path}; the same opts
+-- give the same files, made once per process (they go when it ends).
+function T.tls_cert(opts)
+  opts = opts or {}
+  local name = opts.name or "localhost"
+  local id = name .. (opts.expired and "-expired" or "")
+  assert(id:match("^[%w.-]+$"), "T.tls_cert: name must be a host name")
+  tls_certs = tls_certs or {}
+  if tls_certs[id] then return tls_certs[id] end
+  if not tls_dir then
+    local mk = io.popen("mktemp -d 2>/dev/null")
+    tls_dir = mk:read("l")
+    mk:close()
+    if not tls_dir or tls_dir == "" then fail("T.tls_cert: mktemp -d failed") end
+    local dir = tls_dir
+    T._tls_cleanup = setmetatable({}, {__gc = function()
+      os.execute("rm -rf -- " .. shell_quote(dir))
+    end})
+  end
+  local base = tls_dir .. "/" .. id
+  local ext = assert(io.open(base .. ".ext", "w"))
+  ext:write("subjectAltName=DNS:", name, ",IP:127.0.0.1,IP:::1\n",
+    "basicConstraints=critical,CA:TRUE\n")
+  ext:close()
+  local q = shell_quote
+  local command = string.format("openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 "
+    .. "-nodes -keyout %s -out %s -subj %s 2>&1 && openssl x509 -req -in %s -signkey %s "
+    .. "-out %s -days %d -extfile %s 2>&1", q(base .. ".key"), q(base .. ".csr"),
+    q("/CN=" .. name), q(base .. ".csr"), q(base .. ".key"), q(base .. ".pem"),
+    opts.expired and -1 or 2, q(base .. ".ext"))
+  local p = io.popen(command)
+  local out = p:read("a")
+  if not p:close() then fail("T.tls_cert: openssl failed: " .. out) end
+  tls_certs[id] = {cert = base .. ".pem", key = base .. ".key"}
+  return tls_certs[id]
+end
+
 ---------------------------------------------------------------------------------------
 -- Servers run in process
 
@@ -372,12 +416,20 @@ function T.client(srv, port, opts)
     if srv.sim then
       assert(not opts.rcvbuf, "T.client: rcvbuf needs a real backend, not sim")
       c.sock = assert(srv.sim.connect(srv.listener))
+      -- TLS over the sim's socketpair: the client side turns TLS here. A sim client has
+      -- no address of its own to check, so the server is verified as "localhost".
+      if opts.tls then
+        assert(c.sock:starttls(opts.tls, type(opts.tls) == "table" and opts.tls.servername
+          or "localhost"))
+      end
     end
     srv.clients[#srv.clients + 1] = c
   end
   if not c.sock then
     local err
-    if opts.rcvbuf then
+    if opts.tls then
+      c.sock, err = luahost.connect(host, port, {tls = opts.tls})
+    elseif opts.rcvbuf then
       c.sock, err = connect_rcvbuf(host, port, opts.rcvbuf)
     else
       c.sock, err = luahost.connect(host, port)
@@ -391,7 +443,26 @@ function T.client(srv, port, opts)
   elseif opts.wait ~= false then
     await_connected(c.sock, host, port, c.timeout or T.TIMEOUT)
   end
+  if opts.tls and opts.handshake ~= false then
+    local ok, err = c:handshake()
+    if not ok then
+      fail(string.format("T.client: TLS handshake with %s:%s: %s", host, port, err))
+    end
+  end
   return c
+end
+
+-- For a TLS client: runs its handshake (driving the server meanwhile) for up to timeout
+-- seconds. true, or nil and why it failed (the server's certificate refused, ...).
+function Client:handshake(timeout)
+  local deadline = now() + (timeout or self.timeout or T.TIMEOUT)
+  while true do
+    local ok, err = self.sock:handshake()
+    if ok then return true end
+    if err ~= "wouldblock" then return nil, err end
+    if now() >= deadline then return nil, "no handshake within the timeout" end
+    self:drive(READ)
+  end
 end
 
 -- n clients of host:port, connected batch (default 100) at a time, so that the listen

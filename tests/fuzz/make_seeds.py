@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """make_seeds.py: writes the seed corpus in tests/fuzz/corpus/ from readable scenarios,
-in the input encodings of fuzz_selector.c and fuzz_buffer.c. Run it from anywhere after
+in the input encodings of fuzz_selector.c, fuzz_buffer.c and fuzz_tls.c. Run it from anywhere after
 changing a scenario or an encoding; the fuzzers grow the corpus from these seeds."""
 import os
 
@@ -92,12 +92,37 @@ def write_all(target, seeds):
             f.write(data)
 
 
+# ---- fuzz_tls: byte 0 even: a handshake, then operations (op byte % 5): 0 the client
+# writes (length = a * 97 + b, then that many bytes), 2 the server reads (its kernel read
+# cut at 1 + c * 64 bytes, asking for 1 + n * 256), 3 raw bytes into the stream (length,
+# bytes), 4 close_notify. Byte 0 odd: raw bytes from the start (length, bytes), each
+# chunk followed by a server read.
+def tls_write(data):
+    return [0, len(data) // 97, len(data) % 97, *data]
+
+
+def tls_read(cut=255, n=255):
+    return [2, cut, n]
+
+
+TLS_SEEDS = {
+    "echo": [0, *tls_write(b"hello"), *tls_read()],
+    "cut-reads": [0, *tls_write(bytes(range(256)) * 8), *tls_read(0, 3) * 40, *tls_read()],
+    "small-reads": [0, *tls_write(b"x" * 3000), *tls_read(255, 0) * 30],
+    "close-notify": [0, *tls_write(b"bye"), 4, *tls_read(), *tls_read()],
+    "spliced": [0, *tls_write(b"abc"), 3, 4, *b"\x17\x03\x03\x00", *tls_read()],
+    "raw-plaintext": [1, 18, *b"GET / HTTP/1.0\r\n\r\n", 0, 0],
+    "raw-header-only": [1, 5, 0x16, 0x03, 0x01, 0x40, 0x00, 0, 0],
+}
+
+
 def main():
     backends = ["epoll", "poll", "select"]  # the order of sel_backend_names() on Linux
     write_all("fuzz_selector", {f"{name}-{be}": selector_input(i, text)
                                 for i, be in enumerate(backends)
                                 for name, text in SELECTOR_SEEDS.items()})
     write_all("fuzz_buffer", {name: bytes(b) for name, b in BUFFER_SEEDS.items()})
+    write_all("fuzz_tls", {name: bytes(b) for name, b in TLS_SEEDS.items()})
 
 
 if __name__ == "__main__":

@@ -28,6 +28,10 @@ backends="selector.c backends.c net.c backend_epoll.c backend_poll.c backend_sel
 declare -A core=(
     [fuzz_selector]="$backends"
     [fuzz_buffer]="buffer.c conn.c $backends"
+    [fuzz_tls]="tls.c buffer.c conn.c $backends"
+)
+declare -A libs=(
+    [fuzz_tls]="-lssl -lcrypto"
 )
 
 if [[ -n ${FUZZ_TARGETS:-} ]]; then
@@ -52,7 +56,8 @@ for t in "${targets[@]}"; do
         sources+=("$src/$s")
     done
     printf 'fuzz: building %s\n' "$t"
-    if ! "$cc" "${cflags[@]}" "tests/fuzz/$t.c" "${sources[@]}" -o "$out/$t"; then
+    read -ra extra <<<"${libs[$t]:-}"
+    if ! "$cc" "${cflags[@]}" "tests/fuzz/$t.c" "${sources[@]}" "${extra[@]}" -o "$out/$t"; then
         failed+=("$t (build)")
         continue
     fi

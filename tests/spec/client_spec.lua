@@ -4,6 +4,7 @@
 local T = require "luahost.test"
 
 local USAGE = "usage: luahost scripts/client.lua [HOST:]PORT [CONNECTIONS] [MESSAGES]"
+  .. " [--tls [--ca FILE]]"
 
 -- The bytes client.lua sends (and expects back) for nconns connections of nmessages.
 local function expected_bytes(nconns, nmessages)

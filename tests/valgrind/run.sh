@@ -5,14 +5,14 @@
 # lost. Prints a summary; exits non-zero if the specs or any log failed.
 #
 #   LUAHOST_REAL_BIN=build/luahost   the executable to check (built by make build)
-#   VALGRIND_SPECS="..."             spec files to run (default: echo end to end and chat)
+#   VALGRIND_SPECS="..."             spec files to run (default: echo end to end, chat, TLS)
 #   VALGRIND_KEEP=1                  keep the logs even when all is well
 #   VALGRIND_EXTRA="..."             more valgrind options (e.g. --track-origins=yes)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
 bin=${LUAHOST_REAL_BIN:-build/luahost}
-read -ra specs <<<"${VALGRIND_SPECS:-tests/spec/echo_e2e_spec.lua tests/spec/chat_spec.lua}"
+read -ra specs <<<"${VALGRIND_SPECS:-tests/spec/echo_e2e_spec.lua tests/spec/chat_spec.lua tests/spec/tls_spec.lua}"
 if [[ ! -x $bin ]]; then
     echo "valgrind: $bin is missing: run make build first" >&2
     exit 1
