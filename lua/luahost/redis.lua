@@ -202,16 +202,19 @@ function redis.connect(host, port, opts)
   return r
 end
 
+local function ignore() end
+
 -- r:call({"SET", "k", "v"}, callback): callback(reply) or callback(nil, message). With no
 -- callback inside a task: waits and returns the reply (or nil, message); elsewhere the
--- reply is dropped.
+-- reply is dropped, by a callback that ignores it: replies are matched to callbacks by
+-- their order, so every command must take its place in the line.
 function Client:call(command, callback)
   local bytes = format(command)
   if callback == nil and task.current() then
     return task.await(function(done) self.cmd:send(bytes, done) end)
   end
   assert(callback == nil or type(callback) == "function", "r:call: a function expected")
-  self.cmd:send(bytes, callback)
+  self.cmd:send(bytes, callback or ignore)
 end
 
 function Client:publish(channel, message, callback)

@@ -81,6 +81,24 @@ describe("luahost.redis", function()
     T.assert_clean(srv) -- no socket, registration or timer of the client's is left
   end)
 
+  -- Regression: a call without a callback queued no one for its reply, so that reply went
+  -- to the next call's callback (chat.lua's PUBLISH count reached a name claim's).
+  it("drops the reply of a call made without a callback, not the next call's", function()
+    local server = R.start()
+    local srv, redis = start_host()
+    local r = redis.connect(server.host, server.port)
+    local got = {}
+    r:call({"SET", "k", "v"})
+    r:publish("nobody", "hello")
+    r:call({"GET", "k"}, function(v, e) got.get = v or e end)
+    r:call({"ECHO", "last"}, function(v, e) got.echo = v or e end)
+    assert.equal("last", await(srv, got, "echo"))
+    assert.equal("v", got.get)
+    r:close()
+    srv:stop()
+    T.assert_clean(srv)
+  end)
+
   it("returns the reply directly inside a task", function()
     local server = R.start()
     local srv, redis, task = start_host()
