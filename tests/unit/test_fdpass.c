@@ -1,6 +1,6 @@
 /* test_fdpass.c: proves the master-worker protocol: a message and a passed fd arrive
- * whole (the fd close-on-exec and working), a short or stray record is refused with any
- * fd it carried closed, the end of the peer reads as 0; the master binds an address once
+ * whole (the fd close-on-exec and working), a short, empty or stray record is refused
+ * with any fd it carried closed, the end of the peer reads as 0; the master binds an address once
  * per slot (port 0: every slot on one port, a second request on another) and keeps each
  * slot's socket; and a worker's listen, served by a master in a child process, gets a
  * listening fd while it answers a ping that came first. */
@@ -63,6 +63,12 @@ static void test_messages(void)
     CHECK(sendmsg(pair[0], &msg, 0) == 3);
     int before = dup(0); /* the lowest free fd: where a leaked one would have gone */
     close(before);
+    CHECK(fdpass_recv(pair[1], &got, &fd) == -EPROTO && fd == -1);
+    CHECK(!fd_is_open(before));
+    /* An empty record, with an fd: refused, not taken for the peer's end (recvmsg says
+     * 0 for both), and the fd not left open. */
+    iov.iov_len = 0;
+    CHECK(sendmsg(pair[0], &msg, 0) == 0);
     CHECK(fdpass_recv(pair[1], &got, &fd) == -EPROTO && fd == -1);
     CHECK(!fd_is_open(before));
     fcntl(pair[1], F_SETFL, O_NONBLOCK);
