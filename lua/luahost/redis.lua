@@ -18,6 +18,7 @@ local DEFAULTS = {
   queue = 1000,        -- commands that may wait while a connection attempt is under way
   min_backoff = 0.05,  -- seconds before the first retry; doubled after each failure
   max_backoff = 2,     -- ... up to this
+  max_reply = 64 * 1024 * 1024, -- bytes one reply may take as it arrives
 }
 
 -- Calls fn(...) and logs an error it raises, with its traceback: a user's callback that
@@ -96,9 +97,19 @@ function Conn:on_readable(sock)
   reader:feed(data)
   while self.sock == sock do -- a callback may close or lose the connection
     local got, value, message = reader:get()
-    if got == false then return end
+    if got == false then return self:check_partial(reader) end
     if got == nil then return self:lost(value) end -- not RESP: the stream is lost
     self:deliver(value, message)
+  end
+end
+
+-- A reply that is still coming is held whole in memory: past max_reply bytes the
+-- connection is dropped, so a Redis (or something else on its port) that sends one
+-- without end cannot take all the memory.
+function Conn:check_partial(reader)
+  local limit = self.opts.max_reply
+  if reader:partial() > limit then
+    self:lost("a reply longer than max_reply (" .. limit .. " bytes)")
   end
 end
 
@@ -186,7 +197,7 @@ Client.__index = Client
 
 -- redis.connect(host, port[, opts]): a client that connects now and whenever its
 -- connection is lost. opts: password, db, connect_timeout, queue, min_backoff,
--- max_backoff, on_connect(r), on_disconnect(r, why).
+-- max_backoff, max_reply, on_connect(r), on_disconnect(r, why).
 function redis.connect(host, port, opts)
   assert(type(host) == "string", "redis.connect: a host string expected")
   port = assert(math.tointeger(port), "redis.connect: an integer port expected")
