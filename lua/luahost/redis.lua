@@ -205,9 +205,9 @@ function redis.connect(host, port, opts)
   for k, v in pairs(DEFAULTS) do o[k] = v end
   for k, v in pairs(opts or {}) do o[k] = v end
   local r = setmetatable({host = host, port = port, opts = o, subs = {}, sub = false}, Client)
-  r.cmd = new_conn(host, port, o, {
-    on_ready = o.on_connect and function() o.on_connect(r) end,
-    on_down = o.on_disconnect and function(_, why) o.on_disconnect(r, why) end,
+  r.cmd = new_conn(host, port, o, { -- o's hooks read at each call: r:set_hooks changes them
+    on_ready = function() if o.on_connect then o.on_connect(r) end end,
+    on_down = function(_, why) if o.on_disconnect then o.on_disconnect(r, why) end end,
   })
   r.cmd:open()
   return r
@@ -230,6 +230,13 @@ end
 
 function Client:publish(channel, message, callback)
   return self:call({"PUBLISH", channel, message}, callback)
+end
+
+-- r:set_hooks{on_connect = fn, on_disconnect = fn}: replaces both (nil: none), so that a
+-- script's next version (after a reload) can keep the client, and with it its
+-- subscriptions, rather than make one whose subscriptions start late.
+function Client:set_hooks(hooks)
+  self.opts.on_connect, self.opts.on_disconnect = hooks.on_connect, hooks.on_disconnect
 end
 
 -- Whether the command connection is up.
