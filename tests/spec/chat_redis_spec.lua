@@ -128,6 +128,22 @@ describe("chat.lua --redis", function()
     for _, p in ipairs({p1, p2}) do assert.same({}, p:log_lines("^%S+ error "), p:stderr()) end
   end)
 
+  -- Regression: a publish's reply (the count of servers it reached) answered the next
+  -- name claim on the connection, so a say and a nick in one write took a name another
+  -- server's client had.
+  it("refuses a name taken on another server right after a say", function()
+    local _, p1, p2 = two_servers()
+    local a = chat.connect(p1.host, p1.port, "a on server 1")
+    chat.expect(a, {type = "welcome"})
+    a:send("/nick ann\n")
+    chat.expect(a, {type = "nick", name = "ann"})
+    local b = chat.connect(p2.host, p2.port, "b on server 2")
+    b.name = chat.expect(b, {type = "welcome"}).name
+    b:send("hello\n/nick ann\n")
+    chat.expect_eventually(b, {type = "error", reason = "name ann is taken"})
+    assert.same(sorted({"ann", b.name}), chat.who(b))
+  end)
+
   it("chats locally while Redis is gone, logs it once, and rejoins when it is back", function()
     local server, p1, p2 = two_servers()
     local a = chat.connect(p1.host, p1.port, "a on server 1")
