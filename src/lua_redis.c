@@ -24,7 +24,9 @@ static int l_format(lua_State *L)
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_Integer n = luaL_len(L, 1);
     luaL_argcheck(L, n >= 1 && n <= 1024 * 1024, 1, "a command of 1 to 1048576 words expected");
-    luaL_checkstack(L, (int)n + 2, "command too long");
+    /* The words stay on the stack; then the two arrays, the box with its metatable, the
+     * result, and what an error message takes. */
+    luaL_checkstack(L, (int)n + 8, "command too long");
     const char **argv = lua_newuserdatauv(L, (size_t)n * sizeof *argv, 0);
     size_t *lens = lua_newuserdatauv(L, (size_t)n * sizeof *lens, 0);
     for (lua_Integer i = 1; i <= n; i++) {
