@@ -506,7 +506,7 @@ local function federate(where)
     for _, client in pairs(clients) do f.claim(client) end
   end
 
-  r = redis.connect(where.host, where.port, {
+  local hooks = {
     on_connect = function()
       f.up = true
       local n = 0
@@ -520,7 +520,17 @@ local function federate(where)
       luahost.log("warn", "redis", address, "unreachable (" .. why .. "):",
         "chatting locally until it returns")
     end,
-  })
+  }
+  -- A reload keeps the client: a subscription made anew would miss what the others
+  -- publish until Redis has it, and those events would never reach this server.
+  r = CHAT.redis
+  if r then
+    r:set_hooks(hooks)
+    f.up = r:connected()
+  else
+    r = redis.connect(where.host, where.port, hooks)
+    CHAT.redis = r
+  end
   r:subscribe(CHANNEL, function(payload)
     local from, line = payload:match("^(%S+) (.*)$")
     if from and from ~= id then
@@ -529,20 +539,19 @@ local function federate(where)
     end
   end)
   local refresher = luahost.every(opts.name_ttl / 3, refresh)
-  function f.close()
+  function f.stop() -- before a reload: the next version takes r over
     refresher:cancel()
-    r:close()
   end
   return f
 end
 
 if opts.redis then fed = federate(opts.redis) end
 
--- Before a newer version takes over: stop this version's timer (the new one has its own)
--- and its Redis connections (the new one makes its own, and keeps the server's id).
+-- Before a newer version takes over: stop this version's timers (the new one has its
+-- own); it takes the Redis client over, with the server's id.
 luahost.on_reload(function()
   sweeper:cancel()
-  if fed then fed.close() end
+  if fed then fed.stop() end
 end)
 
 -- After a reload, every connection the old code served is handed to the new code.

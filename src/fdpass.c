@@ -45,7 +45,8 @@ static int take_fd(struct msghdr *msg)
 {
     int fd = -1;
     for (struct cmsghdr *c = CMSG_FIRSTHDR(msg); c; c = CMSG_NXTHDR(msg, c)) {
-        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS ||
+            c->cmsg_len < CMSG_LEN(0)) /* the count below would wrap */
             continue;
         size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
         for (size_t i = 0; i < count; i++) {
@@ -77,7 +78,8 @@ int fdpass_recv(int sock, fdpass_msg *m, int *fd)
     while (n < 0 && errno == EINTR);
     if (n < 0)
         return errno == EWOULDBLOCK ? -EAGAIN : -errno;
-    if (n == 0)
+    /* An empty record reads as 0 too: one that carried an fd is no end of stream. */
+    if (n == 0 && msg.msg_controllen == 0)
         return 0;
     *fd = take_fd(&msg);
     if ((size_t)n != sizeof *m || (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) ||

@@ -30,7 +30,7 @@ int fdpass_send(int sock, const fdpass_msg *m, int fd);
 /* Receives one message into m and the fd passed with it into *fd (-1 if none; it is
  * close-on-exec). 1, 0 at end of stream (the peer is gone), or -errno: -EAGAIN when
  * nothing is waiting on a non-blocking sock, -EPROTO for a message of the wrong size or
- * type (any fd it carried is closed). */
+ * type, or an empty one with an fd (any fd it carried is closed). */
 int fdpass_recv(int sock, fdpass_msg *m, int *fd);
 
 #endif

@@ -14,6 +14,7 @@
 typedef struct lh_resp_reader {
     redisReader *reader; /* NULL once closed */
     redisReply *reply;   /* a reply being converted: freed if the conversion raised */
+    size_t partial;      /* bytes fed since the last whole reply: the one coming */
 } lh_resp_reader;
 
 /* format({"SET", "k", "v"}): the command's bytes. Numbers are sent as their decimal
@@ -23,7 +24,9 @@ static int l_format(lua_State *L)
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_Integer n = luaL_len(L, 1);
     luaL_argcheck(L, n >= 1 && n <= 1024 * 1024, 1, "a command of 1 to 1048576 words expected");
-    luaL_checkstack(L, (int)n + 2, "command too long");
+    /* The words stay on the stack; then the two arrays, the box with its metatable, the
+     * result, and what an error message takes. */
+    luaL_checkstack(L, (int)n + 8, "command too long");
     const char **argv = lua_newuserdatauv(L, (size_t)n * sizeof *argv, 0);
     size_t *lens = lua_newuserdatauv(L, (size_t)n * sizeof *lens, 0);
     for (lua_Integer i = 1; i <= n; i++) {
@@ -70,6 +73,7 @@ static int l_reader(lua_State *L)
     lh_resp_reader *r = lua_newuserdatauv(L, sizeof *r, 0);
     r->reader = NULL;
     r->reply = NULL;
+    r->partial = 0;
     luaL_setmetatable(L, LH_RESP_READER);
     if (!(r->reader = redisReaderCreate()))
         return luaL_error(L, "not enough memory");
@@ -84,7 +88,17 @@ static int reader_feed(lua_State *L)
     const char *s = luaL_checklstring(L, 2, &len);
     if (redisReaderFeed(r->reader, s, len) != REDIS_OK)
         return luaL_error(L, "not enough memory");
+    r->partial += len;
     return 0;
+}
+
+/* rd:partial(): the bytes fed since the last whole reply came out, all of them part of
+ * the reply still coming, which hiredis holds in memory however long it grows: the
+ * client bounds it with this. */
+static int reader_partial(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer)reader_check(L)->partial);
+    return 1;
 }
 
 /* Pushes a reply inside an array as Redis's own Lua scripting does: a nil as false
@@ -142,6 +156,7 @@ static int reader_get(lua_State *L)
         return 1;
     }
     r->reply = reply;
+    r->partial = r->reader->len - r->reader->pos; /* what follows this reply */
     lua_pushboolean(L, 1);
     int results = 2;
     if (r->reply->type == REDIS_REPLY_NIL) {
@@ -169,8 +184,11 @@ static int reader_close(lua_State *L)
     return 0;
 }
 
-static const luaL_Reg reader_methods[] = {
-    {"feed", reader_feed}, {"get", reader_get}, {"close", reader_close}, {NULL, NULL}};
+static const luaL_Reg reader_methods[] = {{"feed", reader_feed},
+                                          {"get", reader_get},
+                                          {"partial", reader_partial},
+                                          {"close", reader_close},
+                                          {NULL, NULL}};
 
 static const luaL_Reg reader_metamethods[] = {
     {"__gc", reader_close}, {"__close", reader_close}, {NULL, NULL}};

@@ -395,14 +395,15 @@ static int pmain(lua_State *L)
 }
 
 /* Writes text escaped as the log escapes it (a NUL must not end a message, nor a control
- * byte reach the terminal), but for the newlines and tabs that lay out a traceback. */
-static void print_escaped(const char *text, size_t len)
+ * byte reach the terminal), but for the newlines and tabs that lay out a traceback when
+ * layout is set. */
+static void print_escaped(const char *text, size_t len, int layout)
 {
     char escaped[1024];
     const char *end = text + len;
     while (text < end) {
         size_t piece = 0;
-        while (text + piece < end && text[piece] != '\t' && text[piece] != '\n')
+        while (text + piece < end && !(layout && (text[piece] == '\t' || text[piece] == '\n')))
             piece++;
         size_t taken = lh_log_escape(escaped, sizeof escaped, text, piece);
         fputs(escaped, stderr);
@@ -412,13 +413,16 @@ static void print_escaped(const char *text, size_t len)
     }
 }
 
-/* The first line of an error; the traceback follows only at log level debug. */
+/* An error in one line, as the log writes one (its own newlines escaped: a missing
+ * module's message lists the files tried on lines of their own); at log level debug the
+ * traceback follows, laid out. */
 static void report(const options *o, const char *msg, size_t len)
 {
+    static const char tb[] = "\nstack traceback:";
     int verbose = o->log_level && strcmp(o->log_level, "debug") == 0;
-    const char *end = msg + len, *nl = memchr(msg, '\n', len);
+    const char *cut = verbose ? NULL : memmem(msg, len, tb, sizeof tb - 1);
     fprintf(stderr, "%s: ", progname);
-    print_escaped(msg, (size_t)((verbose || !nl ? end : nl) - msg));
+    print_escaped(msg, (size_t)((cut ? cut : msg + len) - msg), verbose);
     fputc('\n', stderr);
 }
 

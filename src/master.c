@@ -70,7 +70,10 @@ static int install_signals(void)
 }
 
 /* In the child: becomes worker i. Its own process group, so a terminal's Ctrl-C reaches
- * only the master, which passes the stop on once; and SIGTERM when the master dies. */
+ * only the master, which passes the stop on once; and SIGTERM when the master dies.
+ * SIGHUP is ignored until the host takes it over, once the main chunk has returned: a
+ * reload passed on meanwhile asks for the file the worker is loading anyway, and would
+ * otherwise kill it and cost a restart. */
 static void exec_worker(master *m, int i, int chan)
 {
     char env[64];
@@ -78,9 +81,10 @@ static void exec_worker(master *m, int i, int chan)
     prctl(PR_SET_PDEATHSIG, SIGTERM);
     if (getppid() != m->self)
         _exit(1);
-    int signals[] = {SIGINT, SIGTERM, SIGHUP, SIGCHLD};
+    int signals[] = {SIGINT, SIGTERM, SIGCHLD};
     for (size_t k = 0; k < sizeof signals / sizeof signals[0]; k++)
         signal(signals[k], SIG_DFL);
+    signal(SIGHUP, SIG_IGN);
     fcntl(chan, F_SETFD, 0); /* the one fd the worker inherits */
     snprintf(env, sizeof env, "%d,%d,%d", i + 1, m->cfg->workers, chan);
     setenv(WORKER_ENV, env, 1);

@@ -6,6 +6,7 @@
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 void ml_init(master_listeners *l, lh_logger *log)
@@ -23,14 +24,21 @@ static int any_port(const net_addr *a)
     return 0;
 }
 
-/* The entry for a request; a fixed port is one listener whatever nth, as a single
- * process's listen returns the listener it has. */
+static int same_addr(const net_addr *a, const net_addr *b)
+{
+    return a->len == b->len && memcmp(&a->ss, &b->ss, a->len) == 0;
+}
+
+/* The entry for a request; a fixed port is one listener whatever nth, and is also the
+ * one a port-0 request was given, as a single process's listen returns the listener it
+ * has on the address. */
 static master_listener *find(master_listeners *l, const net_addr *asked, unsigned nth)
 {
+    int fixed = !any_port(asked);
     for (size_t i = 0; i < l->n; i++) {
         master_listener *e = &l->v[i];
-        if (e->asked.len == asked->len && memcmp(&e->asked.ss, &asked->ss, asked->len) == 0 &&
-            (!any_port(asked) || e->nth == nth))
+        if (same_addr(&e->asked, asked) ? fixed || e->nth == nth
+                                        : fixed && same_addr(&e->bound, asked))
             return e;
     }
     return NULL;
@@ -50,6 +58,22 @@ static int bind_one(const net_addr *addr, int backlog)
     return fd;
 }
 
+/* 0 if nothing listens on addr, else -EADDRINUSE (or another -errno). The master's sockets
+ * have SO_REUSEPORT, so their bind succeeds beside another server's that has it too (a
+ * second luahost --workers on the port, say) and the two would share its connections
+ * unseen; a socket without it, bound and closed (never listening), cannot. */
+static int port_free(const net_addr *addr)
+{
+    int fd = net_socket(addr->ss.ss_family, SOCK_STREAM, 1), on = 1, rc = 0;
+    if (fd < 0)
+        return fd;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) < 0 ||
+        bind(fd, (const struct sockaddr *)&addr->ss, addr->len) < 0)
+        rc = -errno;
+    close(fd);
+    return rc;
+}
+
 /* Binds asked for the first time: a new entry whose slot socket is the one bound. */
 static int bind_first(master_listeners *l, int slot, const net_addr *asked, unsigned nth,
                       int backlog)
@@ -58,6 +82,9 @@ static int bind_first(master_listeners *l, int slot, const net_addr *asked, unsi
     if (!grown)
         return -ENOMEM;
     l->v = grown;
+    int rc = any_port(asked) ? 0 : port_free(asked);
+    if (rc < 0)
+        return rc;
     int fd = bind_one(asked, backlog);
     if (fd < 0)
         return fd;

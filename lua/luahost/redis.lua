@@ -18,6 +18,7 @@ local DEFAULTS = {
   queue = 1000,        -- commands that may wait while a connection attempt is under way
   min_backoff = 0.05,  -- seconds before the first retry; doubled after each failure
   max_backoff = 2,     -- ... up to this
+  max_reply = 64 * 1024 * 1024, -- bytes one reply may take as it arrives
 }
 
 -- Calls fn(...) and logs an error it raises, with its traceback: a user's callback that
@@ -96,9 +97,19 @@ function Conn:on_readable(sock)
   reader:feed(data)
   while self.sock == sock do -- a callback may close or lose the connection
     local got, value, message = reader:get()
-    if got == false then return end
+    if got == false then return self:check_partial(reader) end
     if got == nil then return self:lost(value) end -- not RESP: the stream is lost
     self:deliver(value, message)
+  end
+end
+
+-- A reply that is still coming is held whole in memory: past max_reply bytes the
+-- connection is dropped, so a Redis (or something else on its port) that sends one
+-- without end cannot take all the memory.
+function Conn:check_partial(reader)
+  local limit = self.opts.max_reply
+  if reader:partial() > limit then
+    self:lost("a reply longer than max_reply (" .. limit .. " bytes)")
   end
 end
 
@@ -186,7 +197,7 @@ Client.__index = Client
 
 -- redis.connect(host, port[, opts]): a client that connects now and whenever its
 -- connection is lost. opts: password, db, connect_timeout, queue, min_backoff,
--- max_backoff, on_connect(r), on_disconnect(r, why).
+-- max_backoff, max_reply, on_connect(r), on_disconnect(r, why).
 function redis.connect(host, port, opts)
   assert(type(host) == "string", "redis.connect: a host string expected")
   port = assert(math.tointeger(port), "redis.connect: an integer port expected")
@@ -194,28 +205,38 @@ function redis.connect(host, port, opts)
   for k, v in pairs(DEFAULTS) do o[k] = v end
   for k, v in pairs(opts or {}) do o[k] = v end
   local r = setmetatable({host = host, port = port, opts = o, subs = {}, sub = false}, Client)
-  r.cmd = new_conn(host, port, o, {
-    on_ready = o.on_connect and function() o.on_connect(r) end,
-    on_down = o.on_disconnect and function(_, why) o.on_disconnect(r, why) end,
+  r.cmd = new_conn(host, port, o, { -- o's hooks read at each call: r:set_hooks changes them
+    on_ready = function() if o.on_connect then o.on_connect(r) end end,
+    on_down = function(_, why) if o.on_disconnect then o.on_disconnect(r, why) end end,
   })
   r.cmd:open()
   return r
 end
 
+local function ignore() end
+
 -- r:call({"SET", "k", "v"}, callback): callback(reply) or callback(nil, message). With no
 -- callback inside a task: waits and returns the reply (or nil, message); elsewhere the
--- reply is dropped.
+-- reply is dropped, by a callback that ignores it: replies are matched to callbacks by
+-- their order, so every command must take its place in the line.
 function Client:call(command, callback)
   local bytes = format(command)
   if callback == nil and task.current() then
     return task.await(function(done) self.cmd:send(bytes, done) end)
   end
   assert(callback == nil or type(callback) == "function", "r:call: a function expected")
-  self.cmd:send(bytes, callback)
+  self.cmd:send(bytes, callback or ignore)
 end
 
 function Client:publish(channel, message, callback)
   return self:call({"PUBLISH", channel, message}, callback)
+end
+
+-- r:set_hooks{on_connect = fn, on_disconnect = fn}: replaces both (nil: none), so that a
+-- script's next version (after a reload) can keep the client, and with it its
+-- subscriptions, rather than make one whose subscriptions start late.
+function Client:set_hooks(hooks)
+  self.opts.on_connect, self.opts.on_disconnect = hooks.on_connect, hooks.on_disconnect
 end
 
 -- Whether the command connection is up.

@@ -128,6 +128,22 @@ describe("chat.lua --redis", function()
     for _, p in ipairs({p1, p2}) do assert.same({}, p:log_lines("^%S+ error "), p:stderr()) end
   end)
 
+  -- Regression: a publish's reply (the count of servers it reached) answered the next
+  -- name claim on the connection, so a say and a nick in one write took a name another
+  -- server's client had.
+  it("refuses a name taken on another server right after a say", function()
+    local _, p1, p2 = two_servers()
+    local a = chat.connect(p1.host, p1.port, "a on server 1")
+    chat.expect(a, {type = "welcome"})
+    a:send("/nick ann\n")
+    chat.expect(a, {type = "nick", name = "ann"})
+    local b = chat.connect(p2.host, p2.port, "b on server 2")
+    b.name = chat.expect(b, {type = "welcome"}).name
+    b:send("hello\n/nick ann\n")
+    chat.expect_eventually(b, {type = "error", reason = "name ann is taken"})
+    assert.same(sorted({"ann", b.name}), chat.who(b))
+  end)
+
   it("chats locally while Redis is gone, logs it once, and rejoins when it is back", function()
     local server, p1, p2 = two_servers()
     local a = chat.connect(p1.host, p1.port, "a on server 1")
@@ -225,7 +241,6 @@ describe("chat.lua --redis", function()
     b.name = chat.expect(b, {type = "welcome"}).name
     p1:signal("HUP")
     p1:wait_log("reloaded scripts/chat.lua")
-    p1:wait_log("redis %S+ connected", 5, 2) -- the new load's own connection
     for _, pair in ipairs({{a, b}, {b, a}}) do
       local from, to = pair[1], pair[2]
       T.wait_until(function()
@@ -234,7 +249,8 @@ describe("chat.lua --redis", function()
         return ok and line:find("after the reload", 1, true)
       end, 5, "a say to cross servers after the reload")
     end
-    -- Once: the old load's subscription went with it.
+    -- Once: the new load took the old one's subscription over, and made none of its own.
+    assert.equal(1, #p1:log_lines("redis %S+ connected"), p1:stderr())
     b:send("once\n")
     chat.expect_eventually(a, {type = "say", text = "once"})
     local _, skipped = chat.who(a)
@@ -244,6 +260,32 @@ describe("chat.lua --redis", function()
       return #names == 2, table.concat(names, " ")
     end, 3, "who to list both clients")
     assert.same(sorted({a.name, b.name}), chat.who(b))
+    assert.same({}, p1:log_lines("^%S+ error "), p1:stderr())
+  end)
+
+  -- Regression: a reload closed the subscription and made a new one, so what the other
+  -- servers published until the new one was made never reached this server's clients.
+  -- Redis asleep makes that window last: the say waits in Redis, which runs it before it
+  -- reads the new connection's SUBSCRIBE.
+  it("relays what another server says while this one reloads", function()
+    local server, p1, p2 = two_servers()
+    local a = chat.connect(p1.host, p1.port, "a on server 1")
+    a.name = chat.expect(a, {type = "welcome"}).name
+    local b = chat.connect(p2.host, p2.port, "b on server 2")
+    b.name = chat.expect(b, {type = "welcome"}).name
+    chat.expect(a, {type = "join", name = b.name})
+    local stall = R.stall(server, 1)
+    T.sleep(0.1) -- Redis is asleep now
+    b:send("during the reload\n")
+    T.sleep(0.1) -- server 2 has published it
+    p1:signal("HUP")
+    p1:wait_log("reloaded scripts/chat.lua")
+    chat.expect(a, {type = "say", from = b.name, text = "during the reload"}, 5)
+    assert.equal("+OK", (stall:line(3):gsub("\r$", "")))
+    b:send("after\n")
+    chat.expect(a, {type = "say", from = b.name, text = "after"})
+    local _, skipped = chat.who(a) -- once: no second subscription
+    for _, msg in ipairs(skipped) do assert.is_true(msg.type ~= "say", msg.text) end
     assert.same({}, p1:log_lines("^%S+ error "), p1:stderr())
   end)
 

@@ -133,6 +133,16 @@ describe("the luahost command line", function()
       assert_one_line_error(r, SCRIPT_ERROR, path .. ":2:", "the configuration is broken")
     end)
 
+    -- Regression: the line ended at the message's first newline, so a missing module
+    -- said "module 'x' not found:" and not where it was looked for.
+    it("for a message of several lines: all of it, its newlines escaped", function()
+      local path = T.tempfile('require "luahost_no_such_module"\n')
+      local r = T.run({path})
+      assert_one_line_error(r, SCRIPT_ERROR, "module 'luahost_no_such_module' not found:\\n",
+        "no file '")
+      assert.not_matches("stack traceback", r.stderr, 1, true)
+    end)
+
     it("for a main chunk's error with a NUL and control bytes: escaped, not cut", function()
       local path = T.tempfile('error("before\\0after\\27[2J the end")\n')
       local r = T.run({path})

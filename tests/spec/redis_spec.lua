@@ -41,6 +41,18 @@ describe("luahost.resp", function()
     assert.same({true, "abc"}, {rd:get()})
   end)
 
+  it("counts the bytes of the reply still coming", function()
+    local rd = resp.reader()
+    rd:feed("+OK\r\n$10\r\nabc")
+    assert.equal(13, rd:partial())
+    assert.same({true, "OK"}, {rd:get()})
+    assert.equal(8, rd:partial()) -- "$10\r\nabc"
+    assert.is_false(rd:get())
+    rd:feed("defghij\r\n")
+    assert.same({true, "abcdefghij"}, {rd:get()})
+    assert.equal(0, rd:partial())
+  end)
+
   it("says when the bytes are not RESP", function()
     local rd = resp.reader()
     rd:feed("hello\r\n")
@@ -79,6 +91,57 @@ describe("luahost.redis", function()
     r:close()
     srv:stop()
     T.assert_clean(srv) -- no socket, registration or timer of the client's is left
+  end)
+
+  -- Regression: a call without a callback queued no one for its reply, so that reply went
+  -- to the next call's callback (chat.lua's PUBLISH count reached a name claim's).
+  it("drops the reply of a call made without a callback, not the next call's", function()
+    local server = R.start()
+    local srv, redis = start_host()
+    local r = redis.connect(server.host, server.port)
+    local got = {}
+    r:call({"SET", "k", "v"})
+    r:publish("nobody", "hello")
+    r:call({"GET", "k"}, function(v, e) got.get = v or e end)
+    r:call({"ECHO", "last"}, function(v, e) got.echo = v or e end)
+    assert.equal("last", await(srv, got, "echo"))
+    assert.equal("v", got.get)
+    r:close()
+    srv:stop()
+    T.assert_clean(srv)
+  end)
+
+  -- Regression: a reply was held however long it grew (hiredis keeps a bulk string until
+  -- its last byte), so a Redis, or whatever listens on its port, could take all memory.
+  it("drops a connection whose reply grows past max_reply", function()
+    local srv, redis = start_host()
+    local fake = assert(srv.luahost.listen("127.0.0.1", 0))
+    local _, port = fake:getsockname()
+    local peers = {}
+    srv.luahost.selector:register(fake, srv.luahost.EVENT_READ, function()
+      local c = fake:accept()
+      if not c then return end
+      peers[#peers + 1] = c
+      srv.luahost.selector:register(c, srv.luahost.EVENT_READ, function()
+        local data = c:recv()
+        if data and data ~= "" then -- a bulk string announced at 1 GB, and 8 KiB of it
+          c:write("$1000000000\r\n" .. string.rep("x", 8192))
+        end
+      end)
+    end)
+    local got = {}
+    local r = redis.connect("127.0.0.1", port, {max_reply = 4096, min_backoff = 10,
+      on_disconnect = function(_, why) got.why = why end})
+    r:call({"GET", "big"}, function(v, e) got.reply = {v, e} end)
+    await(srv, got, "why")
+    assert.matches("longer than max_reply %(4096 bytes%)", got.why)
+    assert.is_nil(got.reply[1])
+    assert.matches("connection lost: a reply longer than max_reply", got.reply[2])
+    r:close()
+    for _, c in ipairs(peers) do c:close() end
+    fake:close()
+    srv:stop()
+    T.assert_clean(srv)
   end)
 
   it("returns the reply directly inside a task", function()

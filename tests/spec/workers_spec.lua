@@ -160,6 +160,27 @@ describe("luahost --workers", function()
     T.assert_graceful_stop(p)
   end)
 
+  -- Regression: a SIGHUP passed on to a worker still running its main chunk killed it (a
+  -- reload of what it was loading anyway), and it was restarted as one failing at start.
+  it("lets a SIGHUP pass a worker still running its main chunk", function()
+    local p = T.spawn(T.tempfile([[
+      local luahost = require "luahost"
+      luahost.log("info", "main chunk running")
+      os.execute("sleep 1")
+      luahost.selector:register(assert(luahost.listen("127.0.0.1", 0)), luahost.EVENT_READ,
+        function(server) server:accept() end)
+    ]]), {}, {options = {"--workers", "1"}, listen = false})
+    p:wait_log("%[worker 1%] main chunk running", 5)
+    p:signal("HUP")
+    p:wait_log("%[master%] SIGHUP received", 5)
+    p:wait_log("%[worker 1%] fd limit", 5)
+    assert.equal(0, #p:log_lines("was killed by signal", true), p:stderr())
+    assert.equal(1, #p:log_lines("started (pid", true), p:stderr())
+    p:signal("HUP") -- serving, it reloads
+    p:wait_log("%[worker 1%] reloaded", 5)
+    T.assert_graceful_stop(p)
+  end)
+
   it("stops gracefully on SIGTERM; a second signal stops at once", function()
     local p = spawn()
     local by, pids = clients_of_both(p)

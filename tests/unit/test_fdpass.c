@@ -1,9 +1,10 @@
 /* test_fdpass.c: proves the master-worker protocol: a message and a passed fd arrive
- * whole (the fd close-on-exec and working), a short or stray record is refused with any
- * fd it carried closed, the end of the peer reads as 0; the master binds an address once
- * per slot (port 0: every slot on one port, a second request on another) and keeps each
- * slot's socket; and a worker's listen, served by a master in a child process, gets a
- * listening fd while it answers a ping that came first. */
+ * whole (the fd close-on-exec and working), a short, empty or stray record is refused
+ * with any fd it carried closed, the end of the peer reads as 0; the master binds an
+ * address once per slot (port 0: every slot on one port, a second request on another),
+ * keeps each slot's socket and refuses a port another server listens on; and a worker's
+ * listen, served by a master in a child process, gets a listening fd while it answers a
+ * ping that came first. */
 #include "fdpass.h"
 
 #include <errno.h>
@@ -65,6 +66,12 @@ static void test_messages(void)
     close(before);
     CHECK(fdpass_recv(pair[1], &got, &fd) == -EPROTO && fd == -1);
     CHECK(!fd_is_open(before));
+    /* An empty record, with an fd: refused, not taken for the peer's end (recvmsg says
+     * 0 for both), and the fd not left open. */
+    iov.iov_len = 0;
+    CHECK(sendmsg(pair[0], &msg, 0) == 0);
+    CHECK(fdpass_recv(pair[1], &got, &fd) == -EPROTO && fd == -1);
+    CHECK(!fd_is_open(before));
     fcntl(pair[1], F_SETFL, O_NONBLOCK);
     CHECK(fdpass_recv(pair[1], &got, &fd) == -EAGAIN);
     close(pair[0]);
@@ -94,9 +101,18 @@ static void test_master_listeners(void)
     CHECK(ml_get(&l, 0, &any, 0, 16) == a0); /* a restarted worker: the same socket */
     int b0 = ml_get(&l, 0, &any, 1, 16);     /* the script's second listen on port 0 */
     CHECK(b0 >= 0 && port_of(b0) != port_of(a0));
+    /* A fixed port the master listens on already: that listener, as in one process. */
     net_addr fixed = loopback(port_of(b0));
-    CHECK(ml_get(&l, 0, &fixed, 0, 16) >= 0); /* a fixed port asked: bound next to it */
-    CHECK(ml_get(&l, 0, &fixed, 3, 16) == ml_get(&l, 0, &fixed, 0, 16));
+    CHECK(ml_get(&l, 0, &fixed, 0, 16) == b0);
+    CHECK(ml_get(&l, 0, &fixed, 3, 16) == b0);
+    /* Another server's socket on a port, with SO_REUSEPORT as a master's has: refused, as
+     * one process's listen is, rather than shared with it. */
+    int other = net_socket(AF_INET, SOCK_STREAM, 1);
+    net_addr any_other = loopback(0);
+    CHECK(other >= 0 && net_bind_listen(other, &any_other, 16, 1) == 0);
+    net_addr taken = loopback(port_of(other));
+    CHECK(ml_get(&l, 1, &taken, 0, 16) == -EADDRINUSE);
+    close(other);
     CHECK(ml_get(&l, MASTER_MAX_WORKERS, &any, 0, 16) == -EINVAL);
     ml_close_all(&l);
     CHECK(!fd_is_open(a0) && !fd_is_open(a1) && l.n == 0);
