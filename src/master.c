@@ -74,7 +74,7 @@ static int install_signals(void)
  * SIGHUP is ignored until the host takes it over, once the main chunk has returned: a
  * reload passed on meanwhile asks for the file the worker is loading anyway, and would
  * otherwise kill it and cost a restart. */
-static void exec_worker(master *m, int i, int chan)
+static void exec_worker(master *m, int i, int chan, const sigset_t *mask)
 {
     char env[64];
     setpgid(0, 0);
@@ -85,6 +85,10 @@ static void exec_worker(master *m, int i, int chan)
     for (size_t k = 0; k < sizeof signals / sizeof signals[0]; k++)
         signal(signals[k], SIG_DFL);
     signal(SIGHUP, SIG_IGN);
+    /* Only now may a signal sent to the new worker come in: it meets these dispositions,
+     * not the master's handler, which would write into the master's own signal pipe (a
+     * SIGTERM passed on to it would count as the master's second). */
+    sigprocmask(SIG_SETMASK, mask, NULL);
     fcntl(chan, F_SETFD, 0); /* the one fd the worker inherits */
     snprintf(env, sizeof env, "%d,%d,%d", i + 1, m->cfg->workers, chan);
     setenv(WORKER_ENV, env, 1);
@@ -103,11 +107,19 @@ static void start_worker(master *m, int i)
         s->due = now + MASTER_BACKOFF_MOST;
         return;
     }
+    sigset_t handled, before;
+    sigemptyset(&handled);
+    sigaddset(&handled, SIGINT);
+    sigaddset(&handled, SIGTERM);
+    sigaddset(&handled, SIGHUP);
+    sigaddset(&handled, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &handled, &before); /* the child unblocks past its own setup */
     pid_t pid = fork();
     if (pid == 0) {
         close(fds[0]);
-        exec_worker(m, i, fds[1]);
+        exec_worker(m, i, fds[1], &before);
     }
+    sigprocmask(SIG_SETMASK, &before, NULL);
     close(fds[1]);
     if (pid < 0) {
         lh_log(m->cfg->log, LH_ERROR, "cannot start worker %d: %s", i + 1, strerror(errno));
