@@ -296,6 +296,7 @@ function task.await(start)
       t.awaiting = false
       -- From a host callback or from another task (which stays current): not wake_from_host,
       -- whose reaping would take the running task for one the budget cut short.
+      local current = state[CURRENT]
       if current and (not current[CO] or costatus(current[CO]) == "dead") then reap_cut_short() end
       step(t, "ready")
     end
