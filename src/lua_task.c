@@ -2,52 +2,46 @@
  * resumer a waiting stream's key calls, and a stream's receiveany and send when they
  * need not wait or can wait the usual way. A message through Lua took some 150 Lua
  * instructions of bookkeeping and a resume through coroutine.resume; see
- * tests/bench/findings.md (change 17).
+ * tests/bench/findings.md (changes 17 and 18).
  *
- * They work on task.lua's own tables (streams, tasks, the module's state) through the
- * integer slots below, which task.lua checks its own against when it loads (_task_io
- * returns them). A script can write anything into those tables, so every value read is
- * checked for its type (a socket by its metatable), and whatever is not the usual case
- * goes to the Lua function each one stands in for, which does the whole job: the C code
- * only ever does what task.lua would have done. */
+ * A stream's state is its core (lua_task_core.c), which these paths read as C fields;
+ * the module's state and the tasks are task.lua's tables, reached through the integer
+ * slots below, which task.lua checks its own against when it loads (_task_io returns
+ * them). A script can write anything into those tables, so every value read there is
+ * checked for its type (a core by its metatable), and whatever is not the usual case
+ * goes to the Lua function each path stands in for, which does the whole job: the C
+ * code only ever does what task.lua would have done. */
 #include "lua_task.h"
 
 #include <errno.h>
 #include <string.h>
 
 #include "lua_socket.h"
+#include "lua_task_core.h"
 
 /* The slots, kept in the array part of task.lua's tables. */
 enum {
     STATE_CURRENT = 1, /* the task running now, or false */
-    /* a stream */
-    S_SOCK = 1,
-    S_BUF,
-    S_READER,  /* the task waiting to read (accept, connect), or false */
-    S_DRAINER, /* the task waiting in send for output to drain, or false */
-    S_DRAINED, /* the last read left nothing: wait before reading */
-    S_EVENTS,  /* what its key is registered for, or false */
-    S_TIMEOUT, /* seconds, or false */
-    S_DISCARDING,
-    S_HIGH, /* the high water of its output */
+    S_CORE = 1,        /* a stream's core */
     /* a task */
     T_CO = 1,
     T_STREAM, /* the stream it waits on, or false */
-    T_SLOT,   /* S_READER or S_DRAINER */
+    T_SLOT,   /* TC_READER or TC_DRAINER: where the stream's core holds it */
     T_TIMER,
     T_CANCELLING,
 };
 
 /* The upvalues of the functions made here. */
 enum {
-    UP_MT = 1, /* the socket metatable */
+    UP_MT = 1, /* the core metatable */
     UP_HOST,   /* keeps the budget alive */
     UP_BUDGET,
     UP_STATE,
     UP_SLOW,  /* the Lua function that does the whole job */
     UP_AFTER, /* a resumer's: task.lua's after_resume(t, ok, err) */
     UP_STREAM,
-    UP_COUNT = UP_STREAM,
+    UP_CORE,
+    UP_COUNT = UP_CORE,
 };
 
 #define CHUNK LH_SCRATCH_SIZE /* the most one read asks for, as task.lua's CHUNK */
@@ -75,16 +69,23 @@ static void set_slot(lua_State *L, int t, int n, int value)
     lua_rawseti(L, t, n);
 }
 
-/* The open socket of the stream at index s, on a host still open; else NULL. Pushes the
- * slot and its metatable. */
-static lh_socket *stream_socket(lua_State *L, int s)
+/* The core of the stream (a table) at index s, pushed; else NULL. */
+static lh_task_core *core_of(lua_State *L, int s)
 {
-    if (lua_rawgeti(L, s, S_SOCK) != LUA_TUSERDATA) /* not a light one, whatever its metatable */
+    if (lua_rawgeti(L, s, S_CORE) != LUA_TUSERDATA) /* not a light one, whatever its metatable */
         return NULL;
-    lh_socket *sock = (lh_socket *)lua_touserdata(L, -1);
+    lh_task_core *c = (lh_task_core *)lua_touserdata(L, -1);
     if (!lua_getmetatable(L, -1) || !lua_rawequal(L, -1, lua_upvalueindex(UP_MT)))
         return NULL;
-    return sock->conn.fd >= 0 && !sock->ctx->closed ? sock : NULL;
+    lua_pop(L, 1);
+    return c;
+}
+
+/* The same, if its socket is open on a host still open. */
+static lh_task_core *stream_core(lua_State *L, int s)
+{
+    lh_task_core *c = core_of(L, s);
+    return c && c->sock->conn.fd >= 0 && !c->sock->ctx->closed ? c : NULL;
 }
 
 static int pass_results(lua_State *L, int status, lua_KContext ctx)
@@ -105,59 +106,58 @@ static int call_slow(lua_State *L, int nargs)
     return lua_gettop(L);
 }
 
-/* Makes the running task the reader of the stream at index s, as task.lua's wait() does,
- * if it can wait the usual way: it is not being cancelled, nobody else waits to read,
- * the stream is registered for reading and has no timeout (so no timer). Returns
- * whether it did. (Called outside a task, or in a coroutine of the task's own, or where
- * it cannot yield, it does what wait() does there.) */
-static int become_reader(lua_State *L, int s)
+/* Makes the running task the reader of the stream at index 1 (its core c at index 3),
+ * as task.lua's wait() does, if it can wait the usual way: it is not being cancelled,
+ * nobody else waits to read, the stream is registered for reading and has no timeout
+ * (so no timer). Returns whether it did. (Called outside a task, or in a coroutine of
+ * the task's own, or where it cannot yield, it does what wait() does there.) */
+static int become_reader(lua_State *L, lh_task_core *c)
 {
-    int t = lua_gettop(L) + 1, is_int = 0;
+    if (c->waits || c->has_timeout || c->events != SEL_READ) /* luahost.EVENT_READ */
+        return 0;
+    int t = lua_gettop(L) + 1;
     if (lua_rawgeti(L, lua_upvalueindex(UP_STATE), STATE_CURRENT) != LUA_TTABLE ||
-        push_slot(L, t, T_CANCELLING) || push_slot(L, s, S_READER) || push_slot(L, s, S_TIMEOUT))
+        push_slot(L, t, T_CANCELLING) || lua_rawgeti(L, t, T_CO) != LUA_TTHREAD)
         return 0;
-    lua_rawgeti(L, s, S_EVENTS);
-    if (lua_tointegerx(L, -1, &is_int) != SEL_READ || !is_int) /* luahost.EVENT_READ */
-        return 0;
-    lua_pushvalue(L, t);
-    lua_rawseti(L, s, S_READER);
-    lua_pushvalue(L, s);
+    lhtc_set_reader(L, c, 3, t, t + 2, 0);
+    lua_pushvalue(L, 1);
     lua_rawseti(L, t, T_STREAM);
-    lua_pushinteger(L, S_READER);
+    lua_pushinteger(L, TC_READER);
     lua_rawseti(L, t, T_SLOT);
     return 1;
 }
 
-static int receive_any(lua_State *L, lh_socket *sock, lua_Integer max, int woken);
+static int receive_any(lua_State *L, lh_task_core *c, lua_Integer max, int woken);
 
 /* Where a receiveany that waited goes on: "ready", read (without looking at whether the
  * last read left the socket dry: this is the wait for it); else it failed, why being
  * what the wait ended with ("closed", "timeout"), as task.lua's fill says it. The
- * socket is the one checked before the wait: left at index 3, the frame's own stack
- * kept it alive and in place meanwhile; max came through the context. */
+ * core is the one checked before the wait: left at index 3, the frame's own stack kept
+ * it alive and in place meanwhile; max came through the context. */
 static int receiveany_woken(lua_State *L, int status, lua_KContext max)
 {
     (void)status;
     size_t len = 0;
     const char *why = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
     if (lua_touserdata(L, -1) == &ready_token || (len == 5 && memcmp(why, "ready", 5) == 0)) {
-        lh_socket *sock = (lh_socket *)lua_touserdata(L, 3);
+        lh_task_core *c = (lh_task_core *)lua_touserdata(L, 3);
         lua_settop(L, 3);
-        if (sock->conn.fd < 0 || sock->ctx->closed) /* closed behind the stream's back */
+        if (c->sock->conn.fd < 0 || c->sock->ctx->closed) /* closed behind the stream's back */
             return call_slow(L, 2);
-        return receive_any(L, sock, (lua_Integer)max, 1);
+        return receive_any(L, c, (lua_Integer)max, 1);
     }
     lua_pushnil(L);
     lua_insert(L, -2);
     return 2;
 }
 
-/* Returns the n bytes read at data, keeping what passes max in the stream's buffer. */
-static int return_read(lua_State *L, const char *data, size_t n, size_t max)
+/* Returns the n bytes read at data, keeping what passes max in the buffer of the core c
+ * (at index 3). */
+static int return_read(lua_State *L, lh_task_core *c, const char *data, size_t n, size_t max)
 {
     if (n > max) {
         lua_pushlstring(L, data + max, n - max);
-        lua_rawseti(L, 1, S_BUF);
+        lhtc_set_buffer(L, c, 3, n - max);
         n = max;
     }
     lua_pushlstring(L, data, n);
@@ -166,35 +166,31 @@ static int return_read(lua_State *L, const char *data, size_t n, size_t max)
 
 /* The stream's socket was read dry, or was when last read: wait for it, or let the Lua
  * function do all. */
-static int wait_to_read(lua_State *L, lua_Integer max)
+static int wait_to_read(lua_State *L, lh_task_core *c, lua_Integer max)
 {
-    if (!become_reader(L, 1))
+    if (!become_reader(L, c))
         return call_slow(L, 2);
     lua_pushlightuserdata(L, (void *)&wait_token);
     return lua_yieldk(L, 1, (lua_KContext)max, receiveany_woken);
 }
 
-/* receiveany's read, the stream at index 1 and its socket sock at 3: on an empty
- * buffer, whatever one read brings, waiting first if the last one left the socket dry
- * (unless woken, as it was for this read). */
-static int receive_any(lua_State *L, lh_socket *sock, lua_Integer max, int woken)
+/* receiveany's read, the stream at index 1 and its core c at 3: on an empty buffer,
+ * whatever one read brings, waiting first if the last one left the socket dry (unless
+ * woken, as it was for this read). */
+static int receive_any(lua_State *L, lh_task_core *c, lua_Integer max, int woken)
 {
-    if (lua_rawgeti(L, 1, S_BUF) != LUA_TSTRING || lua_rawlen(L, -1) != 0)
+    if (c->buffered || c->discarding)
         return call_slow(L, 2);
     /* Woken for this read, the socket had been drained (the wait was for it). */
-    int drained = woken || push_slot(L, 1, S_DRAINED);
-    if (drained && !woken)
-        return wait_to_read(L, max);
-    if (push_slot(L, 1, S_DISCARDING))
-        return call_slow(L, 2);
-    char *scratch = sock->ctx->scratch;
-    ssize_t n = lhsock_recv(sock, scratch, CHUNK);
-    if (drained != (n < CHUNK))
-        set_slot(L, 1, S_DRAINED, n < CHUNK);
+    if (c->drained && !woken)
+        return wait_to_read(L, c, max);
+    char *scratch = c->sock->ctx->scratch;
+    ssize_t n = lhsock_recv(c->sock, scratch, CHUNK);
+    c->drained = n < CHUNK;
     if (n == -EAGAIN)
-        return wait_to_read(L, max);
+        return wait_to_read(L, c, max);
     if (n > 0)
-        return return_read(L, scratch, (size_t)n, (size_t)max);
+        return return_read(L, c, scratch, (size_t)n, (size_t)max);
     lua_pushnil(L);
     if (n == 0)
         lua_pushliteral(L, "closed");
@@ -203,7 +199,7 @@ static int receive_any(lua_State *L, lh_socket *sock, lua_Integer max, int woken
     return 2;
 }
 
-/* s:receiveany([max]): checks the arguments and takes the stream's socket (at index 3). */
+/* s:receiveany([max]): checks the arguments and takes the stream's core (at index 3). */
 static int task_receiveany(lua_State *L)
 {
     lua_settop(L, 2);
@@ -211,12 +207,11 @@ static int task_receiveany(lua_State *L)
     int is_int = 1;
     if (!lua_isnil(L, 2))
         max = lua_tointegerx(L, 2, &is_int);
-    lh_socket *sock = lua_istable(L, 1) && is_int && max > 0 ? stream_socket(L, 1) : NULL;
-    if (!sock)
+    lh_task_core *c = lua_istable(L, 1) && is_int && max > 0 ? stream_core(L, 1) : NULL;
+    if (!c)
         return call_slow(L, 2);
-    lua_settop(L, 3);
     /* No read brings more than CHUNK; so bounded, max fits a continuation's context. */
-    return receive_any(L, sock, max < CHUNK ? max : CHUNK, 0);
+    return receive_any(L, c, max < CHUNK ? max : CHUNK, 0);
 }
 
 /* s:send(data) while the output is under the high water: buffered at once (task.lua's
@@ -224,18 +219,12 @@ static int task_receiveany(lua_State *L)
 static int task_send(lua_State *L)
 {
     lua_settop(L, 2);
-    lh_socket *sock = lua_istable(L, 1) ? stream_socket(L, 1) : NULL;
-    int is_int = 0;
-    lua_Integer high = 0;
-    if (sock) {
-        lua_rawgeti(L, 1, S_HIGH);
-        high = lua_tointegerx(L, -1, &is_int);
-    }
-    if (!is_int || high < 0 || conn_pending(&sock->conn) > (size_t)high)
+    lh_task_core *c = lua_istable(L, 1) ? stream_core(L, 1) : NULL;
+    if (!c || c->high < 0 || conn_pending(&c->sock->conn) > (size_t)c->high)
         return call_slow(L, 2);
     size_t len;
     const char *data = luaL_checklstring(L, 2, &len);
-    ssize_t rc = lhsock_write(L, sock, data, len);
+    ssize_t rc = lhsock_write(L, c->sock, data, len);
     if (rc >= 0) {
         lua_pushinteger(L, (lua_Integer)len);
         return 1;
@@ -249,17 +238,17 @@ static int task_send(lua_State *L)
     return 3;
 }
 
-/* The coroutine of the task (pushed at index t) waiting to read the resumer's stream at
- * index s, if it can be woken here: no task cut short waits to be reaped (the state's
- * current), it has no timer to cancel, and it is suspended in a yield. */
-static lua_State *wakeable(lua_State *L, int s, int t)
+/* The coroutine of the task waiting to read the stream whose core is c, if it can be
+ * woken here, with the task pushed (at index t): no task cut short waits to be reaped
+ * (the state's current), it has no timer to cancel, and it is suspended in a yield. */
+static lua_State *wakeable(lua_State *L, lh_task_core *c, int t)
 {
-    if (lua_rawgeti(L, s, S_READER) != LUA_TTABLE ||
-        push_slot(L, lua_upvalueindex(UP_STATE), STATE_CURRENT) || push_slot(L, t, T_TIMER))
+    lua_State *co = c->thread;
+    if (!c->waits || !co || lua_status(co) != LUA_YIELD || !lua_checkstack(co, 1))
         return NULL;
-    lua_rawgeti(L, t, T_CO);
-    lua_State *co = lua_tothread(L, -1);
-    if (!co || lua_status(co) != LUA_YIELD || !lua_checkstack(co, 1))
+    lua_getiuservalue(L, lua_upvalueindex(UP_CORE), TCU_TASK);
+    if ((c->timed && push_slot(L, t, T_TIMER)) ||
+        push_slot(L, lua_upvalueindex(UP_STATE), STATE_CURRENT))
         return NULL;
     return co;
 }
@@ -291,19 +280,22 @@ static void after_resume(lua_State *L, int t, lua_State *co, int status, int nre
  * on_ready would (through wake_from_host), within the budget of this callback. A task
  * cut short by the budget stays the current one, for task.lua to end at its next
  * callback. The task keeps its STREAM slot, which its next wait sets again (and
- * task.lua's unhook clears only the stream slot that still holds the task). Upvalue
- * UP_STREAM: the stream. */
+ * task.lua's unhook clears only the core's slot that still holds the task); the core
+ * keeps holding the task and its coroutine, so that the next wait, by the same task
+ * mostly, need not set them again. Upvalues UP_STREAM and UP_CORE: the stream, its
+ * core. */
 static int task_resume(lua_State *L)
 {
-    int s = lua_upvalueindex(UP_STREAM), t = lua_gettop(L) + 1;
-    lua_State *co = wakeable(L, s, t);
+    lh_task_core *c = (lh_task_core *)lua_touserdata(L, lua_upvalueindex(UP_CORE));
+    int t = lua_gettop(L) + 1;
+    lua_State *co = wakeable(L, c, t);
     if (!co) {
         lua_pushvalue(L, lua_upvalueindex(UP_SLOW));
-        lua_pushvalue(L, s);
+        lua_pushvalue(L, lua_upvalueindex(UP_STREAM));
         lua_call(L, 1, 0);
         return 0;
     }
-    set_slot(L, s, S_READER, 0);
+    c->waits = 0;
     lua_pushvalue(L, t);
     lua_rawseti(L, lua_upvalueindex(UP_STATE), STATE_CURRENT);
     lua_pushlightuserdata(co, (void *)&ready_token);
@@ -319,10 +311,21 @@ static int task_resumer(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
+    if (!core_of(L, 1))
+        luaL_argerror(L, 1, "a stream with a core expected");
     for (int i = 1; i < UP_STREAM; i++)
         lua_pushvalue(L, lua_upvalueindex(i));
     lua_pushvalue(L, 1);
+    lua_pushvalue(L, 2);
     lua_pushcclosure(L, task_resume, UP_COUNT);
+    return 1;
+}
+
+/* fast.core(socket): a new stream's core. */
+static int task_core(lua_State *L)
+{
+    luaL_getmetatable(L, LH_SOCKET);
+    lhtc_push(L, 1, lua_gettop(L));
     return 1;
 }
 
@@ -360,25 +363,29 @@ static void set_slots(lua_State *L, int t)
         const char *name;
         int slot;
     } slots[] = {
-        {"CURRENT", STATE_CURRENT}, {"SOCK", S_SOCK},       {"BUF", S_BUF},
-        {"READER", S_READER},       {"DRAINER", S_DRAINER}, {"DRAINED", S_DRAINED},
-        {"EVENTS", S_EVENTS},       {"TIMEOUT", S_TIMEOUT}, {"DISCARDING", S_DISCARDING},
-        {"HIGH", S_HIGH},           {"CO", T_CO},           {"STREAM", T_STREAM},
-        {"SLOT", T_SLOT},           {"TIMER", T_TIMER},     {"CANCELLING", T_CANCELLING},
+        {"CURRENT", STATE_CURRENT}, {"CORE", S_CORE},
+        {"SOCK", TC_SOCK},          {"BUF", TC_BUF},
+        {"READER", TC_READER},      {"DRAINER", TC_DRAINER},
+        {"DRAINED", TC_DRAINED},    {"EVENTS", TC_EVENTS},
+        {"TIMEOUT", TC_TIMEOUT},    {"DISCARDING", TC_DISCARDING},
+        {"HIGH", TC_HIGH},          {"CO", T_CO},
+        {"STREAM", T_STREAM},       {"SLOT", T_SLOT},
+        {"TIMER", T_TIMER},         {"CANCELLING", T_CANCELLING},
     };
     for (size_t i = 0; i < sizeof slots / sizeof slots[0]; i++)
         set_integer(L, t, slots[i].name, slots[i].slot);
 }
 
 /* luahost._task_io{state =, on_ready =, after_resume =, receiveany =, send =}: for
- * task.lua only. Returns the slots the C paths read and write, the token a wait yields
- * (WAIT), and the paths: resumer(stream), receiveany and send, each falling back to
- * the Lua function given under its name (a resumer: on_ready(stream)). */
+ * task.lua only. Returns the slots and keys the C paths read and write, the token a
+ * wait yields (WAIT), core(socket) for a new stream, and the paths: resumer(stream),
+ * receiveany and send, each falling back to the Lua function given under its name (a
+ * resumer: on_ready(stream)). */
 static int l_task_io(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
-    luaL_getmetatable(L, LH_SOCKET);
+    lhtc_metatable(L);
     lua_pushvalue(L, lua_upvalueindex(1)); /* the host */
     lua_pushvalue(L, lua_upvalueindex(2)); /* its budget */
     lua_getfield(L, 1, "state");
@@ -397,6 +404,8 @@ static int l_task_io(lua_State *L)
     lua_setfield(L, out, "receiveany");
     push_fast(L, task_send, send, 0);
     lua_setfield(L, out, "send");
+    lua_pushcfunction(L, task_core);
+    lua_setfield(L, out, "core");
     lua_pushlightuserdata(L, (void *)&wait_token);
     lua_setfield(L, out, "WAIT");
     lua_pushlightuserdata(L, (void *)&ready_token);

@@ -1,0 +1,177 @@
+/* lua_task_core.c: a luahost.task stream's core (lua_task_core.h): made for a socket,
+ * read and written by task.lua through __index and __newindex with integer keys, and by
+ * lua_task.c through its fields. Every pointer it keeps is to a value one of its user
+ * values holds, set in the same step, so none can outlive what it points to. */
+#include "lua_task_core.h"
+
+#include <string.h>
+
+#define TASK_CO 1 /* a task's coroutine, at this slot of task.lua's task tables */
+
+lh_task_core *lhtc_push(lua_State *L, int sock, int mt)
+{
+    sock = lua_absindex(L, sock);
+    lh_socket *s = (lh_socket *)lua_touserdata(L, sock);
+    if (!s || !lua_getmetatable(L, sock) || !lua_rawequal(L, -1, mt))
+        luaL_typeerror(L, sock, LH_SOCKET);
+    lua_pop(L, 1);
+    lh_task_core *c = (lh_task_core *)lua_newuserdatauv(L, sizeof *c, TCU_COUNT);
+    memset(c, 0, sizeof *c);
+    luaL_setmetatable(L, LH_TASK_CORE);
+    lua_pushvalue(L, sock);
+    lua_setiuservalue(L, -2, TCU_SOCK);
+    c->sock = s;
+    lua_pushliteral(L, "");
+    lua_setiuservalue(L, -2, TCU_BUF);
+    lua_pushboolean(L, 0);
+    lua_setiuservalue(L, -2, TCU_DRAINER);
+    return c;
+}
+
+/* Holds the value at index v in user value n of the core at index core, unless it
+ * holds it already (p, its pointer, is *held): the wait of every message sets the same
+ * task as the last one. */
+static void hold(lua_State *L, int core, int n, int v, const void **held)
+{
+    const void *p = v ? lua_topointer(L, v) : NULL;
+    if (p == *held)
+        return;
+    if (v)
+        lua_pushvalue(L, v);
+    else
+        lua_pushnil(L);
+    lua_setiuservalue(L, core, n);
+    *held = p;
+}
+
+void lhtc_set_reader(lua_State *L, lh_task_core *c, int core, int task, int thread, int timed)
+{
+    core = lua_absindex(L, core);
+    task = task ? lua_absindex(L, task) : 0;
+    thread = thread ? lua_absindex(L, thread) : 0;
+    hold(L, core, TCU_TASK, task, &c->task);
+    const void *held = c->thread;
+    hold(L, core, TCU_THREAD, thread, &held);
+    c->thread = thread ? lua_tothread(L, thread) : NULL;
+    c->waits = task != 0;
+    c->timed = (unsigned char)timed;
+}
+
+void lhtc_set_buffer(lua_State *L, lh_task_core *c, int core, size_t len)
+{
+    lua_setiuservalue(L, core, TCU_BUF);
+    c->buffered = len;
+}
+
+/* core[TC_READER] = task or false, from task.lua's wait, unhook and close: the task's
+ * coroutine is taken from it, and it may set a timer. */
+static void set_reader(lua_State *L, lh_task_core *c)
+{
+    if (!lua_toboolean(L, 3)) {
+        lhtc_set_reader(L, c, 1, 0, 0, 0);
+        return;
+    }
+    luaL_checktype(L, 3, LUA_TTABLE);
+    int thread = lua_rawgeti(L, 3, TASK_CO) == LUA_TTHREAD ? lua_gettop(L) : 0;
+    lhtc_set_reader(L, c, 1, 3, thread, 1);
+}
+
+static int core_newindex(lua_State *L)
+{
+    lh_task_core *c = (lh_task_core *)luaL_checkudata(L, 1, LH_TASK_CORE);
+    int v = 3, on = lua_toboolean(L, v);
+    switch (luaL_checkinteger(L, 2)) {
+    case TC_BUF: {
+        size_t len;
+        luaL_checktype(L, v, LUA_TSTRING);
+        lua_tolstring(L, v, &len);
+        lua_pushvalue(L, v);
+        lhtc_set_buffer(L, c, 1, len);
+        break;
+    }
+    case TC_READER:
+        set_reader(L, c);
+        break;
+    case TC_DRAINER:
+        lua_settop(L, v);
+        lua_setiuservalue(L, 1, TCU_DRAINER);
+        break;
+    case TC_DRAINED:
+        c->drained = (unsigned char)on;
+        break;
+    case TC_DISCARDING:
+        c->discarding = (unsigned char)on;
+        break;
+    case TC_EVENTS:
+        c->events = on ? luaL_checkinteger(L, v) : 0;
+        break;
+    case TC_TIMEOUT:
+        c->timeout = on ? luaL_checknumber(L, v) : 0;
+        c->has_timeout = (unsigned char)on;
+        break;
+    case TC_HIGH:
+        c->high = luaL_checkinteger(L, v);
+        break;
+    default:
+        return luaL_argerror(L, 2, "not a field a stream's core can be given");
+    }
+    return 0;
+}
+
+static int core_index(lua_State *L)
+{
+    lh_task_core *c = (lh_task_core *)luaL_checkudata(L, 1, LH_TASK_CORE);
+    switch (luaL_checkinteger(L, 2)) {
+    case TC_SOCK:
+        lua_getiuservalue(L, 1, TCU_SOCK);
+        break;
+    case TC_BUF:
+        lua_getiuservalue(L, 1, TCU_BUF);
+        break;
+    case TC_READER:
+        if (c->waits)
+            lua_getiuservalue(L, 1, TCU_TASK);
+        else
+            lua_pushboolean(L, 0);
+        break;
+    case TC_DRAINER:
+        lua_getiuservalue(L, 1, TCU_DRAINER);
+        break;
+    case TC_DRAINED:
+        lua_pushboolean(L, c->drained);
+        break;
+    case TC_DISCARDING:
+        lua_pushboolean(L, c->discarding);
+        break;
+    case TC_EVENTS:
+        if (c->events)
+            lua_pushinteger(L, c->events);
+        else
+            lua_pushboolean(L, 0);
+        break;
+    case TC_TIMEOUT:
+        if (c->has_timeout)
+            lua_pushnumber(L, c->timeout);
+        else
+            lua_pushboolean(L, 0);
+        break;
+    case TC_HIGH:
+        lua_pushinteger(L, c->high);
+        break;
+    default:
+        return luaL_argerror(L, 2, "not a field of a stream's core");
+    }
+    return 1;
+}
+
+void lhtc_metatable(lua_State *L)
+{
+    if (!luaL_newmetatable(L, LH_TASK_CORE))
+        return;
+    lua_pushcfunction(L, core_index);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, core_newindex);
+    lua_setfield(L, -2, "__newindex");
+    lua_pushliteral(L, "not a table");
+    lua_setfield(L, -2, "__metatable");
+}
