@@ -31,18 +31,24 @@ enum {
     T_CANCELLING,
 };
 
-/* The upvalues of the functions made here. */
+/* The upvalues of the functions made here. The paths made for one stream (fast.paths)
+ * hold it and its core, so that a call on that stream needs no check of its core; the
+ * shared ones (Stream.receiveany and send) hold false there. */
 enum {
-    UP_MT = 1, /* the core metatable */
-    UP_HOST,   /* keeps the budget alive */
+    UP_STATE = 1,
+    UP_SLOW,   /* the Lua function that does the whole job */
+    UP_STREAM, /* the stream a path was made for, or false */
+    UP_CORE,   /* its core, or false */
+    UP_MT,     /* the core metatable */
+    UP_HOST,   /* a resumer's: keeps the budget alive */
     UP_BUDGET,
-    UP_STATE,
-    UP_SLOW,  /* the Lua function that does the whole job */
-    UP_AFTER, /* a resumer's: task.lua's after_resume(t, ok, err) */
-    UP_STREAM,
-    UP_CORE,
-    UP_COUNT = UP_CORE,
+    UP_AFTER, /* task.lua's after_resume(t, ok, err) */
+    UP_COUNT = UP_AFTER,
+    UP_PATH = UP_MT, /* a receiveany's or a send's */
 };
+
+/* The upvalues of fast.paths, which makes the paths. */
+enum { PM_STATE = 1, PM_ON_READY, PM_RECEIVEANY, PM_SEND, PM_MT, PM_HOST, PM_BUDGET, PM_AFTER };
 
 #define CHUNK LH_SCRATCH_SIZE /* the most one read asks for, as task.lua's CHUNK */
 
@@ -81,10 +87,18 @@ static lh_task_core *core_of(lua_State *L, int s)
     return c;
 }
 
-/* The same, if its socket is open on a host still open. */
-static lh_task_core *stream_core(lua_State *L, int s)
+/* The core of the stream at index 1, pushed (at index 3, after the two arguments), if
+ * its socket is open on a host still open; else NULL. A path made for that stream holds
+ * it: one comparison. */
+static lh_task_core *stream_core(lua_State *L)
 {
-    lh_task_core *c = core_of(L, s);
+    lh_task_core *c;
+    if (lua_rawequal(L, 1, lua_upvalueindex(UP_STREAM))) {
+        lua_pushvalue(L, lua_upvalueindex(UP_CORE));
+        c = (lh_task_core *)lua_touserdata(L, -1);
+    } else {
+        c = lua_istable(L, 1) ? core_of(L, 1) : NULL;
+    }
     return c && c->sock->conn.fd >= 0 && !c->sock->ctx->closed ? c : NULL;
 }
 
@@ -207,7 +221,7 @@ static int task_receiveany(lua_State *L)
     int is_int = 1;
     if (!lua_isnil(L, 2))
         max = lua_tointegerx(L, 2, &is_int);
-    lh_task_core *c = lua_istable(L, 1) && is_int && max > 0 ? stream_core(L, 1) : NULL;
+    lh_task_core *c = is_int && max > 0 ? stream_core(L) : NULL;
     if (!c)
         return call_slow(L, 2);
     /* No read brings more than CHUNK; so bounded, max fits a continuation's context. */
@@ -219,7 +233,7 @@ static int task_receiveany(lua_State *L)
 static int task_send(lua_State *L)
 {
     lua_settop(L, 2);
-    lh_task_core *c = lua_istable(L, 1) ? stream_core(L, 1) : NULL;
+    lh_task_core *c = stream_core(L);
     if (!c || c->high < 0 || conn_pending(&c->sock->conn) > (size_t)c->high)
         return call_slow(L, 2);
     size_t len;
@@ -306,19 +320,35 @@ static int task_resume(lua_State *L)
     return 0;
 }
 
-/* fast.resumer(stream): the callback for the stream's key. */
-static int task_resumer(lua_State *L)
+/* Pushes path f for the stream at index 1 and its core at 2, with slow (an upvalue of
+ * fast.paths) and n upvalues in all. */
+static void push_path(lua_State *L, lua_CFunction f, int slow, int n)
+{
+    static const int from[] = {
+        [UP_MT] = PM_MT, [UP_HOST] = PM_HOST, [UP_BUDGET] = PM_BUDGET, [UP_AFTER] = PM_AFTER};
+    lua_pushvalue(L, lua_upvalueindex(PM_STATE));
+    lua_pushvalue(L, lua_upvalueindex(slow));
+    lua_pushvalue(L, 1);
+    lua_pushvalue(L, 2);
+    for (int i = UP_MT; i <= n; i++)
+        lua_pushvalue(L, lua_upvalueindex(from[i]));
+    lua_pushcclosure(L, f, n);
+}
+
+/* fast.paths(stream): the callback for the stream's key (its resumer), and its
+ * receiveany and send. */
+static int task_paths(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
-    if (!core_of(L, 1))
+    if (lua_rawgeti(L, 1, S_CORE) != LUA_TUSERDATA || !lua_getmetatable(L, 2) ||
+        !lua_rawequal(L, -1, lua_upvalueindex(PM_MT)))
         luaL_argerror(L, 1, "a stream with a core expected");
-    for (int i = 1; i < UP_STREAM; i++)
-        lua_pushvalue(L, lua_upvalueindex(i));
-    lua_pushvalue(L, 1);
-    lua_pushvalue(L, 2);
-    lua_pushcclosure(L, task_resume, UP_COUNT);
-    return 1;
+    lua_settop(L, 2);
+    push_path(L, task_resume, PM_ON_READY, UP_COUNT);
+    push_path(L, task_receiveany, PM_RECEIVEANY, UP_PATH);
+    push_path(L, task_send, PM_SEND, UP_PATH);
+    return 3;
 }
 
 /* fast.core(socket): a new stream's core. */
@@ -329,18 +359,16 @@ static int task_core(lua_State *L)
     return 1;
 }
 
-/* Pushes f as a closure with the shared upvalues (the stack's 1..UP_STATE) and slow. */
-static void push_fast(lua_State *L, lua_CFunction f, int slow, int after)
+/* Pushes Stream.receiveany or send: f with the upvalues of a path made for no stream,
+ * the state at index 1 and the core metatable at 2. */
+static void push_shared(lua_State *L, lua_CFunction f, int slow)
 {
-    for (int i = 1; i <= UP_STATE; i++)
-        lua_pushvalue(L, i);
+    lua_pushvalue(L, 1);
     lua_pushvalue(L, slow);
-    int n = UP_SLOW;
-    if (after) {
-        lua_pushvalue(L, after);
-        n = UP_AFTER;
-    }
-    lua_pushcclosure(L, f, n);
+    lua_pushboolean(L, 0);
+    lua_pushboolean(L, 0);
+    lua_pushvalue(L, 2);
+    lua_pushcclosure(L, f, UP_PATH);
 }
 
 static int get_function(lua_State *L, int t, const char *name)
@@ -378,31 +406,37 @@ static void set_slots(lua_State *L, int t)
 
 /* luahost._task_io{state =, on_ready =, after_resume =, receiveany =, send =}: for
  * task.lua only. Returns the slots and keys the C paths read and write, the token a
- * wait yields (WAIT), core(socket) for a new stream, and the paths: resumer(stream),
- * receiveany and send, each falling back to the Lua function given under its name (a
- * resumer: on_ready(stream)). */
+ * wait yields (WAIT), core(socket) for a new stream, and the paths: paths(stream) (the stream's
+ * resumer, receiveany and send, made for it), and the shared receiveany and send, each
+ * falling back to the Lua function given under its name (a resumer: on_ready(stream)). */
 static int l_task_io(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
-    lhtc_metatable(L);
-    lua_pushvalue(L, lua_upvalueindex(1)); /* the host */
-    lua_pushvalue(L, lua_upvalueindex(2)); /* its budget */
     lua_getfield(L, 1, "state");
     luaL_argcheck(L, lua_istable(L, -1), 1, "state: a table expected");
-    lua_rotate(L, 1, -1); /* the shared upvalues at 1..UP_STATE, the table above */
-    int args = UP_STATE + 1;
-    int on_ready = get_function(L, args, "on_ready");
-    int after = get_function(L, args, "after_resume");
-    int receiveany = get_function(L, args, "receiveany");
-    int send = get_function(L, args, "send");
+    lua_insert(L, 1);
+    lhtc_metatable(L);
+    lua_insert(L, 2); /* the state at 1, the core metatable at 2, the table at 3 */
+    int on_ready = get_function(L, 3, "on_ready");
+    int receiveany = get_function(L, 3, "receiveany");
+    int send = get_function(L, 3, "send");
+    int after = get_function(L, 3, "after_resume");
     lua_createtable(L, 0, 20);
     int out = lua_gettop(L);
-    push_fast(L, task_resumer, on_ready, after);
-    lua_setfield(L, out, "resumer");
-    push_fast(L, task_receiveany, receiveany, 0);
+    lua_pushvalue(L, 1); /* fast.paths, its upvalues as PM_* */
+    lua_pushvalue(L, on_ready);
+    lua_pushvalue(L, receiveany);
+    lua_pushvalue(L, send);
+    lua_pushvalue(L, 2);
+    lua_pushvalue(L, lua_upvalueindex(1)); /* the host */
+    lua_pushvalue(L, lua_upvalueindex(2)); /* its budget */
+    lua_pushvalue(L, after);
+    lua_pushcclosure(L, task_paths, PM_AFTER);
+    lua_setfield(L, out, "paths");
+    push_shared(L, task_receiveany, receiveany);
     lua_setfield(L, out, "receiveany");
-    push_fast(L, task_send, send, 0);
+    push_shared(L, task_send, send);
     lua_setfield(L, out, "send");
     lua_pushcfunction(L, task_core);
     lua_setfield(L, out, "core");

@@ -347,8 +347,10 @@ local function new_stream(sock, peer)
   core[HIGH] = HIGH_WATER
   local s = setmetatable({core, maxline = MAXLINE, peer = peer or false,
     owner = running_task() or false, closed = false, accept_failed = false,
-    on_drain_set = false}, Stream)
-  s.on_ready = fast.resumer(s)
+    on_drain_set = false, on_ready = false, receiveany = false, send = false}, Stream)
+  -- Its key's callback, and receiveany and send made for it: found in the stream itself,
+  -- a call on it needs no look-up in Stream, nor a check of its core in C.
+  s.on_ready, s.receiveany, s.send = fast.paths(s)
   if s.owner then s.owner.streams[s] = true end
   return s
 end

@@ -303,7 +303,12 @@ describe("a luahost.task stream", function()
   it("fails only the task whose stream's fields a script overwrote", function()
     local srv = serve(function(s)
       local what = s:receive("*l")
-      if what == "core" then s[1] = {} elseif what == "buffer" then s[1][2] = 42 end
+      if what == "core" then -- its paths in C keep the core they were made with; task.lua's fail
+        s[1] = {}
+        s:receive("*l")
+      elseif what == "buffer" then
+        s[1][2] = 42
+      end
       s:send(assert(s:receiveany()))
     end)
     local a, b, c = T.client(srv), T.client(srv), T.client(srv)
@@ -313,7 +318,7 @@ describe("a luahost.task stream", function()
     assert.is_true(b:closed())
     c:send("fine\nback")
     assert.equal("back", c:read(4))
-    assert.matches("error in task for [^\n]*attempt to get length of a nil value", srv:log())
+    assert.matches("error in task for [^\n]*string expected, got nil", srv:log())
     assert.matches("error in task for [^\n]*string expected, got number", srv:log())
     srv:stop()
     T.assert_clean(srv)
