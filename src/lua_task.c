@@ -4,13 +4,13 @@
  * instructions of bookkeeping and a resume through coroutine.resume; see
  * tests/bench/findings.md (changes 17 and 18).
  *
- * A stream's state is its core (lua_task_core.c), which these paths read as C fields;
- * the module's state and the tasks are task.lua's tables, reached through the integer
- * slots below, which task.lua checks its own against when it loads (_task_io returns
- * them). A script can write anything into those tables, so every value read there is
- * checked for its type (a core by its metatable), and whatever is not the usual case
- * goes to the Lua function each path stands in for, which does the whole job: the C
- * code only ever does what task.lua would have done. */
+ * The state they read and write is in C fields of userdata (lua_task_core.h): a
+ * stream's core, a task's core and the module's state, which task.lua reads and writes
+ * by integer keys, checked against its own when it loads (_task_io returns them). A
+ * script can write anything into a stream's table, so its core is taken from there
+ * only after a check by metatable (or from the path made for it), and whatever is not
+ * the usual case goes to the Lua function each path stands in for, which does the
+ * whole job: the C code only ever does what task.lua would have done. */
 #include "lua_task.h"
 
 #include <errno.h>
@@ -19,17 +19,8 @@
 #include "lua_socket.h"
 #include "lua_task_core.h"
 
-/* The slots, kept in the array part of task.lua's tables. */
-enum {
-    STATE_CURRENT = 1, /* the task running now, or false */
-    S_CORE = 1,        /* a stream's core */
-    /* a task */
-    T_CO = 1,
-    T_STREAM, /* the stream it waits on, or false */
-    T_SLOT,   /* TC_READER or TC_DRAINER: where the stream's core holds it */
-    T_TIMER,
-    T_CANCELLING,
-};
+/* The slot of a stream's core in its table, and of a task's core in its. */
+enum { S_CORE = 1, T_CORE = 1 };
 
 /* The upvalues of the functions made here. The paths made for one stream (fast.paths)
  * hold it and its core, so that a call on that stream needs no check of its core; the
@@ -61,19 +52,6 @@ static const char ready_token = 0;
 
 /* The helpers below push what they read and leave it: each path sets the stack's top
  * once, when it is done (a lua_pop is a lua_settop, ~25 instructions). */
-
-/* Pushes slot n of the table at index t; returns whether it is true (not nil or false). */
-static int push_slot(lua_State *L, int t, int n)
-{
-    lua_rawgeti(L, t, n);
-    return lua_toboolean(L, -1);
-}
-
-static void set_slot(lua_State *L, int t, int n, int value)
-{
-    lua_pushboolean(L, value);
-    lua_rawseti(L, t, n);
-}
 
 /* The core of the stream (a table) at index s, pushed; else NULL. */
 static lh_task_core *core_of(lua_State *L, int s)
@@ -121,23 +99,25 @@ static int call_slow(lua_State *L, int nargs)
 }
 
 /* Makes the running task the reader of the stream at index 1 (its core c at index 3),
- * as task.lua's wait() does, if it can wait the usual way: it is not being cancelled,
- * nobody else waits to read, the stream is registered for reading and has no timeout
- * (so no timer). Returns whether it did. (Called outside a task, or in a coroutine of
- * the task's own, or where it cannot yield, it does what wait() does there.) */
+ * as task.lua's wait() does, if it can wait the usual way: it runs in its own coroutine
+ * (not one of its own making) and is not being cancelled, nobody else waits to read,
+ * the stream is registered for reading and has no timeout (so no timer). Returns
+ * whether it did. The cores hold the same task and stream as at the last wait mostly:
+ * then nothing is written but fields. */
 static int become_reader(lua_State *L, lh_task_core *c)
 {
-    if (c->waits || c->has_timeout || c->events != SEL_READ) /* luahost.EVENT_READ */
+    lh_task_state *st = (lh_task_state *)lua_touserdata(L, lua_upvalueindex(UP_STATE));
+    lh_task_tcore *t = st->current;
+    if (!t || t->co != L || t->cancelling || c->waits || c->has_timeout ||
+        c->events != SEL_READ) /* luahost.EVENT_READ */
         return 0;
-    int t = lua_gettop(L) + 1;
-    if (lua_rawgeti(L, lua_upvalueindex(UP_STATE), STATE_CURRENT) != LUA_TTABLE ||
-        push_slot(L, t, T_CANCELLING) || lua_rawgeti(L, t, T_CO) != LUA_TTHREAD)
-        return 0;
-    lhtc_set_reader(L, c, 3, t, t + 2, 0);
-    lua_pushvalue(L, 1);
-    lua_rawseti(L, t, T_STREAM);
-    lua_pushinteger(L, TC_READER);
-    lua_rawseti(L, t, T_SLOT);
+    if (c->held != t || t->stream != lua_topointer(L, 1)) {
+        lua_getiuservalue(L, lua_upvalueindex(UP_STATE), 1); /* the current task's core */
+        lhtc_hold(L, c, 3, -1, t);
+        lhtt_wait_on(L, t, -1, 1, TC_READER);
+    }
+    t->slot = TC_READER;
+    c->waits = 1;
     return 1;
 }
 
@@ -252,34 +232,29 @@ static int task_send(lua_State *L)
     return 3;
 }
 
-/* The coroutine of the task waiting to read the stream whose core is c, if it can be
- * woken here, with the task pushed (at index t): no task cut short waits to be reaped
- * (the state's current), it has no timer to cancel, and it is suspended in a yield. */
-static lua_State *wakeable(lua_State *L, lh_task_core *c, int t)
+/* The task core waiting to read the stream whose core is c, if its coroutine can be
+ * resumed here: no task cut short waits to be reaped (the state's current), it has no
+ * timer to cancel, and it is suspended in a yield. */
+static lh_task_tcore *wakeable(lh_task_state *st, lh_task_core *c)
 {
-    lua_State *co = c->thread;
-    if (!c->waits || !co || lua_status(co) != LUA_YIELD || !lua_checkstack(co, 1))
+    lh_task_tcore *t = c->waits ? c->held : NULL;
+    if (!t || !t->co || t->timer || st->current || lua_status(t->co) != LUA_YIELD ||
+        !lua_checkstack(t->co, 1))
         return NULL;
-    lua_getiuservalue(L, lua_upvalueindex(UP_CORE), TCU_TASK);
-    if ((c->timed && push_slot(L, t, T_TIMER)) ||
-        push_slot(L, lua_upvalueindex(UP_STATE), STATE_CURRENT))
-        return NULL;
-    return co;
+    return t;
 }
 
-/* After the resume of the task at index t (which left status and nres on co): unless it
- * waits again, task.lua's after_resume(t, ok, err) ends it. */
-static void after_resume(lua_State *L, int t, lua_State *co, int status, int nres)
+/* After the resume of the task whose core is at index tcore (which left status and
+ * nres on co): unless it waits again, task.lua's after_resume(task, ok, err) ends it. */
+static void after_resume(lua_State *L, int tcore, lua_State *co, int status, int nres)
 {
     int ok = status == LUA_OK || status == LUA_YIELD;
-    int waits = status == LUA_YIELD && nres == 1 && lua_touserdata(co, -1) == &wait_token;
-    set_slot(L, lua_upvalueindex(UP_STATE), STATE_CURRENT, 0);
-    if (waits) {
+    if (status == LUA_YIELD && nres == 1 && lua_touserdata(co, -1) == &wait_token) {
         lua_pop(co, 1);
         return;
     }
     lua_pushvalue(L, lua_upvalueindex(UP_AFTER));
-    lua_pushvalue(L, t);
+    lhtt_push_task(L, tcore);
     lua_pushboolean(L, ok);
     if (ok) {
         lua_pop(co, nres);
@@ -293,30 +268,36 @@ static void after_resume(lua_State *L, int t, lua_State *co, int status, int nre
 /* A stream's key callback: resumes the task waiting to read with "ready", as task.lua's
  * on_ready would (through wake_from_host), within the budget of this callback. A task
  * cut short by the budget stays the current one, for task.lua to end at its next
- * callback. The task keeps its STREAM slot, which its next wait sets again (and
- * task.lua's unhook clears only the core's slot that still holds the task); the core
- * keeps holding the task and its coroutine, so that the next wait, by the same task
- * mostly, need not set them again. Upvalues UP_STREAM and UP_CORE: the stream, its
- * core. */
+ * callback. The task keeps its stream (task.lua's unhook clears only the stream core's
+ * slot that still holds the task); the stream's core keeps holding the task and the
+ * state the last current task, so that the next wait and resume, of the same task
+ * mostly, need not set them again. The task's core and coroutine are pushed: held on
+ * this stack while they run, whatever the script does to the cores. Upvalues UP_STREAM
+ * and UP_CORE: the stream, its core. */
 static int task_resume(lua_State *L)
 {
     lh_task_core *c = (lh_task_core *)lua_touserdata(L, lua_upvalueindex(UP_CORE));
-    int t = lua_gettop(L) + 1;
-    lua_State *co = wakeable(L, c, t);
-    if (!co) {
+    lh_task_state *st = (lh_task_state *)lua_touserdata(L, lua_upvalueindex(UP_STATE));
+    lh_task_tcore *t = wakeable(st, c);
+    if (!t) {
         lua_pushvalue(L, lua_upvalueindex(UP_SLOW));
         lua_pushvalue(L, lua_upvalueindex(UP_STREAM));
         lua_call(L, 1, 0);
         return 0;
     }
+    lua_State *co = t->co;
     c->waits = 0;
-    lua_pushvalue(L, t);
-    lua_rawseti(L, lua_upvalueindex(UP_STATE), STATE_CURRENT);
+    int tcore = lua_gettop(L) + 1;
+    lua_getiuservalue(L, lua_upvalueindex(UP_CORE), TCU_READER); /* t's */
+    lua_pushthread(co);
+    lua_xmove(co, L, 1);
+    lhts_set_current(L, st, lua_upvalueindex(UP_STATE), tcore, t);
     lua_pushlightuserdata(co, (void *)&ready_token);
     int nres = 0;
     lh_budget *b = (lh_budget *)lua_touserdata(L, lua_upvalueindex(UP_BUDGET));
     int status = budget_coresume(L, b, co, 1, &nres);
-    after_resume(L, t, co, status, nres);
+    st->current = NULL;
+    after_resume(L, tcore, co, status, nres);
     return 0;
 }
 
@@ -384,37 +365,56 @@ static void set_integer(lua_State *L, int t, const char *name, int value)
     lua_setfield(L, t, name);
 }
 
-/* The slots, for task.lua to use the same ones. */
+/* The slots and keys, for task.lua to use the same ones. */
 static void set_slots(lua_State *L, int t)
 {
     static const struct {
         const char *name;
         int slot;
     } slots[] = {
-        {"CURRENT", STATE_CURRENT}, {"CORE", S_CORE},
-        {"SOCK", TC_SOCK},          {"BUF", TC_BUF},
-        {"READER", TC_READER},      {"DRAINER", TC_DRAINER},
-        {"DRAINED", TC_DRAINED},    {"EVENTS", TC_EVENTS},
-        {"TIMEOUT", TC_TIMEOUT},    {"DISCARDING", TC_DISCARDING},
-        {"HIGH", TC_HIGH},          {"CO", T_CO},
-        {"STREAM", T_STREAM},       {"SLOT", T_SLOT},
-        {"TIMER", T_TIMER},         {"CANCELLING", T_CANCELLING},
+        {"CURRENT", TS_CURRENT},
+        {"CORE", S_CORE},
+        {"TCORE", T_CORE},
+        {"SOCK", TC_SOCK},
+        {"BUF", TC_BUF},
+        {"READER", TC_READER},
+        {"DRAINER", TC_DRAINER},
+        {"DRAINED", TC_DRAINED},
+        {"EVENTS", TC_EVENTS},
+        {"TIMEOUT", TC_TIMEOUT},
+        {"DISCARDING", TC_DISCARDING},
+        {"HIGH", TC_HIGH},
+        {"CO", TT_CO},
+        {"STREAM", TT_STREAM},
+        {"SLOT", TT_SLOT},
+        {"TIMER", TT_TIMER},
+        {"CANCELLING", TT_CANCELLING},
     };
     for (size_t i = 0; i < sizeof slots / sizeof slots[0]; i++)
         set_integer(L, t, slots[i].name, slots[i].slot);
 }
 
-/* luahost._task_io{state =, on_ready =, after_resume =, receiveany =, send =}: for
- * task.lua only. Returns the slots and keys the C paths read and write, the token a
- * wait yields (WAIT), core(socket) for a new stream, and the paths: paths(stream) (the stream's
- * resumer, receiveany and send, made for it), and the shared receiveany and send, each
- * falling back to the Lua function given under its name (a resumer: on_ready(stream)). */
+/* fast.task(t, co): makes the core of the task t (a table), whose coroutine is co. */
+static int task_tcore(lua_State *L)
+{
+    lhtt_push(L, 1, 2);
+    return 0;
+}
+
+/* luahost._task_io{on_ready =, after_resume =, receiveany =, send =}: for task.lua
+ * only. Returns the slots and keys the C paths read and write, the token a wait yields
+ * (WAIT), the module's state (state), core(socket) for a new stream, task(t, co) for a
+ * new task, and the paths: paths(stream) (the stream's resumer, receiveany and send,
+ * made for it), and the shared receiveany and send, each falling back to the Lua
+ * function given under its name (a resumer: on_ready(stream)). */
 static int l_task_io(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
     lua_settop(L, 1);
-    lua_getfield(L, 1, "state");
-    luaL_argcheck(L, lua_istable(L, -1), 1, "state: a table expected");
+    lhtt_metatable(L);
+    lhts_metatable(L);
+    lua_settop(L, 1);
+    lhts_push(L);
     lua_insert(L, 1);
     lhtc_metatable(L);
     lua_insert(L, 2); /* the state at 1, the core metatable at 2, the table at 3 */
@@ -422,7 +422,7 @@ static int l_task_io(lua_State *L)
     int receiveany = get_function(L, 3, "receiveany");
     int send = get_function(L, 3, "send");
     int after = get_function(L, 3, "after_resume");
-    lua_createtable(L, 0, 20);
+    lua_createtable(L, 0, 24);
     int out = lua_gettop(L);
     lua_pushvalue(L, 1); /* fast.paths, its upvalues as PM_* */
     lua_pushvalue(L, on_ready);
@@ -440,6 +440,10 @@ static int l_task_io(lua_State *L)
     lua_setfield(L, out, "send");
     lua_pushcfunction(L, task_core);
     lua_setfield(L, out, "core");
+    lua_pushcfunction(L, task_tcore);
+    lua_setfield(L, out, "task");
+    lua_pushvalue(L, 1);
+    lua_setfield(L, out, "state");
     lua_pushlightuserdata(L, (void *)&wait_token);
     lua_setfield(L, out, "WAIT");
     lua_pushlightuserdata(L, (void *)&ready_token);

@@ -6,8 +6,6 @@
 
 #include <string.h>
 
-#define TASK_CO 1 /* a task's coroutine, at this slot of task.lua's task tables */
-
 lh_task_core *lhtc_push(lua_State *L, int sock, int mt)
 {
     sock = lua_absindex(L, sock);
@@ -28,52 +26,36 @@ lh_task_core *lhtc_push(lua_State *L, int sock, int mt)
     return c;
 }
 
-/* Holds the value at index v in user value n of the core at index core, unless it
- * holds it already (p, its pointer, is *held): the wait of every message sets the same
- * task as the last one. */
-static void hold(lua_State *L, int core, int n, int v, const void **held)
-{
-    const void *p = v ? lua_topointer(L, v) : NULL;
-    if (p == *held)
-        return;
-    if (v)
-        lua_pushvalue(L, v);
-    else
-        lua_pushnil(L);
-    lua_setiuservalue(L, core, n);
-    *held = p;
-}
-
-void lhtc_set_reader(lua_State *L, lh_task_core *c, int core, int task, int thread, int timed)
-{
-    core = lua_absindex(L, core);
-    task = task ? lua_absindex(L, task) : 0;
-    thread = thread ? lua_absindex(L, thread) : 0;
-    hold(L, core, TCU_TASK, task, &c->task);
-    const void *held = c->thread;
-    hold(L, core, TCU_THREAD, thread, &held);
-    c->thread = thread ? lua_tothread(L, thread) : NULL;
-    c->waits = task != 0;
-    c->timed = (unsigned char)timed;
-}
-
 void lhtc_set_buffer(lua_State *L, lh_task_core *c, int core, size_t len)
 {
     lua_setiuservalue(L, core, TCU_BUF);
     c->buffered = len;
 }
 
-/* core[TC_READER] = task or false, from task.lua's wait, unhook and close: the task's
- * coroutine is taken from it, and it may set a timer. */
+void lhtc_hold(lua_State *L, lh_task_core *c, int core, int tcore, lh_task_tcore *t)
+{
+    if (c->held == t) /* the wait of every message: the same task as the last one */
+        return;
+    core = lua_absindex(L, core);
+    lua_pushvalue(L, tcore);
+    lua_setiuservalue(L, core, TCU_READER);
+    c->held = t;
+}
+
+/* core[TC_READER] = task or false, from task.lua's wait, unhook and close. */
 static void set_reader(lua_State *L, lh_task_core *c)
 {
-    if (!lua_toboolean(L, 3)) {
-        lhtc_set_reader(L, c, 1, 0, 0, 0);
+    c->waits = 0;
+    if (!lua_toboolean(L, 3)) { /* lets go of the last reader too */
+        lua_pushnil(L);
+        lua_setiuservalue(L, 1, TCU_READER);
+        c->held = NULL;
         return;
     }
     luaL_checktype(L, 3, LUA_TTABLE);
-    int thread = lua_rawgeti(L, 3, TASK_CO) == LUA_TTHREAD ? lua_gettop(L) : 0;
-    lhtc_set_reader(L, c, 1, 3, thread, 1);
+    lh_task_tcore *t = lhtt_of(L, 3);
+    lhtc_hold(L, c, 1, lua_gettop(L), t);
+    c->waits = 1;
 }
 
 static int core_newindex(lua_State *L)
@@ -118,6 +100,17 @@ static int core_newindex(lua_State *L)
     return 0;
 }
 
+/* Pushes false when off, else the number. */
+static void push_unless_off(lua_State *L, int on, lua_Number n, int integer)
+{
+    if (!on)
+        lua_pushboolean(L, 0);
+    else if (integer)
+        lua_pushinteger(L, (lua_Integer)n);
+    else
+        lua_pushnumber(L, n);
+}
+
 static int core_index(lua_State *L)
 {
     lh_task_core *c = (lh_task_core *)luaL_checkudata(L, 1, LH_TASK_CORE);
@@ -129,10 +122,12 @@ static int core_index(lua_State *L)
         lua_getiuservalue(L, 1, TCU_BUF);
         break;
     case TC_READER:
-        if (c->waits)
-            lua_getiuservalue(L, 1, TCU_TASK);
-        else
+        if (!c->waits) {
             lua_pushboolean(L, 0);
+        } else {
+            lua_getiuservalue(L, 1, TCU_READER);
+            lhtt_push_task(L, -1);
+        }
         break;
     case TC_DRAINER:
         lua_getiuservalue(L, 1, TCU_DRAINER);
@@ -144,16 +139,10 @@ static int core_index(lua_State *L)
         lua_pushboolean(L, c->discarding);
         break;
     case TC_EVENTS:
-        if (c->events)
-            lua_pushinteger(L, c->events);
-        else
-            lua_pushboolean(L, 0);
+        push_unless_off(L, c->events != 0, (lua_Number)c->events, 1);
         break;
     case TC_TIMEOUT:
-        if (c->has_timeout)
-            lua_pushnumber(L, c->timeout);
-        else
-            lua_pushboolean(L, 0);
+        push_unless_off(L, c->has_timeout, c->timeout, 0);
         break;
     case TC_HIGH:
         lua_pushinteger(L, c->high);

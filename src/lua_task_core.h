@@ -1,15 +1,18 @@
-/* lua_task_core.h: a luahost.task stream's core: the state a message's path reads and
- * writes, in C fields, with the Lua values it points to held by its user values. task.lua
- * reaches the same state by integer keys (core[TC_BUF]), so there is one copy of it, and
- * a script that reaches a core can write only values of each field's type. */
+/* lua_task_core.h: the state of luahost.task (lua/luahost/task.lua) that a message's
+ * path reads and writes, in C fields: a stream's core, a task's core and the module's
+ * state, each a userdata whose user values hold the Lua values its pointers point to.
+ * task.lua reaches the same state by integer keys (core[TC_BUF]), so there is one copy
+ * of it, and a script that reaches a core can give it only values of each field's type. */
 #ifndef LUAHOST_LUA_TASK_CORE_H
 #define LUAHOST_LUA_TASK_CORE_H
 
 #include "lua_socket.h"
 
-#define LH_TASK_CORE "luahost.task.core"
+#define LH_TASK_CORE  "luahost.task.core"
+#define LH_TASK_TCORE "luahost.task.taskcore"
+#define LH_TASK_STATE "luahost.task.state"
 
-/* The keys task.lua reads and writes a core by. */
+/* The keys task.lua reads and writes a stream's core by. */
 enum {
     TC_SOCK = 1, /* read only: the socket it was made for */
     TC_BUF,      /* what was read and not yet taken: a string */
@@ -20,41 +23,76 @@ enum {
     TC_TIMEOUT,  /* seconds, or false */
     TC_DISCARDING,
     TC_HIGH, /* the high water of its output */
-    TC_LAST = TC_HIGH,
 };
 
-/* Its user values. */
+/* The keys of a task's core. */
 enum {
-    TCU_SOCK = 1,
-    TCU_BUF,
-    TCU_TASK,   /* the reader, or the last one (task below) */
-    TCU_THREAD, /* that task's coroutine (thread below) */
-    TCU_DRAINER,
-    TCU_COUNT = TCU_DRAINER,
+    TT_CO = 1, /* its coroutine, or false once it ended */
+    TT_STREAM, /* the stream it waits on, or false */
+    TT_SLOT,   /* TC_READER or TC_DRAINER: where that stream's core holds it */
+    TT_TIMER,  /* the timer of its wait, or false */
+    TT_CANCELLING,
 };
+
+/* The key of the module's state. */
+enum { TS_CURRENT = 1 /* the task running now, or false */ };
+
+/* A stream's core's user values. */
+enum { TCU_SOCK = 1, TCU_BUF, TCU_READER, TCU_DRAINER, TCU_COUNT = TCU_DRAINER };
+/* A task's core's. */
+enum { TTU_SELF = 1, TTU_CO, TTU_STREAM, TTU_TIMER, TTU_COUNT = TTU_TIMER };
+
+typedef struct lh_task_tcore {
+    lua_State *co;       /* the coroutine a user value holds, or NULL */
+    const void *stream;  /* the stream a user value holds (lua_topointer), or NULL */
+    int slot;            /* with stream */
+    unsigned char timer; /* a user value holds its timer */
+    unsigned char cancelling;
+} lh_task_tcore;
 
 typedef struct lh_task_core {
     lh_socket *sock;     /* the socket its user value holds: set once, when made */
-    lua_State *thread;   /* the coroutine a user value holds: the reader's while waits */
-    const void *task;    /* the task a user value holds: the reader, or the last one */
+    lh_task_tcore *held; /* the task core a user value holds: the reader's, or the last */
     size_t buffered;     /* the buffer's length */
     lua_Number timeout;  /* with has_timeout */
     lua_Integer high;    /* the high water */
     lua_Integer events;  /* 0: not registered */
-    unsigned char waits; /* a reader waits: the task held */
-    unsigned char timed; /* ... and may have a timer (the C wait sets none) */
+    unsigned char waits; /* the task held waits to read */
     unsigned char has_timeout, drained, discarding;
 } lh_task_core;
 
-/* Makes the core metatable (once per Lua state) and leaves it on the stack. */
+typedef struct lh_task_state {
+    lh_task_tcore *held;    /* the task core its user value holds: the current, or the last */
+    lh_task_tcore *current; /* held, or NULL */
+} lh_task_state;
+
+/* Make the metatables (once per Lua state), leaving each on the stack. */
 void lhtc_metatable(lua_State *L);
+void lhtt_metatable(lua_State *L);
+void lhts_metatable(lua_State *L);
+
 /* Pushes a new core for the socket at index sock (checked by the socket metatable at
  * index mt, raising if it is not one). */
 lh_task_core *lhtc_push(lua_State *L, int sock, int mt);
-/* Makes the task at index task (0: none), whose coroutine is at index thread (0: it has
- * none), the reader of c (at index core); timed: it may have a timer. */
-void lhtc_set_reader(lua_State *L, lh_task_core *c, int core, int task, int thread, int timed);
 /* Sets c's buffer (at index core) to the string on the stack's top, popping it. */
 void lhtc_set_buffer(lua_State *L, lh_task_core *c, int core, size_t len);
+/* Makes the task core at index tcore (whose pointer is t) the one c (at index core)
+ * holds: a reader's. */
+void lhtc_hold(lua_State *L, lh_task_core *c, int core, int tcore, lh_task_tcore *t);
+
+/* Makes the core of the task at index task (a table), its coroutine being the thread at
+ * index co, and puts it at the task's slot 1. */
+lh_task_tcore *lhtt_push(lua_State *L, int task, int co);
+/* The task core of the task (a table) at index task, pushed; raises if it has none. */
+lh_task_tcore *lhtt_of(lua_State *L, int task);
+/* Pushes the task whose core is at index tcore. */
+void lhtt_push_task(lua_State *L, int tcore);
+/* Records that the task core t (at index tcore) waits on the stream at index stream. */
+void lhtt_wait_on(lua_State *L, lh_task_tcore *t, int tcore, int stream, int slot);
+
+/* Pushes a new state (no task current). */
+lh_task_state *lhts_push(lua_State *L);
+/* Makes the task core t (at index tcore) current in s (at index state). */
+void lhts_set_current(lua_State *L, lh_task_state *s, int state, int tcore, lh_task_tcore *t);
 
 #endif

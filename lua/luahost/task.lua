@@ -26,17 +26,18 @@ local CANCELLED = setmetatable({}, {__tostring = function() return "task cancell
 -- The paths every message takes are in C (luahost._task_io, src/lua_task.c): a stream's
 -- key callback resumes its reader, receiveany and send run without Lua when nothing is
 -- unusual, and hand everything else to the functions of this file they stand in for.
--- A stream's state is its core (s[CORE], a userdata made in C, src/lua_task_core.c),
--- which this file reads and writes by integer keys (s[CORE][BUF]); the fields they share
--- besides are in the array parts of the state's and a task's tables. The slots and keys
--- (checked against theirs below): the state's, a stream's, its core's, a task's.
+-- The state they share with this file is in C (src/lua_task_core.h): a stream's core
+-- (s[CORE]), a task's core (t[TCORE]) and the module's state, userdata this file reads
+-- and writes by integer keys (s[CORE][BUF], state[CURRENT]). The slots and keys (checked
+-- against theirs below): the state's, a stream's and a task's, a stream core's, a task
+-- core's.
 local CURRENT <const> = 1 -- the task running now, or false in a callback or the main chunk
-local CORE <const> = 1
+local CORE <const>, TCORE <const> = 1, 1 -- in a stream's table, in a task's
 local SOCK <const>, BUF <const>, READER <const>, DRAINER <const> = 1, 2, 3, 4
 local DRAINED <const>, EVENTS <const>, TIMEOUT <const> = 5, 6, 7
 local DISCARDING <const>, HIGH <const> = 8, 9
 local CO <const>, STREAM <const>, SLOT <const>, TIMER <const>, CANCELLING <const> = 1, 2, 3, 4, 5
-local state = {false}
+local state -- the module's state (fast.state): state[CURRENT]
 local fast -- luahost._task_io's paths
 local WAIT -- what a task yields when it waits through this module (fast.WAIT)
 local READY -- what a stream's C resumer resumes its reader with: "ready" (fast.READY)
@@ -56,7 +57,7 @@ local finish -- defined below
 -- that yielded by itself, not through a wait of this module, could never be woken: it
 -- fails.
 local function after_resume(t, ok, err)
-  local co = t[CO]
+  local co = t[TCORE][CO]
   if costatus(co) == "dead" then
     if ok then
       finish(t, "done")
@@ -77,7 +78,7 @@ end
 local function step(t, why)
   local prev = state[CURRENT]
   state[CURRENT] = t
-  local ok, waits = resume(t[CO], why)
+  local ok, waits = resume(t[TCORE][CO], why)
   state[CURRENT] = prev
   if ok and waits == WAIT then return end -- the usual case: it waits again
   after_resume(t, ok, waits)
@@ -85,15 +86,15 @@ end
 
 -- Ends t's current wait (its stream slot and its timer) without resuming it.
 local function unhook(t)
-  local s, slot = t[STREAM], t[SLOT]
+  local s, slot = t[TCORE][STREAM], t[TCORE][SLOT]
   if s then
     if s[CORE][slot] == t then s[CORE][slot] = false end
-    t[STREAM] = false
+    t[TCORE][STREAM] = false
   end
-  local timer = t[TIMER]
+  local timer = t[TCORE][TIMER]
   if timer then
     timer:cancel()
-    t[TIMER] = false
+    t[TCORE][TIMER] = false
   end
 end
 
@@ -110,7 +111,7 @@ end
 local function reap_cut_short()
   local t = state[CURRENT]
   state[CURRENT] = false
-  if t and t[CO] and costatus(t[CO]) == "dead" and live[t] then
+  if t and t[TCORE][CO] and costatus(t[TCORE][CO]) == "dead" and live[t] then
     finish(t, "failed", "its callback was cut short (--max-instructions or --max-memory)")
   end
 end
@@ -157,10 +158,10 @@ end
 local function wait(s, slot, events, timeout)
   local t = state[CURRENT]
   if not t then error("luahost.task: a stream waits only inside a task (task.spawn)", 3) end
-  if t[CANCELLING] then error(CANCELLED, 0) end
+  if t[TCORE][CANCELLING] then error(CANCELLED, 0) end
   if s then
     if s[CORE][slot] then error("luahost.task: another task already waits on this stream", 3) end
-    s[CORE][slot], t[STREAM], t[SLOT] = t, s, slot
+    s[CORE][slot], t[TCORE][STREAM], t[TCORE][SLOT] = t, s, slot
     if events then
       ensure_registered(s, events)
     else -- waiting for output to drain
@@ -182,7 +183,7 @@ local function wait(s, slot, events, timeout)
       unhook(t)
       return "timeout"
     end
-    t[TIMER] = after(timeout, t.on_timeout)
+    t[TCORE][TIMER] = after(timeout, t.on_timeout)
   end
   local why = yield(WAIT)
   if why == READY then return "ready" end
@@ -196,7 +197,7 @@ end
 -- step) left a dead one there.
 local function running_task()
   local t = state[CURRENT]
-  if t and (not t[CO] or costatus(t[CO]) == "dead") then
+  if t and (not t[TCORE][CO] or costatus(t[TCORE][CO]) == "dead") then
     reap_cut_short()
     return nil
   end
@@ -207,13 +208,13 @@ end
 -- become the new task's own: they are closed when it ends.
 function task.spawn(fn, ...)
   assert(type(fn) == "function", "task.spawn: a function expected")
-  -- The slots (CO, STREAM, SLOT, TIMER, CANCELLING) in its array part, the rest named,
-  -- every one set (false for none): a missing one would be looked up in Task on each read.
-  local t = setmetatable({create(fn), false, false, false, false, streams = {},
-    state = "running", awaiting = false}, Task)
+  -- Its core (CO, STREAM, SLOT, TIMER, CANCELLING) at TCORE, the rest named, every one
+  -- set (false for none): a missing one would be looked up in Task on each read.
+  local t = setmetatable({false, streams = {}, state = "running", awaiting = false}, Task)
+  fast.task(t, create(fn))
   t.on_timeout = function()
-    if t[TIMER] then
-      t[TIMER] = false
+    if t[TCORE][TIMER] then
+      t[TCORE][TIMER] = false
       wake_from_host(t, "timeout")
     end
   end
@@ -227,7 +228,7 @@ function task.spawn(fn, ...)
   live[t] = true
   local prev = running_task() or false
   state[CURRENT] = t
-  local ok, waits = resume(t[CO], ...)
+  local ok, waits = resume(t[TCORE][CO], ...)
   state[CURRENT] = prev
   if not (ok and waits == WAIT) then after_resume(t, ok, waits) end
   return t
@@ -237,7 +238,7 @@ end
 -- "cancelled".
 function Task:status()
   if self.state ~= "running" then return self.state end
-  return costatus(self[CO]) == "suspended" and "waiting" or "running"
+  return costatus(self[TCORE][CO]) == "suspended" and "waiting" or "running"
 end
 
 -- Ends the task: a waiting one at once (its <close> variables run, its streams close),
@@ -245,14 +246,14 @@ end
 -- waits. Returns false if it had already ended.
 function Task:cancel()
   if self.state ~= "running" then return false end
-  local status = costatus(self[CO])
+  local status = costatus(self[TCORE][CO])
   if status == "running" then error(CANCELLED, 0) end
   if status == "normal" then
-    self[CANCELLING] = true
+    self[TCORE][CANCELLING] = true
     return true
   end
   unhook(self)
-  coclose(self[CO])
+  coclose(self[TCORE][CO])
   finish(self, "cancelled")
   return true
 end
@@ -270,7 +271,7 @@ finish = function(t, how, err)
   live[t] = nil
   if err then log("error", "error in task for " .. peer_of(t) .. ": " .. err) end
   local streams = t.streams
-  t.streams, t[CO] = {}, false
+  t.streams, t[TCORE][CO] = {}, false
   for s in pairs(streams) do
     s.owner = false
     -- A task that failed left its connections in no known state: reset them, as the
@@ -300,7 +301,8 @@ function task.await(start)
       -- From a host callback or from another task (which stays current): not wake_from_host,
       -- whose reaping would take the running task for one the budget cut short.
       local current = state[CURRENT]
-      if current and (not current[CO] or costatus(current[CO]) == "dead") then reap_cut_short() end
+      local co = current and current[TCORE][CO]
+      if current and (not co or costatus(co) == "dead") then reap_cut_short() end
       step(t, "ready")
     end
   end)
@@ -640,11 +642,11 @@ local function send(self, data)
   return #data
 end
 
-fast = luahost._task_io{state = state, on_ready = on_ready, after_resume = after_resume,
+fast = luahost._task_io{on_ready = on_ready, after_resume = after_resume,
   receiveany = receiveany, send = send}
-WAIT, READY = fast.WAIT, fast.READY
-for name, slot in pairs({CURRENT = CURRENT, CORE = CORE, SOCK = SOCK, BUF = BUF, READER = READER,
-  DRAINER = DRAINER, DRAINED = DRAINED, EVENTS = EVENTS, TIMEOUT = TIMEOUT,
+WAIT, READY, state = fast.WAIT, fast.READY, fast.state
+for name, slot in pairs({CURRENT = CURRENT, CORE = CORE, TCORE = TCORE, SOCK = SOCK, BUF = BUF,
+  READER = READER, DRAINER = DRAINER, DRAINED = DRAINED, EVENTS = EVENTS, TIMEOUT = TIMEOUT,
   DISCARDING = DISCARDING, HIGH = HIGH, CO = CO, STREAM = STREAM, SLOT = SLOT, TIMER = TIMER,
   CANCELLING = CANCELLING}) do
   assert(fast[name] == slot, "luahost.task: its slots differ from luahost's")
