@@ -26,20 +26,18 @@ enum { S_CORE = 1, T_CORE = 1 };
  * hold it and its core, so that a call on that stream needs no check of its core; the
  * shared ones (Stream.receiveany and send) hold false there. */
 enum {
-    UP_STATE = 1,
-    UP_SLOW,   /* the Lua function that does the whole job */
-    UP_STREAM, /* the stream a path was made for, or false */
-    UP_CORE,   /* its core, or false */
-    UP_MT,     /* the core metatable */
-    UP_HOST,   /* a resumer's: keeps the budget alive */
-    UP_BUDGET,
-    UP_AFTER, /* task.lua's after_resume(t, ok, err) */
+    UP_STATE = 1, /* the module's state, which holds the host and its budget */
+    UP_SLOW,      /* the Lua function that does the whole job */
+    UP_STREAM,    /* the stream a path was made for, or false */
+    UP_CORE,      /* its core, or false */
+    UP_MT,        /* the core metatable */
+    UP_AFTER,     /* a resumer's: task.lua's after_resume(t, ok, err) */
     UP_COUNT = UP_AFTER,
     UP_PATH = UP_MT, /* a receiveany's or a send's */
 };
 
 /* The upvalues of fast.paths, which makes the paths. */
-enum { PM_STATE = 1, PM_ON_READY, PM_RECEIVEANY, PM_SEND, PM_MT, PM_HOST, PM_BUDGET, PM_AFTER };
+enum { PM_STATE = 1, PM_ON_READY, PM_RECEIVEANY, PM_SEND, PM_MT, PM_AFTER };
 
 #define CHUNK LH_SCRATCH_SIZE /* the most one read asks for, as task.lua's CHUNK */
 
@@ -65,15 +63,15 @@ static lh_task_core *core_of(lua_State *L, int s)
     return c;
 }
 
-/* The core of the stream at index 1, pushed (at index 3, after the two arguments), if
- * its socket is open on a host still open; else NULL. A path made for that stream holds
- * it: one comparison. */
-static lh_task_core *stream_core(lua_State *L)
+/* The core of the stream at index 1, pushed (at index 3, after the two arguments) if
+ * push, if its socket is open on a host still open; else NULL. A path made for that
+ * stream holds its core, which knows it: one comparison. */
+static lh_task_core *stream_core(lua_State *L, int push)
 {
-    lh_task_core *c;
-    if (lua_rawequal(L, 1, lua_upvalueindex(UP_STREAM))) {
-        lua_pushvalue(L, lua_upvalueindex(UP_CORE));
-        c = (lh_task_core *)lua_touserdata(L, -1);
+    lh_task_core *c = (lh_task_core *)lua_touserdata(L, lua_upvalueindex(UP_CORE));
+    if (c && c->stream == lua_topointer(L, 1)) {
+        if (push)
+            lua_pushvalue(L, lua_upvalueindex(UP_CORE));
     } else {
         c = lua_istable(L, 1) ? core_of(L, 1) : NULL;
     }
@@ -201,7 +199,7 @@ static int task_receiveany(lua_State *L)
     int is_int = 1;
     if (!lua_isnil(L, 2))
         max = lua_tointegerx(L, 2, &is_int);
-    lh_task_core *c = is_int && max > 0 ? stream_core(L) : NULL;
+    lh_task_core *c = is_int && max > 0 ? stream_core(L, 1) : NULL;
     if (!c)
         return call_slow(L, 2);
     /* No read brings more than CHUNK; so bounded, max fits a continuation's context. */
@@ -213,7 +211,7 @@ static int task_receiveany(lua_State *L)
 static int task_send(lua_State *L)
 {
     lua_settop(L, 2);
-    lh_task_core *c = stream_core(L);
+    lh_task_core *c = stream_core(L, 0);
     if (!c || c->high < 0 || conn_pending(&c->sock->conn) > (size_t)c->high)
         return call_slow(L, 2);
     size_t len;
@@ -294,8 +292,7 @@ static int task_resume(lua_State *L)
     lhts_set_current(L, st, lua_upvalueindex(UP_STATE), tcore, t);
     lua_pushlightuserdata(co, (void *)&ready_token);
     int nres = 0;
-    lh_budget *b = (lh_budget *)lua_touserdata(L, lua_upvalueindex(UP_BUDGET));
-    int status = budget_coresume(L, b, co, 1, &nres);
+    int status = budget_coresume(L, st->budget, co, 1, &nres);
     st->current = NULL;
     after_resume(L, tcore, co, status, nres);
     return 0;
@@ -305,8 +302,7 @@ static int task_resume(lua_State *L)
  * fast.paths) and n upvalues in all. */
 static void push_path(lua_State *L, lua_CFunction f, int slow, int n)
 {
-    static const int from[] = {
-        [UP_MT] = PM_MT, [UP_HOST] = PM_HOST, [UP_BUDGET] = PM_BUDGET, [UP_AFTER] = PM_AFTER};
+    static const int from[] = {[UP_MT] = PM_MT, [UP_AFTER] = PM_AFTER};
     lua_pushvalue(L, lua_upvalueindex(PM_STATE));
     lua_pushvalue(L, lua_upvalueindex(slow));
     lua_pushvalue(L, 1);
@@ -326,6 +322,8 @@ static int task_paths(lua_State *L)
         !lua_rawequal(L, -1, lua_upvalueindex(PM_MT)))
         luaL_argerror(L, 1, "a stream with a core expected");
     lua_settop(L, 2);
+    /* Its paths hold the stream; this is the only place a core is given one. */
+    ((lh_task_core *)lua_touserdata(L, 2))->stream = lua_topointer(L, 1);
     push_path(L, task_resume, PM_ON_READY, UP_COUNT);
     push_path(L, task_receiveany, PM_RECEIVEANY, UP_PATH);
     push_path(L, task_send, PM_SEND, UP_PATH);
@@ -414,7 +412,7 @@ static int l_task_io(lua_State *L)
     lhtt_metatable(L);
     lhts_metatable(L);
     lua_settop(L, 1);
-    lhts_push(L);
+    lhts_push(L, lua_upvalueindex(1), (lh_budget *)lua_touserdata(L, lua_upvalueindex(2)));
     lua_insert(L, 1);
     lhtc_metatable(L);
     lua_insert(L, 2); /* the state at 1, the core metatable at 2, the table at 3 */
@@ -429,8 +427,6 @@ static int l_task_io(lua_State *L)
     lua_pushvalue(L, receiveany);
     lua_pushvalue(L, send);
     lua_pushvalue(L, 2);
-    lua_pushvalue(L, lua_upvalueindex(1)); /* the host */
-    lua_pushvalue(L, lua_upvalueindex(2)); /* its budget */
     lua_pushvalue(L, after);
     lua_pushcclosure(L, task_paths, PM_AFTER);
     lua_setfield(L, out, "paths");

@@ -52,6 +52,7 @@ typedef struct lh_task_tcore {
 
 typedef struct lh_task_core {
     lh_socket *sock;     /* the socket its user value holds: set once, when made */
+    const void *stream;  /* the stream its paths were made for, which they hold */
     lh_task_tcore *held; /* the task core a user value holds: the reader's, or the last */
     size_t buffered;     /* the buffer's length */
     lua_Number timeout;  /* with has_timeout */
@@ -62,6 +63,7 @@ typedef struct lh_task_core {
 } lh_task_core;
 
 typedef struct lh_task_state {
+    lh_budget *budget;      /* each resume counts against it; a user value holds its host */
     lh_task_tcore *held;    /* the task core its user value holds: the current, or the last */
     lh_task_tcore *current; /* held, or NULL */
 } lh_task_state;
@@ -90,8 +92,8 @@ void lhtt_push_task(lua_State *L, int tcore);
 /* Records that the task core t (at index tcore) waits on the stream at index stream. */
 void lhtt_wait_on(lua_State *L, lh_task_tcore *t, int tcore, int stream, int slot);
 
-/* Pushes a new state (no task current). */
-lh_task_state *lhts_push(lua_State *L);
+/* Pushes a new state (no task current) for the host at index host, whose budget is b. */
+lh_task_state *lhts_push(lua_State *L, int host, lh_budget *b);
 /* Makes the task core t (at index tcore) current in s (at index state). */
 void lhts_set_current(lua_State *L, lh_task_state *s, int state, int tcore, lh_task_tcore *t);
 

@@ -128,11 +128,15 @@ static int tcore_index(lua_State *L)
     return 1;
 }
 
-lh_task_state *lhts_push(lua_State *L)
+lh_task_state *lhts_push(lua_State *L, int host, lh_budget *b)
 {
-    lh_task_state *s = (lh_task_state *)lua_newuserdatauv(L, sizeof *s, 1);
+    host = lua_absindex(L, host);
+    lh_task_state *s = (lh_task_state *)lua_newuserdatauv(L, sizeof *s, 2);
     memset(s, 0, sizeof *s);
     luaL_setmetatable(L, LH_TASK_STATE);
+    lua_pushvalue(L, host);
+    lua_setiuservalue(L, -2, 2);
+    s->budget = b;
     return s;
 }
 
