@@ -104,8 +104,7 @@ static int call_slow(lua_State *L, int nargs)
  * then nothing is written but fields. */
 static int become_reader(lua_State *L, lh_task_core *c)
 {
-    lh_task_state *st = (lh_task_state *)lua_touserdata(L, lua_upvalueindex(UP_STATE));
-    lh_task_tcore *t = st->current;
+    lh_task_tcore *t = c->state->current;
     if (!t || t->co != L || t->cancelling || c->waits || c->has_timeout ||
         c->events != SEL_READ) /* luahost.EVENT_READ */
         return 0;
@@ -130,10 +129,14 @@ static int receiveany_woken(lua_State *L, int status, lua_KContext max)
 {
     (void)status;
     size_t len = 0;
-    const char *why = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
-    if (lua_touserdata(L, -1) == &ready_token || (len == 5 && memcmp(why, "ready", 5) == 0)) {
+    const char *why = NULL;
+    int ready = lua_touserdata(L, -1) == &ready_token;
+    if (!ready && lua_type(L, -1) == LUA_TSTRING) {
+        why = lua_tolstring(L, -1, &len);
+        ready = len == 5 && memcmp(why, "ready", 5) == 0;
+    }
+    if (ready) { /* the stack is left as it is: a wait again sets its top */
         lh_task_core *c = (lh_task_core *)lua_touserdata(L, 3);
-        lua_settop(L, 3);
         if (c->sock->conn.fd < 0 || c->sock->ctx->closed) /* closed behind the stream's back */
             return call_slow(L, 2);
         return receive_any(L, c, (lua_Integer)max, 1);
@@ -162,6 +165,8 @@ static int wait_to_read(lua_State *L, lh_task_core *c, lua_Integer max)
 {
     if (!become_reader(L, c))
         return call_slow(L, 2);
+    if (lua_gettop(L) > 3) /* woken before, for nothing: what the wake left goes */
+        lua_settop(L, 3);
     lua_pushlightuserdata(L, (void *)&wait_token);
     return lua_yieldk(L, 1, (lua_KContext)max, receiveany_woken);
 }
@@ -210,7 +215,6 @@ static int task_receiveany(lua_State *L)
  * Stream.send in all; that one waits when over it). */
 static int task_send(lua_State *L)
 {
-    lua_settop(L, 2);
     lh_task_core *c = stream_core(L, 0);
     if (!c || c->high < 0 || conn_pending(&c->sock->conn) > (size_t)c->high)
         return call_slow(L, 2);
@@ -275,7 +279,7 @@ static void after_resume(lua_State *L, int tcore, lua_State *co, int status, int
 static int task_resume(lua_State *L)
 {
     lh_task_core *c = (lh_task_core *)lua_touserdata(L, lua_upvalueindex(UP_CORE));
-    lh_task_state *st = (lh_task_state *)lua_touserdata(L, lua_upvalueindex(UP_STATE));
+    lh_task_state *st = c->state;
     lh_task_tcore *t = wakeable(st, c);
     if (!t) {
         lua_pushvalue(L, lua_upvalueindex(UP_SLOW));
@@ -322,19 +326,22 @@ static int task_paths(lua_State *L)
         !lua_rawequal(L, -1, lua_upvalueindex(PM_MT)))
         luaL_argerror(L, 1, "a stream with a core expected");
     lua_settop(L, 2);
-    /* Its paths hold the stream; this is the only place a core is given one. */
-    ((lh_task_core *)lua_touserdata(L, 2))->stream = lua_topointer(L, 1);
+    lh_task_core *c = (lh_task_core *)lua_touserdata(L, 2);
+    /* Its paths reach the state as c->state and hold it as UP_STATE: the same. */
+    luaL_argcheck(L, c->state == lua_touserdata(L, lua_upvalueindex(PM_STATE)), 1,
+                  "a stream of another luahost.task");
+    c->stream = lua_topointer(L, 1); /* its paths hold it; only here is a core given one */
     push_path(L, task_resume, PM_ON_READY, UP_COUNT);
     push_path(L, task_receiveany, PM_RECEIVEANY, UP_PATH);
     push_path(L, task_send, PM_SEND, UP_PATH);
     return 3;
 }
 
-/* fast.core(socket): a new stream's core. */
+/* fast.core(socket): a new stream's core. Upvalue: the module's state. */
 static int task_core(lua_State *L)
 {
     luaL_getmetatable(L, LH_SOCKET);
-    lhtc_push(L, 1, lua_gettop(L));
+    lhtc_push(L, 1, lua_gettop(L), lua_upvalueindex(1));
     return 1;
 }
 
@@ -434,7 +441,8 @@ static int l_task_io(lua_State *L)
     lua_setfield(L, out, "receiveany");
     push_shared(L, task_send, send);
     lua_setfield(L, out, "send");
-    lua_pushcfunction(L, task_core);
+    lua_pushvalue(L, 1);
+    lua_pushcclosure(L, task_core, 1);
     lua_setfield(L, out, "core");
     lua_pushcfunction(L, task_tcore);
     lua_setfield(L, out, "task");

@@ -6,9 +6,10 @@
 
 #include <string.h>
 
-lh_task_core *lhtc_push(lua_State *L, int sock, int mt)
+lh_task_core *lhtc_push(lua_State *L, int sock, int mt, int state)
 {
     sock = lua_absindex(L, sock);
+    state = lua_absindex(L, state);
     lh_socket *s = (lh_socket *)lua_touserdata(L, sock);
     if (!s || !lua_getmetatable(L, sock) || !lua_rawequal(L, -1, mt))
         luaL_typeerror(L, sock, LH_SOCKET);
@@ -23,6 +24,9 @@ lh_task_core *lhtc_push(lua_State *L, int sock, int mt)
     lua_setiuservalue(L, -2, TCU_BUF);
     lua_pushboolean(L, 0);
     lua_setiuservalue(L, -2, TCU_DRAINER);
+    lua_pushvalue(L, state);
+    lua_setiuservalue(L, -2, TCU_STATE);
+    c->state = (lh_task_state *)luaL_checkudata(L, state, LH_TASK_STATE);
     return c;
 }
 

@@ -38,7 +38,7 @@ enum {
 enum { TS_CURRENT = 1 /* the task running now, or false */ };
 
 /* A stream's core's user values. */
-enum { TCU_SOCK = 1, TCU_BUF, TCU_READER, TCU_DRAINER, TCU_COUNT = TCU_DRAINER };
+enum { TCU_SOCK = 1, TCU_BUF, TCU_READER, TCU_DRAINER, TCU_STATE, TCU_COUNT = TCU_STATE };
 /* A task's core's. */
 enum { TTU_SELF = 1, TTU_CO, TTU_STREAM, TTU_TIMER, TTU_COUNT = TTU_TIMER };
 
@@ -50,23 +50,26 @@ typedef struct lh_task_tcore {
     unsigned char cancelling;
 } lh_task_tcore;
 
+typedef struct lh_task_state lh_task_state;
+
 typedef struct lh_task_core {
-    lh_socket *sock;     /* the socket its user value holds: set once, when made */
-    const void *stream;  /* the stream its paths were made for, which they hold */
-    lh_task_tcore *held; /* the task core a user value holds: the reader's, or the last */
-    size_t buffered;     /* the buffer's length */
-    lua_Number timeout;  /* with has_timeout */
-    lua_Integer high;    /* the high water */
-    lua_Integer events;  /* 0: not registered */
-    unsigned char waits; /* the task held waits to read */
+    lh_socket *sock;      /* the socket its user value holds: set once, when made */
+    const void *stream;   /* the stream its paths were made for, which they hold */
+    lh_task_state *state; /* the module\'s state, which a user value holds */
+    lh_task_tcore *held;  /* the task core a user value holds: the reader's, or the last */
+    size_t buffered;      /* the buffer's length */
+    lua_Number timeout;   /* with has_timeout */
+    lua_Integer high;     /* the high water */
+    lua_Integer events;   /* 0: not registered */
+    unsigned char waits;  /* the task held waits to read */
     unsigned char has_timeout, drained, discarding;
 } lh_task_core;
 
-typedef struct lh_task_state {
+struct lh_task_state {
     lh_budget *budget;      /* each resume counts against it; a user value holds its host */
     lh_task_tcore *held;    /* the task core its user value holds: the current, or the last */
     lh_task_tcore *current; /* held, or NULL */
-} lh_task_state;
+};
 
 /* Make the metatables (once per Lua state), leaving each on the stack. */
 void lhtc_metatable(lua_State *L);
@@ -74,8 +77,8 @@ void lhtt_metatable(lua_State *L);
 void lhts_metatable(lua_State *L);
 
 /* Pushes a new core for the socket at index sock (checked by the socket metatable at
- * index mt, raising if it is not one). */
-lh_task_core *lhtc_push(lua_State *L, int sock, int mt);
+ * index mt, raising if it is not one), of the module whose state is at index state. */
+lh_task_core *lhtc_push(lua_State *L, int sock, int mt, int state);
 /* Sets c's buffer (at index core) to the string on the stack's top, popping it. */
 void lhtc_set_buffer(lua_State *L, lh_task_core *c, int core, size_t len);
 /* Makes the task core at index tcore (whose pointer is t) the one c (at index core)
