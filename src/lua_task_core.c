@@ -64,7 +64,7 @@ static void set_reader(lua_State *L, lh_task_core *c)
 
 static int core_newindex(lua_State *L)
 {
-    lh_task_core *c = (lh_task_core *)luaL_checkudata(L, 1, LH_TASK_CORE);
+    lh_task_core *c = (lh_task_core *)lhtask_check(L, 1, 1, LH_TASK_CORE);
     int v = 3, on = lua_toboolean(L, v);
     switch (luaL_checkinteger(L, 2)) {
     case TC_BUF: {
@@ -117,7 +117,7 @@ static void push_unless_off(lua_State *L, int on, lua_Number n, int integer)
 
 static int core_index(lua_State *L)
 {
-    lh_task_core *c = (lh_task_core *)luaL_checkudata(L, 1, LH_TASK_CORE);
+    lh_task_core *c = (lh_task_core *)lhtask_check(L, 1, 1, LH_TASK_CORE);
     switch (luaL_checkinteger(L, 2)) {
     case TC_SOCK:
         lua_getiuservalue(L, 1, TCU_SOCK);
@@ -159,12 +159,5 @@ static int core_index(lua_State *L)
 
 void lhtc_metatable(lua_State *L)
 {
-    if (!luaL_newmetatable(L, LH_TASK_CORE))
-        return;
-    lua_pushcfunction(L, core_index);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, core_newindex);
-    lua_setfield(L, -2, "__newindex");
-    lua_pushliteral(L, "not a table");
-    lua_setfield(L, -2, "__metatable");
+    lhtask_metatable(L, LH_TASK_CORE, core_index, core_newindex);
 }

@@ -71,10 +71,17 @@ struct lh_task_state {
     lh_task_tcore *current; /* held, or NULL */
 };
 
-/* Make the metatables (once per Lua state), leaving each on the stack. */
+/* Make the metatables (once per Lua state, the task core's first), leaving each on the
+ * stack. */
 void lhtc_metatable(lua_State *L);
 void lhtt_metatable(lua_State *L);
 void lhts_metatable(lua_State *L);
+/* Makes metatable name (once per Lua state; leaves it pushed) with __index and
+ * __newindex, each holding it and the task core's metatable as upvalues 1 and 2. */
+void lhtask_metatable(lua_State *L, const char *name, lua_CFunction index, lua_CFunction newindex);
+/* In such a metamethod: the userdata at index if its metatable is upvalue mt, else a
+ * type error naming name. Cheaper than luaL_checkudata, which looks the name up. */
+void *lhtask_check(lua_State *L, int index, int mt, const char *name);
 
 /* Pushes a new core for the socket at index sock (checked by the socket metatable at
  * index mt, raising if it is not one), of the module whose state is at index state. */
@@ -88,7 +95,8 @@ void lhtc_hold(lua_State *L, lh_task_core *c, int core, int tcore, lh_task_tcore
 /* Makes the core of the task at index task (a table), its coroutine being the thread at
  * index co, and puts it at the task's slot 1. */
 lh_task_tcore *lhtt_push(lua_State *L, int task, int co);
-/* The task core of the task (a table) at index task, pushed; raises if it has none. */
+/* In a metamethod of lhtask_metatable: the task core of the task (a table) at index
+ * task, pushed; raises if it has none. */
 lh_task_tcore *lhtt_of(lua_State *L, int task);
 /* Pushes the task whose core is at index tcore. */
 void lhtt_push_task(lua_State *L, int tcore);

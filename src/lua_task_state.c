@@ -25,13 +25,23 @@ lh_task_tcore *lhtt_push(lua_State *L, int task, int co)
     return t;
 }
 
+void *lhtask_check(lua_State *L, int index, int mt, const char *name)
+{
+    void *p = lua_touserdata(L, index);
+    if (!p || !lua_getmetatable(L, index) || !lua_rawequal(L, -1, lua_upvalueindex(mt)))
+        luaL_typeerror(L, index, name);
+    lua_pop(L, 1);
+    return p;
+}
+
 lh_task_tcore *lhtt_of(lua_State *L, int task)
 {
     lua_rawgeti(L, task, 1);
-    lh_task_tcore *t = (lh_task_tcore *)luaL_testudata(L, -1, LH_TASK_TCORE);
-    if (!t)
+    void *t = lua_touserdata(L, -1);
+    if (!t || !lua_getmetatable(L, -1) || !lua_rawequal(L, -1, lua_upvalueindex(2)))
         luaL_error(L, "luahost.task: a task expected");
-    return t;
+    lua_pop(L, 1);
+    return (lh_task_tcore *)t;
 }
 
 void lhtt_push_task(lua_State *L, int tcore)
@@ -68,7 +78,7 @@ static int hold(lua_State *L, int n, int type)
 
 static int tcore_newindex(lua_State *L)
 {
-    lh_task_tcore *t = (lh_task_tcore *)luaL_checkudata(L, 1, LH_TASK_TCORE);
+    lh_task_tcore *t = (lh_task_tcore *)lhtask_check(L, 1, 1, LH_TASK_TCORE);
     switch (luaL_checkinteger(L, 2)) {
     case TT_CO: /* the pointers are set once the value is held */
         t->co = hold(L, TTU_CO, LUA_TTHREAD) ? lua_tothread(L, 3) : NULL;
@@ -102,7 +112,7 @@ static void push_held(lua_State *L, int on, int n)
 
 static int tcore_index(lua_State *L)
 {
-    lh_task_tcore *t = (lh_task_tcore *)luaL_checkudata(L, 1, LH_TASK_TCORE);
+    lh_task_tcore *t = (lh_task_tcore *)lhtask_check(L, 1, 1, LH_TASK_TCORE);
     switch (luaL_checkinteger(L, 2)) {
     case TT_CO:
         push_held(L, t->co != NULL, TTU_CO);
@@ -155,7 +165,7 @@ void lhts_set_current(lua_State *L, lh_task_state *s, int state, int tcore, lh_t
  * is of that task mostly). */
 static int state_newindex(lua_State *L)
 {
-    lh_task_state *s = (lh_task_state *)luaL_checkudata(L, 1, LH_TASK_STATE);
+    lh_task_state *s = (lh_task_state *)lhtask_check(L, 1, 1, LH_TASK_STATE);
     luaL_argcheck(L, luaL_checkinteger(L, 2) == TS_CURRENT, 2, "not a field of the state");
     if (!lua_toboolean(L, 3)) {
         s->current = NULL;
@@ -169,7 +179,7 @@ static int state_newindex(lua_State *L)
 
 static int state_index(lua_State *L)
 {
-    lh_task_state *s = (lh_task_state *)luaL_checkudata(L, 1, LH_TASK_STATE);
+    lh_task_state *s = (lh_task_state *)lhtask_check(L, 1, 1, LH_TASK_STATE);
     luaL_argcheck(L, luaL_checkinteger(L, 2) == TS_CURRENT, 2, "not a field of the state");
     if (!s->current) {
         lua_pushboolean(L, 0);
@@ -180,25 +190,29 @@ static int state_index(lua_State *L)
     return 1;
 }
 
-/* Makes metatable name with these metamethods, once per Lua state; leaves it pushed. */
-static void metatable(lua_State *L, const char *name, lua_CFunction index, lua_CFunction newindex)
+void lhtask_metatable(lua_State *L, const char *name, lua_CFunction index, lua_CFunction newindex)
 {
     if (!luaL_newmetatable(L, name))
         return;
-    lua_pushcfunction(L, index);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, newindex);
-    lua_setfield(L, -2, "__newindex");
+    int mt = lua_gettop(L);
+    lua_CFunction f[] = {index, newindex};
+    const char *key[] = {"__index", "__newindex"};
+    for (int i = 0; i < 2; i++) {
+        lua_pushvalue(L, mt);
+        luaL_getmetatable(L, LH_TASK_TCORE);
+        lua_pushcclosure(L, f[i], 2);
+        lua_setfield(L, mt, key[i]);
+    }
     lua_pushliteral(L, "not a table");
-    lua_setfield(L, -2, "__metatable");
+    lua_setfield(L, mt, "__metatable");
 }
 
 void lhtt_metatable(lua_State *L)
 {
-    metatable(L, LH_TASK_TCORE, tcore_index, tcore_newindex);
+    lhtask_metatable(L, LH_TASK_TCORE, tcore_index, tcore_newindex);
 }
 
 void lhts_metatable(lua_State *L)
 {
-    metatable(L, LH_TASK_STATE, state_index, state_newindex);
+    lhtask_metatable(L, LH_TASK_STATE, state_index, state_newindex);
 }
