@@ -18,6 +18,7 @@
 
 #include "lua_socket.h"
 #include "lua_task_core.h"
+#include "lua_timer.h"
 
 /* The slot of a stream's core in its table, and of a task's core in its. */
 enum { S_CORE = 1, T_CORE = 1 };
@@ -236,12 +237,12 @@ static int task_send(lua_State *L)
 
 /* The task core waiting to read the stream whose core is c, if its coroutine can be
  * resumed here: no task cut short waits to be reaped (the state's current), it has no
- * timer to cancel, and it is suspended in a yield. */
+ * timer or a luahost.timer (cancelled here), and it is suspended in a yield. */
 static lh_task_tcore *wakeable(lh_task_state *st, lh_task_core *c)
 {
     lh_task_tcore *t = c->waits ? c->held : NULL;
-    if (!t || !t->co || t->timer || st->current || lua_status(t->co) != LUA_YIELD ||
-        !lua_checkstack(t->co, 1))
+    if (!t || !t->co || (t->timer && t->timer != TT_HAS_TIMER) || st->current ||
+        lua_status(t->co) != LUA_YIELD || !lua_checkstack(t->co, 1))
         return NULL;
     return t;
 }
@@ -293,6 +294,11 @@ static int task_resume(lua_State *L)
     lua_getiuservalue(L, lua_upvalueindex(UP_CORE), TCU_READER); /* t's */
     lua_pushthread(co);
     lua_xmove(co, L, 1);
+    if (t->timer) { /* the wait's timer, cancelled as task.lua's unhook does */
+        lua_getiuservalue(L, tcore, TTU_TIMER);
+        lhtimer_cancel(L, -1);
+        t->timer = 0;
+    }
     lhts_set_current(L, st, lua_upvalueindex(UP_STATE), tcore, t);
     lua_pushlightuserdata(co, (void *)&ready_token);
     int nres = 0;

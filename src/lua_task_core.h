@@ -34,6 +34,8 @@ enum {
     TT_CANCELLING,
 };
 
+#define TT_HAS_TIMER 2 /* a task core's timer is a luahost.timer */
+
 /* The key of the module's state. */
 enum { TS_CURRENT = 1 /* the task running now, or false */ };
 
@@ -46,7 +48,7 @@ typedef struct lh_task_tcore {
     lua_State *co;       /* the coroutine a user value holds, or NULL */
     const void *stream;  /* the stream a user value holds (lua_topointer), or NULL */
     int slot;            /* with stream */
-    unsigned char timer; /* a user value holds its timer */
+    unsigned char timer; /* a user value holds its timer: TT_HAS_TIMER, or another value */
     unsigned char cancelling;
 } lh_task_tcore;
 

@@ -4,6 +4,8 @@
  * value a user value holds, set in the same step. */
 #include "lua_task_core.h"
 
+#include "lua_timer.h"
+
 #include <string.h>
 
 lh_task_tcore *lhtt_push(lua_State *L, int task, int co)
@@ -89,8 +91,8 @@ static int tcore_newindex(lua_State *L)
     case TT_SLOT:
         t->slot = lua_toboolean(L, 3) ? (int)luaL_checkinteger(L, 3) : 0;
         break;
-    case TT_TIMER:
-        t->timer = (unsigned char)hold(L, TTU_TIMER, LUA_TNONE);
+    case TT_TIMER: /* a luahost.timer, which the C resumer may cancel, is told apart */
+        t->timer = hold(L, TTU_TIMER, LUA_TNONE) ? 1 + (luaL_testudata(L, 3, LH_TIMER) != NULL) : 0;
         break;
     case TT_CANCELLING:
         t->cancelling = (unsigned char)lua_toboolean(L, 3);
