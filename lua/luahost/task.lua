@@ -442,7 +442,8 @@ end
 -- A stream for the next client, with its address and port; nil and a message when an
 -- accept fails (the next call waits for the listener first).
 function Stream:accept()
-  local deadline = self[CORE][TIMEOUT] and now() + self[CORE][TIMEOUT]
+  local timeout = self[CORE][TIMEOUT]
+  local deadline = timeout and now() + timeout
   while true do
     if not is_open(self) then return nil, "closed" end
     if not self.accept_failed then
@@ -559,7 +560,8 @@ end
 -- "line too long", a system message) and the partial data, as LuaSocket.
 function Stream:receive(pattern, prefix)
   pattern = pattern or "*l"
-  local deadline = self[CORE][TIMEOUT] and now() + self[CORE][TIMEOUT]
+  local timeout = self[CORE][TIMEOUT]
+  local deadline = timeout and now() + timeout
   local data, err, partial
   if pattern == "*l" or pattern == "l" then
     data, err, partial = read_line(self, deadline)
@@ -582,7 +584,8 @@ end
 function Stream:receive_until(delimiter, max)
   assert(type(delimiter) == "string" and #delimiter > 0, "receive_until: a delimiter expected")
   max = max or self.maxline
-  local deadline = self[CORE][TIMEOUT] and now() + self[CORE][TIMEOUT]
+  local timeout = self[CORE][TIMEOUT]
+  local deadline = timeout and now() + timeout
   local from = 1
   while true do
     local buf = self[CORE][BUF]
@@ -607,7 +610,8 @@ end
 local function receiveany(self, max)
   local buf = self[CORE][BUF]
   if buf == "" then
-    local deadline = self[CORE][TIMEOUT] and now() + self[CORE][TIMEOUT]
+    local timeout = self[CORE][TIMEOUT]
+    local deadline = timeout and now() + timeout
     repeat -- a read may bring only the discarded end of a line too long
       local ok, err = fill(self, deadline)
       if not ok then return nil, err end
@@ -630,7 +634,8 @@ local function send(self, data)
   local sock = self[CORE][SOCK]
   if self.closed or fileno(sock) < 0 then return nil, "closed", 0 end
   if pending(sock) > self[CORE][HIGH] then
-    local deadline = self[CORE][TIMEOUT] and now() + self[CORE][TIMEOUT]
+    local timeout = self[CORE][TIMEOUT]
+    local deadline = timeout and now() + timeout
     repeat
       local why = wait(self, DRAINER, nil, left(deadline))
       if why ~= "ready" then return nil, why, 0 end
