@@ -52,7 +52,9 @@ static const char ready_token = 0;
 /* The helpers below push what they read and leave it: each path sets the stack's top
  * once, when it is done (a lua_pop is a lua_settop, ~25 instructions). */
 
-/* The core of the stream (a table) at index s, pushed; else NULL. */
+/* The core of the stream (a table) at index s, pushed, if it is one of this module's
+ * (another host's luahost.task has its own state, which the paths must not mix with
+ * theirs); else NULL. */
 static lh_task_core *core_of(lua_State *L, int s)
 {
     if (lua_rawgeti(L, s, S_CORE) != LUA_TUSERDATA) /* not a light one, whatever its metatable */
@@ -61,7 +63,7 @@ static lh_task_core *core_of(lua_State *L, int s)
     if (!lua_getmetatable(L, -1) || !lua_rawequal(L, -1, lua_upvalueindex(UP_MT)))
         return NULL;
     lua_pop(L, 1);
-    return c;
+    return c->state == lua_touserdata(L, lua_upvalueindex(UP_STATE)) ? c : NULL;
 }
 
 /* The core of the stream at index 1, pushed (at index 3, after the two arguments) if
