@@ -345,6 +345,64 @@ static int task_paths(lua_State *L)
     return 3;
 }
 
+/* Makes the current task t (its core at index tcore) the one waiting in slot of the
+ * stream at index 1, whose core c is at index core; returns whether another waits there
+ * already. */
+static int hook_on(lua_State *L, lh_task_core *c, int core, lh_task_tcore *t, int tcore, int slot)
+{
+    if (slot == TC_READER) {
+        if (c->waits)
+            return 1;
+        lhtc_hold(L, c, core, tcore, t);
+        c->waits = 1;
+    } else {
+        luaL_argcheck(L, slot == TC_DRAINER, 2, "READER or DRAINER expected");
+        lua_getiuservalue(L, core, TCU_DRAINER);
+        if (lua_toboolean(L, -1))
+            return 1;
+        lhtt_push_task(L, tcore);
+        lua_setiuservalue(L, core, TCU_DRAINER);
+    }
+    lhtt_wait_on(L, t, tcore, 1, slot);
+    return 0;
+}
+
+/* fast.hook(stream or nil, slot): the bookkeeping of task.lua's wait() in one call. The
+ * running task, and what its stream's key is registered for (or false), once it is made
+ * the one waiting on the stream in slot (TC_READER, TC_DRAINER), as wait() made it; or
+ * false and why not: "outside" a task, "cancelling", "busy" (another task waits there).
+ * Its upvalues are a shared path's. */
+static int task_hook(lua_State *L)
+{
+    lua_settop(L, 2);
+    lh_task_state *st = (lh_task_state *)lua_touserdata(L, lua_upvalueindex(UP_STATE));
+    lh_task_tcore *t = st->current;
+    const char *why = !t ? "outside" : t->cancelling ? "cancelling" : NULL;
+    lh_task_core *c = NULL;
+    int tcore = 0;
+    if (!why && !lua_isnil(L, 1)) {
+        c = lua_istable(L, 1) ? core_of(L, 1) : NULL; /* at index 3 */
+        luaL_argcheck(L, c != NULL, 1, "a stream of this luahost.task expected");
+        lua_getiuservalue(L, lua_upvalueindex(UP_STATE), 1); /* t's core */
+        tcore = lua_gettop(L);
+        why = hook_on(L, c, 3, t, tcore, (int)luaL_checkinteger(L, 2)) ? "busy" : NULL;
+    } else if (!why) {
+        lua_getiuservalue(L, lua_upvalueindex(UP_STATE), 1);
+        tcore = lua_gettop(L);
+    }
+    if (why) {
+        lua_pushboolean(L, 0);
+        lua_pushstring(L, why);
+        return 2;
+    }
+    lhtt_push_task(L, tcore);
+    if (c && c->events)
+        lua_pushinteger(L, c->events);
+    else
+        lua_pushboolean(L, 0);
+    return 2;
+}
+
 /* fast.core(socket): a new stream's core. Upvalue: the module's state. */
 static int task_core(lua_State *L)
 {
@@ -417,9 +475,9 @@ static int task_tcore(lua_State *L)
 /* luahost._task_io{on_ready =, after_resume =, receiveany =, send =}: for task.lua
  * only. Returns the slots and keys the C paths read and write, the token a wait yields
  * (WAIT), the module's state (state), core(socket) for a new stream, task(t, co) for a
- * new task, and the paths: paths(stream) (the stream's resumer, receiveany and send,
- * made for it), and the shared receiveany and send, each falling back to the Lua
- * function given under its name (a resumer: on_ready(stream)). */
+ * new task, hook(stream, slot) for task.lua's wait, and the paths: paths(stream) (the stream's
+ * resumer, receiveany and send, made for it), and the shared receiveany and send, each falling back
+ * to the Lua function given under its name (a resumer: on_ready(stream)). */
 static int l_task_io(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -449,6 +507,8 @@ static int l_task_io(lua_State *L)
     lua_setfield(L, out, "receiveany");
     push_shared(L, task_send, send);
     lua_setfield(L, out, "send");
+    push_shared(L, task_hook, send);
+    lua_setfield(L, out, "hook");
     lua_pushvalue(L, 1);
     lua_pushcclosure(L, task_core, 1);
     lua_setfield(L, out, "core");

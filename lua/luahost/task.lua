@@ -40,6 +40,7 @@ local CO <const>, STREAM <const>, SLOT <const>, TIMER <const>, CANCELLING <const
 local state -- the module's state (fast.state): state[CURRENT]
 local fast -- luahost._task_io's paths
 local WAIT -- what a task yields when it waits through this module (fast.WAIT)
+local hook -- fast.hook: a wait's bookkeeping
 local READY -- what a stream's C resumer resumes its reader with: "ready" (fast.READY)
 local live = setmetatable({}, {__mode = "k"}) -- tasks not yet ended
 
@@ -156,14 +157,17 @@ end
 -- all sent) or on nothing (a sleep), for at most timeout seconds (nil: no bound).
 -- Returns why it woke: "ready", "timeout" or "closed".
 local function wait(s, slot, events, timeout)
-  local t = state[CURRENT]
-  if not t then error("luahost.task: a stream waits only inside a task (task.spawn)", 3) end
-  if t[TCORE][CANCELLING] then error(CANCELLED, 0) end
+  -- The running task, made the one waiting on s in slot (fast.hook: in one C call what
+  -- reads and writes of the cores would take), and what s's key is registered for.
+  local t, registered = hook(s, slot)
+  if not t then
+    if registered == "cancelling" then error(CANCELLED, 0) end
+    error(registered == "busy" and "luahost.task: another task already waits on this stream"
+      or "luahost.task: a stream waits only inside a task (task.spawn)", 3)
+  end
   if s then
-    if s[CORE][slot] then error("luahost.task: another task already waits on this stream", 3) end
-    s[CORE][slot], t[TCORE][STREAM], t[TCORE][SLOT] = t, s, slot
     if events then
-      ensure_registered(s, events)
+      if registered ~= events then ensure_registered(s, events) end
     else -- waiting for output to drain
       if not s.on_drain_set then
         s.on_drain_set = true
@@ -649,7 +653,7 @@ end
 
 fast = luahost._task_io{on_ready = on_ready, after_resume = after_resume,
   receiveany = receiveany, send = send}
-WAIT, READY, state = fast.WAIT, fast.READY, fast.state
+WAIT, READY, state, hook = fast.WAIT, fast.READY, fast.state, fast.hook
 for name, slot in pairs({CURRENT = CURRENT, CORE = CORE, TCORE = TCORE, SOCK = SOCK, BUF = BUF,
   READER = READER, DRAINER = DRAINER, DRAINED = DRAINED, EVENTS = EVENTS, TIMEOUT = TIMEOUT,
   DISCARDING = DISCARDING, HIGH = HIGH, CO = CO, STREAM = STREAM, SLOT = SLOT, TIMER = TIMER,
