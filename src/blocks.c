@@ -17,6 +17,7 @@
 #define KEEP BLOCKS_KEEP
 #endif
 static const unsigned blocks_keep = KEEP;
+static const unsigned blocks_cap = KEEP ? BLOCKS_CAP : 0;
 
 static size_t class_of(size_t size)
 {
@@ -32,8 +33,11 @@ static void *take(blocks *b, size_t size)
 {
     size_t c = class_of(size);
     void *block = b->free[c];
-    if (!block)
-        return malloc(class_size(c));
+    if (!block) {
+        block = malloc(class_size(c));
+        b->made[c] += block != NULL;
+        return block;
+    }
     memcpy(&b->free[c], block, sizeof(void *));
     b->kept[c]--;
     return block;
@@ -42,8 +46,9 @@ static void *take(blocks *b, size_t size)
 static void give(blocks *b, void *block, size_t size)
 {
     size_t c = class_of(size);
-    if (b->kept[c] >= blocks_keep) {
+    if (b->kept[c] >= blocks_keep && b->made[c] > blocks_cap) {
         free(block);
+        b->made[c]--;
         return;
     }
     memcpy(block, &b->free[c], sizeof(void *));
@@ -93,6 +98,7 @@ void blocks_release(blocks *b)
             memcpy(&b->free[c], block, sizeof(void *));
             free(block);
         }
+        b->made[c] -= b->kept[c];
         b->kept[c] = 0;
     }
 }

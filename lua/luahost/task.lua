@@ -26,16 +26,21 @@ local CANCELLED = setmetatable({}, {__tostring = function() return "task cancell
 -- The paths every message takes are in C (luahost._task_io, src/lua_task.c): a stream's
 -- key callback resumes its reader, receiveany and send run without Lua when nothing is
 -- unusual, and hand everything else to the functions of this file they stand in for.
--- They read and write the fields they share with this file in the tables' array parts,
--- at these slots (checked against theirs below): the state's, a stream's, a task's.
+-- The state they share with this file is in C (src/lua_task_core.h): a stream's core
+-- (s[CORE]), a task's core (t[TCORE]) and the module's state, userdata this file reads
+-- and writes by integer keys (s[CORE][BUF], state[CURRENT]). The slots and keys (checked
+-- against theirs below): the state's, a stream's and a task's, a stream core's, a task
+-- core's.
 local CURRENT <const> = 1 -- the task running now, or false in a callback or the main chunk
+local CORE <const>, TCORE <const> = 1, 1 -- in a stream's table, in a task's
 local SOCK <const>, BUF <const>, READER <const>, DRAINER <const> = 1, 2, 3, 4
 local DRAINED <const>, EVENTS <const>, TIMEOUT <const> = 5, 6, 7
 local DISCARDING <const>, HIGH <const> = 8, 9
 local CO <const>, STREAM <const>, SLOT <const>, TIMER <const>, CANCELLING <const> = 1, 2, 3, 4, 5
-local state = {false}
+local state -- the module's state (fast.state): state[CURRENT]
 local fast -- luahost._task_io's paths
 local WAIT -- what a task yields when it waits through this module (fast.WAIT)
+local hook -- fast.hook: a wait's bookkeeping
 local READY -- what a stream's C resumer resumes its reader with: "ready" (fast.READY)
 local live = setmetatable({}, {__mode = "k"}) -- tasks not yet ended
 
@@ -53,7 +58,7 @@ local finish -- defined below
 -- that yielded by itself, not through a wait of this module, could never be woken: it
 -- fails.
 local function after_resume(t, ok, err)
-  local co = t[CO]
+  local co = t[TCORE][CO]
   if costatus(co) == "dead" then
     if ok then
       finish(t, "done")
@@ -74,7 +79,7 @@ end
 local function step(t, why)
   local prev = state[CURRENT]
   state[CURRENT] = t
-  local ok, waits = resume(t[CO], why)
+  local ok, waits = resume(t[TCORE][CO], why)
   state[CURRENT] = prev
   if ok and waits == WAIT then return end -- the usual case: it waits again
   after_resume(t, ok, waits)
@@ -82,15 +87,15 @@ end
 
 -- Ends t's current wait (its stream slot and its timer) without resuming it.
 local function unhook(t)
-  local s, slot = t[STREAM], t[SLOT]
+  local s, slot = t[TCORE][STREAM], t[TCORE][SLOT]
   if s then
-    if s[slot] == t then s[slot] = false end
-    t[STREAM] = false
+    if s[CORE][slot] == t then s[CORE][slot] = false end
+    t[TCORE][STREAM] = false
   end
-  local timer = t[TIMER]
+  local timer = t[TCORE][TIMER]
   if timer then
     timer:cancel()
-    t[TIMER] = false
+    t[TCORE][TIMER] = false
   end
 end
 
@@ -107,7 +112,7 @@ end
 local function reap_cut_short()
   local t = state[CURRENT]
   state[CURRENT] = false
-  if t and t[CO] and costatus(t[CO]) == "dead" and live[t] then
+  if t and t[TCORE][CO] and costatus(t[TCORE][CO]) == "dead" and live[t] then
     finish(t, "failed", "its callback was cut short (--max-instructions or --max-memory)")
   end
 end
@@ -129,42 +134,45 @@ local pending -- a socket method, taken with the others below
 -- neither, the key is removed, so a level-triggered event does not come back round after
 -- round while the stream's task does something else.
 local function on_ready(s)
-  local t = s[READER]
+  local t = s[CORE][READER]
   if t then return wake_from_host(t, "ready") end
-  local d = s[DRAINER]
-  if d and pending(s[SOCK]) <= s[HIGH] then return wake_from_host(d, "ready") end
-  s[EVENTS] = false
-  sel:unregister(s[SOCK])
+  local d = s[CORE][DRAINER]
+  if d and pending(s[CORE][SOCK]) <= s[CORE][HIGH] then return wake_from_host(d, "ready") end
+  s[CORE][EVENTS] = false
+  sel:unregister(s[CORE][SOCK])
 end
 
 local function ensure_registered(s, events)
-  local registered = s[EVENTS]
+  local registered = s[CORE][EVENTS]
   if registered == events then return end
   if registered then
-    sel:modify(s[SOCK], events, s.on_ready)
+    sel:modify(s[CORE][SOCK], events, s.on_ready)
   else
-    sel:register(s[SOCK], events, s.on_ready)
+    sel:register(s[CORE][SOCK], events, s.on_ready)
   end
-  s[EVENTS] = events
+  s[CORE][EVENTS] = events
 end
 
 -- The running task waits, on s (slot READER: readiness for events; DRAINER: its output
 -- all sent) or on nothing (a sleep), for at most timeout seconds (nil: no bound).
 -- Returns why it woke: "ready", "timeout" or "closed".
 local function wait(s, slot, events, timeout)
-  local t = state[CURRENT]
-  if not t then error("luahost.task: a stream waits only inside a task (task.spawn)", 3) end
-  if t[CANCELLING] then error(CANCELLED, 0) end
+  -- The running task, made the one waiting on s in slot (fast.hook: in one C call what
+  -- reads and writes of the cores would take), and what s's key is registered for.
+  local t, registered = hook(s, slot)
+  if not t then
+    if registered == "cancelling" then error(CANCELLED, 0) end
+    error(registered == "busy" and "luahost.task: another task already waits on this stream"
+      or "luahost.task: a stream waits only inside a task (task.spawn)", 3)
+  end
   if s then
-    if s[slot] then error("luahost.task: another task already waits on this stream", 3) end
-    s[slot], t[STREAM], t[SLOT] = t, s, slot
     if events then
-      ensure_registered(s, events)
+      if registered ~= events then ensure_registered(s, events) end
     else -- waiting for output to drain
       if not s.on_drain_set then
         s.on_drain_set = true
-        s[SOCK]:on_drain(function()
-          local d = s[DRAINER]
+        s[CORE][SOCK]:on_drain(function()
+          local d = s[CORE][DRAINER]
           if d then wake_from_host(d, "ready") end
         end)
       end
@@ -179,7 +187,7 @@ local function wait(s, slot, events, timeout)
       unhook(t)
       return "timeout"
     end
-    t[TIMER] = after(timeout, t.on_timeout)
+    t[TCORE][TIMER] = after(timeout, t.on_timeout)
   end
   local why = yield(WAIT)
   if why == READY then return "ready" end
@@ -193,7 +201,7 @@ end
 -- step) left a dead one there.
 local function running_task()
   local t = state[CURRENT]
-  if t and (not t[CO] or costatus(t[CO]) == "dead") then
+  if t and (not t[TCORE][CO] or costatus(t[TCORE][CO]) == "dead") then
     reap_cut_short()
     return nil
   end
@@ -204,13 +212,13 @@ end
 -- become the new task's own: they are closed when it ends.
 function task.spawn(fn, ...)
   assert(type(fn) == "function", "task.spawn: a function expected")
-  -- The slots (CO, STREAM, SLOT, TIMER, CANCELLING) in its array part, the rest named,
-  -- every one set (false for none): a missing one would be looked up in Task on each read.
-  local t = setmetatable({create(fn), false, false, false, false, streams = {},
-    state = "running", awaiting = false}, Task)
+  -- Its core (CO, STREAM, SLOT, TIMER, CANCELLING) at TCORE, the rest named, every one
+  -- set (false for none): a missing one would be looked up in Task on each read.
+  local t = setmetatable({false, streams = {}, state = "running", awaiting = false}, Task)
+  fast.task(t, create(fn))
   t.on_timeout = function()
-    if t[TIMER] then
-      t[TIMER] = false
+    if t[TCORE][TIMER] then
+      t[TCORE][TIMER] = false
       wake_from_host(t, "timeout")
     end
   end
@@ -224,7 +232,7 @@ function task.spawn(fn, ...)
   live[t] = true
   local prev = running_task() or false
   state[CURRENT] = t
-  local ok, waits = resume(t[CO], ...)
+  local ok, waits = resume(t[TCORE][CO], ...)
   state[CURRENT] = prev
   if not (ok and waits == WAIT) then after_resume(t, ok, waits) end
   return t
@@ -234,7 +242,7 @@ end
 -- "cancelled".
 function Task:status()
   if self.state ~= "running" then return self.state end
-  return costatus(self[CO]) == "suspended" and "waiting" or "running"
+  return costatus(self[TCORE][CO]) == "suspended" and "waiting" or "running"
 end
 
 -- Ends the task: a waiting one at once (its <close> variables run, its streams close),
@@ -242,14 +250,14 @@ end
 -- waits. Returns false if it had already ended.
 function Task:cancel()
   if self.state ~= "running" then return false end
-  local status = costatus(self[CO])
+  local status = costatus(self[TCORE][CO])
   if status == "running" then error(CANCELLED, 0) end
   if status == "normal" then
-    self[CANCELLING] = true
+    self[TCORE][CANCELLING] = true
     return true
   end
   unhook(self)
-  coclose(self[CO])
+  coclose(self[TCORE][CO])
   finish(self, "cancelled")
   return true
 end
@@ -267,7 +275,7 @@ finish = function(t, how, err)
   live[t] = nil
   if err then log("error", "error in task for " .. peer_of(t) .. ": " .. err) end
   local streams = t.streams
-  t.streams, t[CO] = {}, false
+  t.streams, t[TCORE][CO] = {}, false
   for s in pairs(streams) do
     s.owner = false
     -- A task that failed left its connections in no known state: reset them, as the
@@ -295,9 +303,10 @@ function task.await(start)
     if t.awaiting == token and t.state == "running" then
       t.awaiting = false
       -- From a host callback or from another task (which stays current): not wake_from_host,
-      -- whose reaping would take the running task for one the budget cut short;
-      -- running_task() reaps only a dead one.
-      running_task()
+      -- whose reaping would take the running task for one the budget cut short.
+      local current = state[CURRENT]
+      local co = current and current[TCORE][CO]
+      if current and (not co or costatus(co) == "dead") then reap_cut_short() end
       step(t, "ready")
     end
   end)
@@ -339,12 +348,15 @@ local function new_stream(sock, peer)
     local methods = getmetatable(sock).__index
     recv, write, pending, fileno = methods.recv, methods.write, methods.pending, methods.fileno
   end
-  -- The slots (SOCK, BUF, READER, DRAINER, DRAINED, EVENTS, TIMEOUT, DISCARDING, HIGH) in
-  -- its array part, the rest named, every one set (false for none).
-  local s = setmetatable({sock, "", false, false, false, false, false, false, HIGH_WATER,
-    maxline = MAXLINE, peer = peer or false, owner = running_task() or false, closed = false,
-    accept_failed = false, on_drain_set = false}, Stream)
-  s.on_ready = fast.resumer(s)
+  -- Its core in its array part, the rest named, every one set (false for none).
+  local core = fast.core(sock)
+  core[HIGH] = HIGH_WATER
+  local s = setmetatable({core, maxline = MAXLINE, peer = peer or false,
+    owner = running_task() or false, closed = false, accept_failed = false,
+    on_drain_set = false, on_ready = false, receiveany = false, send = false}, Stream)
+  -- Its key's callback, and receiveany and send made for it: found in the stream itself,
+  -- a call on it needs no look-up in Stream, nor a check of its core in C.
+  s.on_ready, s.receiveany, s.send = fast.paths(s)
   if s.owner then s.owner.streams[s] = true end
   return s
 end
@@ -361,7 +373,7 @@ local function left(deadline)
 end
 
 local function is_open(s)
-  return not s.closed and s[SOCK]:fileno() >= 0
+  return not s.closed and s[CORE][SOCK]:fileno() >= 0
 end
 
 -- Connects to host:port and returns a stream once the connection is up, or nil and why.
@@ -381,12 +393,12 @@ function task.connect(host, port, opts)
 end
 
 function Stream:socket()
-  return self[SOCK]
+  return self[CORE][SOCK]
 end
 
 -- nil or a negative number: operations wait as long as it takes.
 function Stream:settimeout(seconds)
-  self[TIMEOUT] = (seconds and seconds >= 0) and seconds or false
+  self[CORE][TIMEOUT] = (seconds and seconds >= 0) and seconds or false
   return 1
 end
 
@@ -398,12 +410,12 @@ end
 -- The output limit of the socket; send then waits while a quarter of it is buffered, where
 -- the host stops reading. (Under --max-output, call it with that limit.)
 function Stream:setlimit(bytes)
-  self[SOCK]:setlimit(bytes)
-  self[HIGH] = bytes // 4
+  self[CORE][SOCK]:setlimit(bytes)
+  self[CORE][HIGH] = bytes // 4
 end
 
 function Stream:__tostring()
-  return "luahost.task stream (" .. tostring(self[SOCK]) .. ")"
+  return "luahost.task stream (" .. tostring(self[CORE][SOCK]) .. ")"
 end
 
 -- Closes the stream (letting the socket send what it has buffered); a task waiting on it
@@ -415,12 +427,14 @@ function Stream:close(how)
     self.owner.streams[self] = nil
     self.owner = false
   end
-  if how == "abort" then self[SOCK]:abort() else self[SOCK]:close() end -- unregisters it
-  self[EVENTS] = false
+  local core = self[CORE]
+  if how == "abort" then core[SOCK]:abort() else core[SOCK]:close() end -- unregisters it
+  core[EVENTS] = false
   for _, slot in ipairs({READER, DRAINER}) do
-    local t = self[slot]
+    local t = core[slot]
     if t then wake(t, "closed") end
   end
+  core[READER] = false -- lets go of the last reader, which the core still holds
   return 1
 end
 
@@ -432,11 +446,12 @@ end
 -- A stream for the next client, with its address and port; nil and a message when an
 -- accept fails (the next call waits for the listener first).
 function Stream:accept()
-  local deadline = self[TIMEOUT] and now() + self[TIMEOUT]
+  local timeout = self[CORE][TIMEOUT]
+  local deadline = timeout and now() + timeout
   while true do
     if not is_open(self) then return nil, "closed" end
     if not self.accept_failed then
-      local conn, host, port = self[SOCK]:accept()
+      local conn, host, port = self[CORE][SOCK]:accept()
       if conn then return new_stream(conn, address(host, port)), host, port end
       if host ~= "wouldblock" then
         self.accept_failed = true
@@ -452,31 +467,31 @@ end
 -- Reads once into the buffer, waiting for data first when the last read drained the
 -- socket. Returns true, or nil and why not ("closed" at end of stream).
 local function fill(s, deadline)
-  local sock = s[SOCK]
+  local sock = s[CORE][SOCK]
   if s.closed or fileno(sock) < 0 then return nil, "closed" end
   while true do
     local l = deadline and deadline - now()
-    if s[DRAINED] and (not l or l > 0) then -- past the deadline: one last try, no wait
+    if s[CORE][DRAINED] and (not l or l > 0) then -- past the deadline: one last try, no wait
       local why = wait(s, READER, READ, l)
       if why ~= "ready" then return nil, why end -- ready: still registered, so open
     end
     local data, err = recv(sock, CHUNK)
-    s[DRAINED] = data == nil or #data < CHUNK
+    s[CORE][DRAINED] = data == nil or #data < CHUNK
     if err == "wouldblock" and l and l <= 0 then return nil, "timeout" end
     if data == "" then
       return nil, "closed"
     elseif data then
-      if s[DISCARDING] then -- the rest of a line too long, up to its end
+      if s[CORE][DISCARDING] then -- the rest of a line too long, up to its end
         local nl = find(data, "\n", 1, true)
         if nl then
-          s[DISCARDING] = false
+          s[CORE][DISCARDING] = false
           data = sub(data, nl + 1)
         else
           data = ""
         end
       end
-      local buf = s[BUF]
-      s[BUF] = buf == "" and data or buf .. data
+      local buf = s[CORE][BUF]
+      s[CORE][BUF] = buf == "" and data or buf .. data
       return true
     elseif err ~= "wouldblock" then
       return nil, err
@@ -486,26 +501,26 @@ end
 
 -- Whatever the buffer holds, as the partial result of a failed operation.
 local function fail(s, err)
-  local partial = s[BUF]
-  s[BUF] = ""
+  local partial = s[CORE][BUF]
+  s[CORE][BUF] = ""
   return nil, err, partial
 end
 
 local function read_line(s, deadline)
   local from = 1
   while true do
-    local buf = s[BUF]
+    local buf = s[CORE][BUF]
     local nl = find(buf, "\n", from, true)
     if nl then
       local j = nl - 1
       if byte(buf, j) == 13 then j = j - 1 end
-      s[BUF] = sub(buf, nl + 1)
+      s[CORE][BUF] = sub(buf, nl + 1)
       if j > s.maxline then return nil, "line too long" end
       return sub(buf, 1, j)
     end
     -- The bound is on the line without its ending, and a CR may wait for its LF.
     if #buf - (byte(buf, -1) == 13 and 1 or 0) > s.maxline then
-      s[BUF], s[DISCARDING] = "", true
+      s[CORE][BUF], s[CORE][DISCARDING] = "", true
       return nil, "line too long"
     end
     from = #buf + 1
@@ -515,30 +530,30 @@ local function read_line(s, deadline)
 end
 
 local function read_count(s, n, deadline)
-  while #s[BUF] < n do
+  while #s[CORE][BUF] < n do
     local ok, err = fill(s, deadline)
     if not ok then return fail(s, err) end
   end
-  local buf = s[BUF]
+  local buf = s[CORE][BUF]
   if #buf == n then
-    s[BUF] = ""
+    s[CORE][BUF] = ""
     return buf
   end
-  s[BUF] = sub(buf, n + 1)
+  s[CORE][BUF] = sub(buf, n + 1)
   return sub(buf, 1, n)
 end
 
 local function read_all(s, deadline)
   while true do
-    if #s[BUF] > s.maxline then
-      s[BUF] = ""
+    if #s[CORE][BUF] > s.maxline then
+      s[CORE][BUF] = ""
       return nil, "too long"
     end
     local ok, err = fill(s, deadline)
     if not ok then
       if err ~= "closed" then return fail(s, err) end
-      local buf = s[BUF]
-      s[BUF] = ""
+      local buf = s[CORE][BUF]
+      s[CORE][BUF] = ""
       return buf
     end
   end
@@ -549,7 +564,8 @@ end
 -- "line too long", a system message) and the partial data, as LuaSocket.
 function Stream:receive(pattern, prefix)
   pattern = pattern or "*l"
-  local deadline = self[TIMEOUT] and now() + self[TIMEOUT]
+  local timeout = self[CORE][TIMEOUT]
+  local deadline = timeout and now() + timeout
   local data, err, partial
   if pattern == "*l" or pattern == "l" then
     data, err, partial = read_line(self, deadline)
@@ -572,18 +588,19 @@ end
 function Stream:receive_until(delimiter, max)
   assert(type(delimiter) == "string" and #delimiter > 0, "receive_until: a delimiter expected")
   max = max or self.maxline
-  local deadline = self[TIMEOUT] and now() + self[TIMEOUT]
+  local timeout = self[CORE][TIMEOUT]
+  local deadline = timeout and now() + timeout
   local from = 1
   while true do
-    local buf = self[BUF]
+    local buf = self[CORE][BUF]
     local i, j = find(buf, delimiter, from, true)
     if i then
-      self[BUF] = sub(buf, j + 1)
+      self[CORE][BUF] = sub(buf, j + 1)
       if i - 1 > max then return nil, "too long" end
       return sub(buf, 1, i - 1)
     end
     if #buf > max + #delimiter - 1 then
-      self[BUF] = ""
+      self[CORE][BUF] = ""
       return nil, "too long"
     end
     from = math.max(1, #buf - #delimiter + 2)
@@ -595,21 +612,22 @@ end
 -- What has come (at most max bytes, default 65536), waiting only if nothing has. (In C,
 -- fast.receiveany, for an empty buffer read or waited for the usual way.)
 local function receiveany(self, max)
-  local buf = self[BUF]
+  local buf = self[CORE][BUF]
   if buf == "" then
-    local deadline = self[TIMEOUT] and now() + self[TIMEOUT]
+    local timeout = self[CORE][TIMEOUT]
+    local deadline = timeout and now() + timeout
     repeat -- a read may bring only the discarded end of a line too long
       local ok, err = fill(self, deadline)
       if not ok then return nil, err end
-      buf = self[BUF]
+      buf = self[CORE][BUF]
     until buf ~= ""
   end
   max = max or CHUNK
   if #buf <= max then
-    self[BUF] = ""
+    self[CORE][BUF] = ""
     return buf
   end
-  self[BUF] = sub(buf, max + 1)
+  self[CORE][BUF] = sub(buf, max + 1)
   return sub(buf, 1, max)
 end
 
@@ -617,26 +635,27 @@ end
 -- the output buffered is over the high water. Returns #data, or nil, why and 0. (In C,
 -- fast.send, under the high water.)
 local function send(self, data)
-  local sock = self[SOCK]
+  local sock = self[CORE][SOCK]
   if self.closed or fileno(sock) < 0 then return nil, "closed", 0 end
-  if pending(sock) > self[HIGH] then
-    local deadline = self[TIMEOUT] and now() + self[TIMEOUT]
+  if pending(sock) > self[CORE][HIGH] then
+    local timeout = self[CORE][TIMEOUT]
+    local deadline = timeout and now() + timeout
     repeat
       local why = wait(self, DRAINER, nil, left(deadline))
       if why ~= "ready" then return nil, why, 0 end
       if not is_open(self) then return nil, "closed", 0 end
-    until pending(sock) <= self[HIGH]
+    until pending(sock) <= self[CORE][HIGH]
   end
   local left_over, err = write(sock, data)
   if not left_over then return nil, err, 0 end
   return #data
 end
 
-fast = luahost._task_io{state = state, on_ready = on_ready, after_resume = after_resume,
+fast = luahost._task_io{on_ready = on_ready, after_resume = after_resume,
   receiveany = receiveany, send = send}
-WAIT, READY = fast.WAIT, fast.READY
-for name, slot in pairs({CURRENT = CURRENT, SOCK = SOCK, BUF = BUF, READER = READER,
-  DRAINER = DRAINER, DRAINED = DRAINED, EVENTS = EVENTS, TIMEOUT = TIMEOUT,
+WAIT, READY, state, hook = fast.WAIT, fast.READY, fast.state, fast.hook
+for name, slot in pairs({CURRENT = CURRENT, CORE = CORE, TCORE = TCORE, SOCK = SOCK, BUF = BUF,
+  READER = READER, DRAINER = DRAINER, DRAINED = DRAINED, EVENTS = EVENTS, TIMEOUT = TIMEOUT,
   DISCARDING = DISCARDING, HIGH = HIGH, CO = CO, STREAM = STREAM, SLOT = SLOT, TIMER = TIMER,
   CANCELLING = CANCELLING}) do
   assert(fast[name] == slot, "luahost.task: its slots differ from luahost's")

@@ -1,6 +1,7 @@
 /* test_blocks.c: proves the small-block allocator hands back blocks that hold what was
  * written to them through every resize across classes, reuses a freed block for a
- * request of its class, keeps at most BLOCKS_KEEP blocks a class, and frees them all. */
+ * request of its class, keeps no more blocks a class than it had in use at once (nor
+ * BLOCKS_CAP), and frees them all. */
 #include "blocks.h"
 
 #include <malloc.h>
@@ -96,16 +97,26 @@ static void test_reuse(void)
     blocks_release(&b);
 }
 
-/* Freeing many blocks of one class keeps BLOCKS_KEEP of them at most. */
+/* Frees n blocks of 64 bytes made together; returns how many of them are kept. */
+static unsigned kept_of(blocks *b, void **many, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        many[i] = blocks_alloc(b, NULL, 0, 64);
+    for (size_t i = 0; i < n; i++)
+        blocks_alloc(b, many[i], 64, 0);
+    return b->kept[(64 + 7) / 16];
+}
+
+/* Freeing many blocks of one class keeps all of them while the class has made no more
+ * than BLOCKS_CAP (unless this build keeps none), and BLOCKS_CAP at most. */
 static void test_bound(void)
 {
+    static void *many[2 * BLOCKS_CAP];
     blocks b = {0};
-    void *many[4 * BLOCKS_KEEP];
-    for (size_t i = 0; i < 4 * BLOCKS_KEEP; i++)
-        many[i] = blocks_alloc(&b, NULL, 0, 64);
-    for (size_t i = 0; i < 4 * BLOCKS_KEEP; i++)
-        blocks_alloc(&b, many[i], 64, 0);
-    CHECK(b.kept[(64 + 7) / 16] <= BLOCKS_KEEP);
+    unsigned kept = kept_of(&b, many, BLOCKS_KEEP + 100);
+    CHECK(kept == BLOCKS_KEEP + 100 || kept == 0);
+    CHECK(kept_of(&b, many, 2 * BLOCKS_CAP) <= BLOCKS_CAP);
+    CHECK(b.made[(64 + 7) / 16] == b.kept[(64 + 7) / 16]);
     blocks_release(&b);
     CHECK(b.free[(64 + 7) / 16] == NULL);
 }
