@@ -177,14 +177,30 @@ static int add_servers(tls_ctx *ctx, const tls_opts *o, char *err, size_t errlen
     return 0;
 }
 
+/* Resumption: tickets TLS 1.3 session tickets after each full handshake. None also
+ * turns off TLS 1.2's tickets and the server's session cache, so that nothing is kept
+ * or made for a resumption that cannot happen. */
+static void set_sessions(SSL_CTX *ssl, int tickets)
+{
+    SSL_CTX_set_session_id_context(ssl, (const unsigned char *)"luahost", 7);
+    SSL_CTX_set_num_tickets(ssl, (size_t)tickets);
+    if (tickets == 0) {
+        SSL_CTX_set_options(ssl, SSL_OP_NO_TICKET);
+        SSL_CTX_set_session_cache_mode(ssl, SSL_SESS_CACHE_OFF);
+    }
+}
+
 /* Trust, versions, ciphers and ALPN; 0 or -1 with err set. */
 static int configure(tls_ctx *ctx, const tls_opts *o, char *err, size_t errlen)
 {
     SSL_CTX *ssl = ctx->ssl;
     /* Renegotiation is refused: TLS 1.3 has none, and in 1.2 it only serves attacks. */
     SSL_CTX_set_options(ssl, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
-    SSL_CTX_set_mode(ssl, SSL_MODE_RELEASE_BUFFERS);
-    SSL_CTX_set_session_id_context(ssl, (const unsigned char *)"luahost", 7);
+    /* The chain sent is the certificate file's (tls.h): without this, OpenSSL would build
+     * one from the trust store at every handshake (a directory look-up and a chain check,
+     * ~6% of a server's handshake), only to find the roots it may not send anyway. */
+    SSL_CTX_set_mode(ssl, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_NO_AUTO_CHAIN);
+    set_sessions(ssl, o->tickets);
     const char *what = "cannot set the minimum TLS version";
     if (!SSL_CTX_set_min_proto_version(ssl, o->min_version ? o->min_version : TLS1_2_VERSION))
         goto fail;
@@ -194,9 +210,10 @@ static int configure(tls_ctx *ctx, const tls_opts *o, char *err, size_t errlen)
     what = "cannot use the TLS 1.3 cipher suites";
     if (o->ciphersuites && !SSL_CTX_set_ciphersuites(ssl, o->ciphersuites))
         goto fail;
+    /* The system's store only where something verifies against it. */
     what = "cannot load the CA file";
     if (o->ca ? !SSL_CTX_load_verify_locations(ssl, o->ca, NULL)
-              : !SSL_CTX_set_default_verify_paths(ssl))
+              : o->verify && !SSL_CTX_set_default_verify_paths(ssl))
         goto fail;
     if (o->ca && o->verify) {
         STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(o->ca);
