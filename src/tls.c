@@ -391,6 +391,22 @@ static ssize_t pull(tls_conn *t, conn *c, const net_io *io)
     return n;
 }
 
+/* Reads the kernel for TLS: 1 when bytes came, -EAGAIN, or the failure to return (the
+ * end of the stream here is a truncation: a close_notify would have been read first). */
+static int refill(tls_conn *t, conn *c, const net_io *io, const char *what)
+{
+    char why[sizeof t->err];
+    ssize_t n = t->eof ? 0 : pull(t, c, io);
+    if (n > 0 || n == -EAGAIN)
+        return n > 0 ? 1 : -EAGAIN;
+    t->eof = 1;
+    if (n == 0)
+        snprintf(why, sizeof why, "%s: the peer closed the connection without close_notify", what);
+    else
+        snprintf(why, sizeof why, "%s: %s", what, strerror((int)-n));
+    return fail(t, n == 0 ? -ECONNRESET : (int)n, why);
+}
+
 /* After an SSL call that returned ret <= 0: 1 when bytes came for it to try again,
  * 0 at the peer's close_notify, else the negative code to return (-EAGAIN: wait). */
 static int need(tls_conn *t, conn *c, const net_io *io, int ret, const char *what)
@@ -403,15 +419,7 @@ static int need(tls_conn *t, conn *c, const net_io *io, int ret, const char *wha
         ssl_reason(why, sizeof why, what, t->ssl);
         return fail(t, -EPROTO, why);
     }
-    ssize_t n = t->eof ? 0 : pull(t, c, io);
-    if (n > 0 || n == -EAGAIN)
-        return n > 0 ? 1 : -EAGAIN;
-    t->eof = 1;
-    if (n == 0)
-        snprintf(why, sizeof why, "%s: the peer closed the connection without close_notify", what);
-    else
-        snprintf(why, sizeof why, "%s: %s", what, strerror((int)-n));
-    return fail(t, n == 0 ? -ECONNRESET : (int)n, why);
+    return refill(t, c, io, what);
 }
 
 /* Encrypts len bytes of data into c's output, a chunk at a time. */
@@ -502,29 +510,37 @@ int tls_handshake(tls_conn *t, conn *c, selector *sel, const net_io *io)
     return rc;
 }
 
-/* SSL_read until len bytes or no more without the kernel: a call gives one record. */
+/* SSL_read until len bytes, or until what one read of the kernel brought is used up: a
+ * call gives one record. The kernel is read only while nothing was got, as plain TCP's
+ * recv reads it once: it announces what comes next, and neither a recv that would find
+ * nothing nor the SSL call that would fail for it is made per message. Bytes just read
+ * always go to SSL_read: the rest of a record SSL holds the start of is no whole record
+ * to tls_has_input. */
 static ssize_t read_records(tls_conn *t, conn *c, selector *sel, const net_io *io, char *buf,
                             size_t len)
 {
     size_t got = 0;
+    int fresh = 0; /* bytes came that SSL has not seen */
     while (got < len) {
+        /* After close_notify, SSL_read itself tells the end; the kernel's is not TLS's. */
+        int closed = SSL_get_shutdown(t->ssl) & SSL_RECEIVED_SHUTDOWN;
+        if (!fresh && !closed && !tls_has_input(t)) {
+            int rc = got > 0 ? -EAGAIN : refill(t, c, io, "TLS");
+            if (rc < 0)
+                return got > 0 ? (ssize_t)got : rc; /* the end or failure: the next call */
+        }
         size_t n = 0;
         clear_errors();
         int ret = SSL_read_ex(t->ssl, buf + got, len - got, &n);
         if (BIO_ctrl_pending(t->wbio) > 0)
             push(t, c, sel, io, NULL); /* a key update's answer, or an alert */
-        if (ret == 1) {
-            got += n;
-            continue;
-        }
-        int rc = need(t, c, io, ret, "TLS");
-        if (rc == 1)
-            continue;
-        if (got > 0) /* the end or the failure is told by the next call */
-            break;
-        return rc;
+        got += n;
+        int rc = ret == 1 ? 1 : need(t, c, io, ret, "TLS");
+        fresh = ret != 1 && rc == 1;
+        if (rc < 1)
+            return got > 0 ? (ssize_t)got : rc;
     }
-    if (got == len && tls_has_input(t))
+    if (tls_has_input(t))
         sel_post(sel, c->fd);
     return (ssize_t)got;
 }
