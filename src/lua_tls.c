@@ -253,9 +253,12 @@ static void tls_ready(void *ud, lua_State *L, lh_socket *s)
     (void)L;
     if (!t)
         return;
-    lhsock_describe(s, peer, sizeof peer);
+    /* Named only when the line would be written: a getpeername a handshake step else. */
+    int logged = ctx->sockets->log->level <= LH_DEBUG;
+    if (logged)
+        lhsock_describe(s, peer, sizeof peer);
     int rc = tls_handshake(t, &s->conn, ctx->sockets->sel, ctx->sockets->io);
-    if (rc < 0)
+    if (rc < 0 && logged)
         lh_log(ctx->sockets->log, LH_DEBUG, "%s: %s", peer, tls_error(t));
     if (rc != 0)
         end_timeout(L, ctx, s);
