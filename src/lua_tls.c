@@ -112,7 +112,11 @@ static tls_ctx *make_ctx(lua_State *L, int opts, int client, char *err, size_t e
     lua_getfield(L, opts, "handshake_timeout");
     o.handshake_timeout = luaL_optnumber(L, -1, 10);
     luaL_argcheck(L, o.handshake_timeout > 0, 1, "handshake_timeout must be positive");
-    lua_pop(L, 2);
+    lua_getfield(L, opts, "tickets");
+    lua_Integer tickets = luaL_optinteger(L, -1, 0);
+    luaL_argcheck(L, tickets >= 0 && tickets <= 16, 1, "tickets must be from 0 to 16");
+    o.tickets = (int)tickets;
+    lua_pop(L, 3);
     opt_alpn(L, opts, &alpn, &o);
     opt_servers(L, opts, &o);
     tls_ctx *ctx = tls_ctx_new(&o, err, errlen);
@@ -121,7 +125,7 @@ static tls_ctx *make_ctx(lua_State *L, int opts, int client, char *err, size_t e
 }
 
 /* luahost.tls_context{cert =, key =, ca =, verify =, alpn =, ciphers =, ciphersuites =,
- * min_version =, servers =, handshake_timeout =}: a context, or nil and why (a file
+ * min_version =, servers =, handshake_timeout =, tickets =}: a context, or nil and why (a file
  * missing, a key that does not match). */
 static int l_tls_context(lua_State *L)
 {
@@ -249,9 +253,12 @@ static void tls_ready(void *ud, lua_State *L, lh_socket *s)
     (void)L;
     if (!t)
         return;
-    lhsock_describe(s, peer, sizeof peer);
+    /* Named only when the line would be written: a getpeername a handshake step else. */
+    int logged = ctx->sockets->log->level <= LH_DEBUG;
+    if (logged)
+        lhsock_describe(s, peer, sizeof peer);
     int rc = tls_handshake(t, &s->conn, ctx->sockets->sel, ctx->sockets->io);
-    if (rc < 0)
+    if (rc < 0 && logged)
         lh_log(ctx->sockets->log, LH_DEBUG, "%s: %s", peer, tls_error(t));
     if (rc != 0)
         end_timeout(L, ctx, s);

@@ -44,6 +44,16 @@ struct tls_conn {
     char err[200];
 };
 
+/* Empties OpenSSL's error queue before an SSL call, so that SSL_get_error, which reads
+ * it, speaks of that call alone. Only when there is something to clear: clearing an
+ * empty queue still walks (and frees nothing in) all of its slots, which cost more than
+ * the record layer's own bookkeeping on every call. */
+static void clear_errors(void)
+{
+    if (ERR_peek_error() != 0)
+        ERR_clear_error();
+}
+
 /* The last OpenSSL error as "what: reason", with the certificate check's own reason when
  * verification is what failed; clears OpenSSL's error queue. */
 static void ssl_reason(char *out, size_t outlen, const char *what, SSL *ssl)
@@ -167,14 +177,30 @@ static int add_servers(tls_ctx *ctx, const tls_opts *o, char *err, size_t errlen
     return 0;
 }
 
+/* Resumption: tickets TLS 1.3 session tickets after each full handshake. None also
+ * turns off TLS 1.2's tickets and the server's session cache, so that nothing is kept
+ * or made for a resumption that cannot happen. */
+static void set_sessions(SSL_CTX *ssl, int tickets)
+{
+    SSL_CTX_set_session_id_context(ssl, (const unsigned char *)"luahost", 7);
+    SSL_CTX_set_num_tickets(ssl, (size_t)tickets);
+    if (tickets == 0) {
+        SSL_CTX_set_options(ssl, SSL_OP_NO_TICKET);
+        SSL_CTX_set_session_cache_mode(ssl, SSL_SESS_CACHE_OFF);
+    }
+}
+
 /* Trust, versions, ciphers and ALPN; 0 or -1 with err set. */
 static int configure(tls_ctx *ctx, const tls_opts *o, char *err, size_t errlen)
 {
     SSL_CTX *ssl = ctx->ssl;
     /* Renegotiation is refused: TLS 1.3 has none, and in 1.2 it only serves attacks. */
     SSL_CTX_set_options(ssl, SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
-    SSL_CTX_set_mode(ssl, SSL_MODE_RELEASE_BUFFERS);
-    SSL_CTX_set_session_id_context(ssl, (const unsigned char *)"luahost", 7);
+    /* The chain sent is the certificate file's (tls.h): without this, OpenSSL would build
+     * one from the trust store at every handshake (a directory look-up and a chain check,
+     * ~6% of a server's handshake), only to find the roots it may not send anyway. */
+    SSL_CTX_set_mode(ssl, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_NO_AUTO_CHAIN);
+    set_sessions(ssl, o->tickets);
     const char *what = "cannot set the minimum TLS version";
     if (!SSL_CTX_set_min_proto_version(ssl, o->min_version ? o->min_version : TLS1_2_VERSION))
         goto fail;
@@ -184,9 +210,10 @@ static int configure(tls_ctx *ctx, const tls_opts *o, char *err, size_t errlen)
     what = "cannot use the TLS 1.3 cipher suites";
     if (o->ciphersuites && !SSL_CTX_set_ciphersuites(ssl, o->ciphersuites))
         goto fail;
+    /* The system's store only where something verifies against it. */
     what = "cannot load the CA file";
     if (o->ca ? !SSL_CTX_load_verify_locations(ssl, o->ca, NULL)
-              : !SSL_CTX_set_default_verify_paths(ssl))
+              : o->verify && !SSL_CTX_set_default_verify_paths(ssl))
         goto fail;
     if (o->ca && o->verify) {
         STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(o->ca);
@@ -211,7 +238,7 @@ fail:
 
 tls_ctx *tls_ctx_new(const tls_opts *o, char *err, size_t errlen)
 {
-    ERR_clear_error();
+    clear_errors();
     tls_ctx *ctx = (tls_ctx *)calloc(1, sizeof *ctx);
     if (!ctx || !(ctx->ssl = SSL_CTX_new(TLS_method()))) {
         snprintf(err, errlen, "not enough memory for a TLS context");
@@ -249,7 +276,7 @@ static int set_peer_name(SSL *ssl, const char *name)
 
 tls_conn *tls_conn_new(tls_ctx *ctx, int server, const char *servername, char *err, size_t errlen)
 {
-    ERR_clear_error();
+    clear_errors();
     tls_conn *t = (tls_conn *)calloc(1, sizeof *t);
     if (!t || !(t->ssl = SSL_new(ctx->ssl)) || !(t->rbio = BIO_new(BIO_s_mem())) ||
         !(t->wbio = BIO_new(BIO_s_mem()))) {
@@ -364,6 +391,22 @@ static ssize_t pull(tls_conn *t, conn *c, const net_io *io)
     return n;
 }
 
+/* Reads the kernel for TLS: 1 when bytes came, -EAGAIN, or the failure to return (the
+ * end of the stream here is a truncation: a close_notify would have been read first). */
+static int refill(tls_conn *t, conn *c, const net_io *io, const char *what)
+{
+    char why[sizeof t->err];
+    ssize_t n = t->eof ? 0 : pull(t, c, io);
+    if (n > 0 || n == -EAGAIN)
+        return n > 0 ? 1 : -EAGAIN;
+    t->eof = 1;
+    if (n == 0)
+        snprintf(why, sizeof why, "%s: the peer closed the connection without close_notify", what);
+    else
+        snprintf(why, sizeof why, "%s: %s", what, strerror((int)-n));
+    return fail(t, n == 0 ? -ECONNRESET : (int)n, why);
+}
+
 /* After an SSL call that returned ret <= 0: 1 when bytes came for it to try again,
  * 0 at the peer's close_notify, else the negative code to return (-EAGAIN: wait). */
 static int need(tls_conn *t, conn *c, const net_io *io, int ret, const char *what)
@@ -376,15 +419,7 @@ static int need(tls_conn *t, conn *c, const net_io *io, int ret, const char *wha
         ssl_reason(why, sizeof why, what, t->ssl);
         return fail(t, -EPROTO, why);
     }
-    ssize_t n = t->eof ? 0 : pull(t, c, io);
-    if (n > 0 || n == -EAGAIN)
-        return n > 0 ? 1 : -EAGAIN;
-    t->eof = 1;
-    if (n == 0)
-        snprintf(why, sizeof why, "%s: the peer closed the connection without close_notify", what);
-    else
-        snprintf(why, sizeof why, "%s: %s", what, strerror((int)-n));
-    return fail(t, n == 0 ? -ECONNRESET : (int)n, why);
+    return refill(t, c, io, what);
 }
 
 /* Encrypts len bytes of data into c's output, a chunk at a time. */
@@ -395,7 +430,7 @@ static ssize_t encrypt(tls_conn *t, conn *c, selector *sel, const net_io *io, co
     char why[sizeof t->err];
     while (len > 0) {
         size_t chunk = len < TLS_WRITE_CHUNK ? len : TLS_WRITE_CHUNK, done = 0;
-        ERR_clear_error();
+        clear_errors();
         if (SSL_write_ex(t->ssl, data, chunk, &done) != 1) {
             ssl_reason(why, sizeof why, "TLS write failed", t->ssl);
             return fail(t, -EPROTO, why);
@@ -443,7 +478,7 @@ static int handshake_step(tls_conn *t, conn *c, selector *sel, const net_io *io)
 {
     const char *what = t->server ? "TLS handshake failed" : "TLS handshake with the server failed";
     for (;;) {
-        ERR_clear_error();
+        clear_errors();
         int ret = SSL_do_handshake(t->ssl);
         push(t, c, sel, io, NULL); /* the next flight, or the alert that ends it */
         if (ret == 1) {
@@ -475,29 +510,37 @@ int tls_handshake(tls_conn *t, conn *c, selector *sel, const net_io *io)
     return rc;
 }
 
-/* SSL_read until len bytes or no more without the kernel: a call gives one record. */
+/* SSL_read until len bytes, or until what one read of the kernel brought is used up: a
+ * call gives one record. The kernel is read only while nothing was got, as plain TCP's
+ * recv reads it once: it announces what comes next, and neither a recv that would find
+ * nothing nor the SSL call that would fail for it is made per message. Bytes just read
+ * always go to SSL_read: the rest of a record SSL holds the start of is no whole record
+ * to tls_has_input. */
 static ssize_t read_records(tls_conn *t, conn *c, selector *sel, const net_io *io, char *buf,
                             size_t len)
 {
     size_t got = 0;
+    int fresh = 0; /* bytes came that SSL has not seen */
     while (got < len) {
+        /* After close_notify, SSL_read itself tells the end; the kernel's is not TLS's. */
+        int closed = SSL_get_shutdown(t->ssl) & SSL_RECEIVED_SHUTDOWN;
+        if (!fresh && !closed && !tls_has_input(t)) {
+            int rc = got > 0 ? -EAGAIN : refill(t, c, io, "TLS");
+            if (rc < 0)
+                return got > 0 ? (ssize_t)got : rc; /* the end or failure: the next call */
+        }
         size_t n = 0;
-        ERR_clear_error();
+        clear_errors();
         int ret = SSL_read_ex(t->ssl, buf + got, len - got, &n);
         if (BIO_ctrl_pending(t->wbio) > 0)
             push(t, c, sel, io, NULL); /* a key update's answer, or an alert */
-        if (ret == 1) {
-            got += n;
-            continue;
-        }
-        int rc = need(t, c, io, ret, "TLS");
-        if (rc == 1)
-            continue;
-        if (got > 0) /* the end or the failure is told by the next call */
-            break;
-        return rc;
+        got += n;
+        int rc = ret == 1 ? 1 : need(t, c, io, ret, "TLS");
+        fresh = ret != 1 && rc == 1;
+        if (rc < 1)
+            return got > 0 ? (ssize_t)got : rc;
     }
-    if (got == len && tls_has_input(t))
+    if (tls_has_input(t))
         sel_post(sel, c->fd);
     return (ssize_t)got;
 }
@@ -559,9 +602,9 @@ int tls_close_notify(tls_conn *t, conn *c, selector *sel, const net_io *io)
     if (t->notified || t->failed || !tls_done(t) || (c->flags & CONN_WRITE_CLOSED))
         return 0;
     t->notified = 1;
-    ERR_clear_error();
+    clear_errors();
     SSL_shutdown(t->ssl);
-    ERR_clear_error();
+    clear_errors();
     ssize_t rc = push(t, c, sel, io, NULL);
     return rc < 0 ? (int)rc : 0;
 }

@@ -24,8 +24,10 @@ typedef struct tls_cert_for {
 } tls_cert_for;
 
 typedef struct tls_opts {
-    const char *cert, *key;    /* PEM files; a server needs them, a client only for mTLS */
-    const char *ca;            /* PEM file of trusted CAs; NULL: the system's store */
+    const char *cert, *key;    /* PEM files; a server needs them, a client only for mTLS;
+                                  the chain is sent as cert has it */
+    const char *ca;            /* PEM file of trusted CAs; NULL: the system's store, loaded
+                                  only when verify is set */
     int verify;                /* a client verifies the server; a server asks for and
                                   verifies a client certificate (mTLS) */
     const unsigned char *alpn; /* protocols in wire format (length-prefixed), or NULL */
@@ -36,6 +38,8 @@ typedef struct tls_opts {
     const tls_cert_for *servers; /* SNI: certificates by server name */
     size_t nservers;
     double handshake_timeout; /* seconds; 0: the default, 10 */
+    int tickets;              /* TLS 1.3 session tickets a server sends after a full
+                                 handshake; 0: none, and no resumption at all */
 } tls_opts;
 
 /* A context, made once and shared by the connections made from it (reference-counted:

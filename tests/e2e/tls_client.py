@@ -131,6 +131,22 @@ def handshakes(host, port, ca, n):
     return failures
 
 
+def resume(host, port, ca, expect):
+    """Two connections in turn, the second offering the session the first was given."""
+    ctx, session, reused = context(ca), None, None
+    for _ in range(2):
+        raw = socket.create_connection((host, port), timeout=TIMEOUT)
+        s = ctx.wrap_socket(raw, server_hostname="localhost", session=session)
+        s.sendall(b"line\n")
+        if read_exactly(s, 5) != b"line\n":  # TLS 1.3's tickets come before the echo
+            return ["no echo"]
+        session, reused = s.session, s.session_reused
+        s.unwrap().close()
+    if reused != (expect == "resumed"):
+        return ["the second connection was %sresumed" % ("" if reused else "not ")]
+    return []
+
+
 def server_hangs_up(s):
     """True if the server ends the connection (EOF, reset or an alert) within TIMEOUT."""
     try:
@@ -191,6 +207,8 @@ def main(argv):
             failures = ["the server's certificate was taken for " + rest[0]]
         except ssl.SSLCertVerificationError as e:
             print("refused:", e.verify_message)
+    elif mode == "resume":
+        failures = resume(host, port, ca, rest[0])
     elif mode == "split":
         failures = split(host, port, ca, int(rest[0]))
     elif mode in ("plaintext", "garbage", "silent", "stall"):

@@ -398,6 +398,36 @@ describe("a TLS socket registered late", function()
   end)
 end)
 
+describe("session resumption", function()
+  -- Tickets cost every full handshake (~170,000 instructions each, findings.md), and a
+  -- client resumes only at the process (and context) that made them: off unless asked.
+  it("is off by default: a client offering its last session gets a full handshake", function()
+    local p = spawn_echo()
+    assert_exit0(python("resume", p, "full"), p)
+    T.assert_graceful_stop(p)
+  end)
+
+  it("resumes a client's session with tickets = 1", function()
+    local script = T.tempfile([[
+      local luahost = require "luahost"
+      local tls = assert(luahost.tls_context{cert = arg[2], key = arg[3], tickets = 1})
+      local server = assert(luahost.listen("127.0.0.1", 0, {tls = tls}))
+      luahost.selector:register(server, luahost.EVENT_READ, function(listener)
+        local conn = listener:accept()
+        if not conn then return end
+        luahost.selector:register(conn, luahost.EVENT_READ, function(c)
+          local data, err = c:recv(65536)
+          if data and data ~= "" then c:write(data)
+          elseif data == "" or err ~= "wouldblock" then c:close() end
+        end)
+      end)
+    ]], "resuming_echo.lua")
+    local p = T.spawn(script, {"-", SERVER.cert, SERVER.key}, {log_level = "debug"})
+    assert_exit0(python("resume", p, "resumed"), p)
+    T.assert_graceful_stop(p)
+  end)
+end)
+
 describe("luahost.tls_context", function()
   it("returns nil and why for a missing file, and raises on a misused option", function()
     local ctx, err = luahost.tls_context{cert = "/nonexistent.pem", key = "/nonexistent.key"}
@@ -405,6 +435,7 @@ describe("luahost.tls_context", function()
     assert.matches("cannot load certificate /nonexistent.pem", err, 1, true)
     assert.has_error(function() luahost.tls_context{cert = 1} end)
     assert.has_error(function() luahost.tls_context{min_version = "1.0"} end)
+    assert.has_error(function() luahost.tls_context{tickets = -1} end)
     assert.has_error(function() luahost.listen("127.0.0.1", 0, {tls = {}}) end,
       "bad argument #3 to 'listen' (a TLS listener needs a certificate (cert and key))")
   end)
