@@ -429,8 +429,11 @@ int lhreload_run(lua_State *L, lh_reload *r, const char *path, int guarded)
     lua_pushvalue(L, chunk);
     int nargs = push_script_args(L, r);
     new_journal(L, r);
-    lua_pushnil(L);
-    lua_setfield(L, module, "adopt"); /* the new script sets its own, or none */
+    /* The new script sets its own, or none. false, not nil, while it runs: a cleared key
+     * can be dropped when the new chunk grows the module table, and putting the old
+     * adopt back after a failure would then allocate, which out of memory raises. */
+    lua_pushboolean(L, 0);
+    lua_setfield(L, module, "adopt");
     lua_pushvalue(L, on_reload);
     lua_rawseti(L, LUA_REGISTRYINDEX, r->on_reload_ref);
     r->journal.generation++;
@@ -450,6 +453,11 @@ int lhreload_run(lua_State *L, lh_reload *r, const char *path, int guarded)
         rollback(L, r);
         settle_tls(L, r, 1);
     } else {
+        if (lua_getfield(L, module, "adopt") == LUA_TBOOLEAN && !lua_toboolean(L, -1)) {
+            lua_pushnil(L); /* set none: nil as before the load */
+            lua_setfield(L, module, "adopt");
+        }
+        lua_pop(L, 1);
         settle_cancelled(L, r, 0);
         settle_tls(L, r, 0);
     }

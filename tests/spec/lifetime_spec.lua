@@ -94,7 +94,11 @@ describe("a host closed by luahost.shutdown", function()
     cycle(5) -- what the first hosts leave for good (metatables, interned strings)
     local before = cycle(0)
     local after = cycle(40)
-    assert.is_true(after - before < 40, -- KiB, for 40 hosts
+    -- The regression left 64 KiB or more a host. Within a busted test each open keeps
+    -- about 1 KiB more (36 KiB for 40 in December, 41 with TLS) that is given back when
+    -- the test ends and that a plain coroutine does not keep (1-3 KiB for 40): busted's
+    -- hold on the test, not the host's. So the bound is 2 KiB a host.
+    assert.is_true(after - before < 80, -- KiB, for 40 hosts
       ("40 hosts opened and closed left %.1f KiB"):format(after - before))
   end)
 end)
