@@ -2,6 +2,7 @@
  * main chunk with `arg` as lua does, run the loop, and stop gracefully on a signal. */
 #include <errno.h>
 #include <limits.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stddef.h>
 #include <sys/resource.h>
@@ -469,6 +470,11 @@ int main(int argc, char **argv)
                  .max_instructions = -1,
                  .max_memory = -1,
                  .max_callback_seconds = 0};
+    /* glibc gives freed memory at the top of the heap back past 128 KiB and takes it again
+     * on the next allocations: a TLS handshake's buffers, freed as a connection closes,
+     * made 0.17 brk a handshake (the C reference server 0.02), each with its page faults.
+     * A server's heap comes back to its size at once; 1 MiB of it may stay. */
+    mallopt(M_TRIM_THRESHOLD, 1 << 20);
     o.worker_env = take_worker_env();
     int status = parse_options(argc, argv, &o);
     if (status >= 0)
