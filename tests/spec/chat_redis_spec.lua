@@ -50,6 +50,13 @@ local function two_servers()
   return server, p1, p2
 end
 
+-- A client of the server at host:port, once it has its welcome (c.name, its name).
+local function welcomed(host, port, label)
+  local c = chat.connect(host, port, label)
+  c.name = chat.expect(c, {type = "welcome"}).name
+  return c
+end
+
 local function sorted(list)
   table.sort(list)
   return list
@@ -77,13 +84,10 @@ end
 describe("chat.lua --redis", function()
   it("joins two servers into one chat: every event once, in each sender's order", function()
     local _, p1, p2 = two_servers()
-    local a = chat.connect(p1.host, p1.port, "a on server 1")
-    a.name = chat.expect(a, {type = "welcome"}).name
-    local b = chat.connect(p2.host, p2.port, "b on server 2")
-    b.name = chat.expect(b, {type = "welcome"}).name
+    local a = welcomed(p1.host, p1.port, "a on server 1")
+    local b = welcomed(p2.host, p2.port, "b on server 2")
     chat.expect(a, {type = "join", name = b.name})
-    local c = chat.connect(p1.host, p1.port, "c on server 1")
-    c.name = chat.expect(c, {type = "welcome"}).name
+    local c = welcomed(p1.host, p1.port, "c on server 1")
     chat.expect(a, {type = "join", name = c.name})
     -- b may hear a's join first: it was on its way from server 1 when b connected.
     chat.expect_eventually(b, {type = "join", name = c.name})
@@ -137,8 +141,7 @@ describe("chat.lua --redis", function()
     chat.expect(a, {type = "welcome"})
     a:send("/nick ann\n")
     chat.expect(a, {type = "nick", name = "ann"})
-    local b = chat.connect(p2.host, p2.port, "b on server 2")
-    b.name = chat.expect(b, {type = "welcome"}).name
+    local b = welcomed(p2.host, p2.port, "b on server 2")
     b:send("hello\n/nick ann\n")
     chat.expect_eventually(b, {type = "error", reason = "name ann is taken"})
     assert.same(sorted({"ann", b.name}), chat.who(b))
@@ -146,10 +149,8 @@ describe("chat.lua --redis", function()
 
   it("chats locally while Redis is gone, logs it once, and rejoins when it is back", function()
     local server, p1, p2 = two_servers()
-    local a = chat.connect(p1.host, p1.port, "a on server 1")
-    a.name = chat.expect(a, {type = "welcome"}).name
-    local b = chat.connect(p2.host, p2.port, "b on server 2")
-    b.name = chat.expect(b, {type = "welcome"}).name
+    local a = welcomed(p1.host, p1.port, "a on server 1")
+    local b = welcomed(p2.host, p2.port, "b on server 2")
     chat.expect(a, {type = "join", name = b.name})
 
     R.kill(server)
@@ -157,8 +158,7 @@ describe("chat.lua --redis", function()
     p2:wait_log("redis %S+ unreachable")
     -- Each server goes on alone: a client joins, says and takes a name locally; both
     -- take the name zed.
-    local c = chat.connect(p1.host, p1.port, "c on server 1")
-    c.name = chat.expect(c, {type = "welcome"}).name
+    local c = welcomed(p1.host, p1.port, "c on server 1")
     chat.expect(a, {type = "join", name = c.name})
     c:send("/nick zed\n")
     chat.expect(a, {type = "nick", from = c.name, name = "zed"})
@@ -205,13 +205,10 @@ describe("chat.lua --redis", function()
 
   it("keeps local chat going while Redis sleeps, and relays the rest after", function()
     local server, p1, p2 = two_servers()
-    local a = chat.connect(p1.host, p1.port, "a on server 1")
-    a.name = chat.expect(a, {type = "welcome"}).name
-    local b = chat.connect(p2.host, p2.port, "b on server 2")
-    b.name = chat.expect(b, {type = "welcome"}).name
+    local a = welcomed(p1.host, p1.port, "a on server 1")
+    local b = welcomed(p2.host, p2.port, "b on server 2")
     chat.expect(a, {type = "join", name = b.name})
-    local c = chat.connect(p1.host, p1.port, "c on server 1")
-    c.name = chat.expect(c, {type = "welcome"}).name
+    local c = welcomed(p1.host, p1.port, "c on server 1")
     chat.expect_eventually(a, {type = "join", name = c.name})
     chat.expect_eventually(b, {type = "join", name = c.name})
 
@@ -219,8 +216,7 @@ describe("chat.lua --redis", function()
     T.sleep(0.1) -- Redis is asleep now
     a:send("during the stall\n")
     chat.expect(c, {type = "say", from = a.name, text = "during the stall"})
-    local d = chat.connect(p1.host, p1.port, "d on server 1") -- joins are local too
-    d.name = chat.expect(d, {type = "welcome"}).name
+    local d = welcomed(p1.host, p1.port, "d on server 1") -- joins are local too
     chat.expect(a, {type = "join", name = d.name})
     -- A nick waits for Redis 1 s at most, then the server decides alone.
     c:send("/nick cat\n")
@@ -235,10 +231,8 @@ describe("chat.lua --redis", function()
 
   it("chats across servers again after a reload, with the same names", function()
     local _, p1, p2 = two_servers()
-    local a = chat.connect(p1.host, p1.port, "a on server 1")
-    a.name = chat.expect(a, {type = "welcome"}).name
-    local b = chat.connect(p2.host, p2.port, "b on server 2")
-    b.name = chat.expect(b, {type = "welcome"}).name
+    local a = welcomed(p1.host, p1.port, "a on server 1")
+    local b = welcomed(p2.host, p2.port, "b on server 2")
     p1:signal("HUP")
     p1:wait_log("reloaded scripts/chat.lua")
     for _, pair in ipairs({{a, b}, {b, a}}) do
@@ -269,10 +263,8 @@ describe("chat.lua --redis", function()
   -- reads the new connection's SUBSCRIBE.
   it("relays what another server says while this one reloads", function()
     local server, p1, p2 = two_servers()
-    local a = chat.connect(p1.host, p1.port, "a on server 1")
-    a.name = chat.expect(a, {type = "welcome"}).name
-    local b = chat.connect(p2.host, p2.port, "b on server 2")
-    b.name = chat.expect(b, {type = "welcome"}).name
+    local a = welcomed(p1.host, p1.port, "a on server 1")
+    local b = welcomed(p2.host, p2.port, "b on server 2")
     chat.expect(a, {type = "join", name = b.name})
     local stall = R.stall(server, 1)
     T.sleep(0.1) -- Redis is asleep now
@@ -297,8 +289,7 @@ describe("chat.lua --redis", function()
     -- over the workers' sockets by address; 40 all on one worker: about 1e-12).
     local on_worker, count = {}, 0
     for i = 1, 40 do
-      local c = chat.connect(pw.host, pw.port, "client " .. i .. " of the workers")
-      c.name = chat.expect(c, {type = "welcome"}).name
+      local c = welcomed(pw.host, pw.port, "client " .. i .. " of the workers")
       local tag = assert(c.name:match("^guest%-(%x+)%-%d+$"), c.name)
       if on_worker[tag] then
         c:close()
@@ -311,8 +302,7 @@ describe("chat.lua --redis", function()
     local tag1 = next(on_worker)
     local tag2 = next(on_worker, tag1)
     local a, b = on_worker[tag1], on_worker[tag2]
-    local c = chat.connect(p2.host, p2.port, "c on the other server")
-    c.name = chat.expect(c, {type = "welcome"}).name
+    local c = welcomed(p2.host, p2.port, "c on the other server")
     local all = {a, b, c}
     -- Until each client's say reaches the two others (every subscription is made); then
     -- a marker from each, after which nothing of the probes is left queued.
@@ -369,8 +359,7 @@ describe("chat.lua --redis", function()
     chat.expect(a, {type = "welcome"})
     a:send("/nick ghost\n")
     chat.expect(a, {type = "nick", name = "ghost"})
-    local b = chat.connect(p2.host, p2.port, "b on server 2")
-    b.name = chat.expect(b, {type = "welcome"}).name
+    local b = welcomed(p2.host, p2.port, "b on server 2")
     T.wait_until(function()
       local names = chat.who(b)
       return names[1] == "ghost" or names[2] == "ghost", table.concat(names, " ")

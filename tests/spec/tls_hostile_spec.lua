@@ -6,19 +6,9 @@
 -- serves a well-behaved client.
 local T = require "luahost.test"
 
-local PY = "tests/e2e/tls_client.py"
+local tls = require "support.tls"
+local SERVER, python, assert_exit0 = tls.SERVER, tls.python, tls.assert_exit0
 local ECHO = "tests/support/tls_echo.lua"
-local SERVER = T.tls_cert()
-
-local function python(mode, p, ...)
-  local argv = {"python3", PY, mode, "127.0.0.1", tostring(p.port), SERVER.cert}
-  for _, a in ipairs({...}) do argv[#argv + 1] = tostring(a) end
-  return T.run_command(argv, {env = {LD_PRELOAD = false}, timeout = 60})
-end
-
-local function assert_exit0(r, p)
-  assert.same({"exit", 0}, {r.how, r.code}, tostring(r) .. "\nserver log:\n" .. p:stderr())
-end
 
 -- The spawned TLS echo server, with a handshake timeout of timeout seconds (default 10).
 local function spawn(timeout)

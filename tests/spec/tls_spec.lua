@@ -5,18 +5,8 @@
 local T = require "luahost.test"
 local luahost = require "luahost"
 
-local PY = "tests/e2e/tls_client.py"
-local SERVER = T.tls_cert()
-
-local function python(mode, p, ...)
-  local argv = {"python3", PY, mode, "127.0.0.1", tostring(p.port), SERVER.cert}
-  for _, a in ipairs({...}) do argv[#argv + 1] = tostring(a) end
-  return T.run_command(argv, {env = {LD_PRELOAD = false}, timeout = 60})
-end
-
-local function assert_exit0(r, p)
-  assert.same({"exit", 0}, {r.how, r.code}, tostring(r) .. "\nserver log:\n" .. p:stderr())
-end
+local tls = require "support.tls"
+local SERVER, python, assert_exit0 = tls.SERVER, tls.python, tls.assert_exit0
 
 local function spawn_echo(extra)
   local args = {"127.0.0.1:0", "--tls-cert", SERVER.cert, "--tls-key", SERVER.key}
